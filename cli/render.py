@@ -1,0 +1,82 @@
+"""Readable tables and JSON for the CLI."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ksched.reader import JobStatus
+from ksched.records import to_data
+from streams.core.schedule import from_ms, zone
+
+
+def ts(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return from_ms(ms).strftime("%Y-%m-%d %H:%M:%S.") + f"{ms % 1000:03d}"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def status_data(st: JobStatus) -> dict[str, Any]:
+    return {
+        "job_id": st.job_id,
+        "deleted": st.deleted,
+        "definition": to_data(st.definition) if st.definition else None,
+        "runs": [
+            {**to_data(r), "tasks": [to_data(t) for t in st.tasks.get(r.run_id, {}).values()]}
+            for r in st.ordered_runs()
+        ],
+    }
+
+
+def status_json(st: JobStatus) -> str:
+    return json.dumps(status_data(st), indent=2)
+
+
+def describe_job(st: JobStatus) -> str:
+    d = st.definition
+    if d is None:
+        return f"job {st.job_id}: " + ("deleted" if st.deleted else "not in the catalog")
+    s = d.job.schedule
+    if s.cron:
+        when = f'cron "{s.cron}" in {s.timezone}'
+    elif s.at_ms is not None:
+        when = f"once at {ts(s.at_ms)} UTC"
+    else:
+        when = "once, on submit"
+    state = "paused" if d.paused else "active"
+    return f"job {d.job_id}: {d.job.kind}, {when}, revision {d.revision}, {state}"
+
+
+def status_text(st: JobStatus) -> str:
+    rows: list[list[str]] = []
+    for r in st.ordered_runs():
+        tasks = st.tasks.get(r.run_id, {})
+        single = len(tasks) <= 1
+        for t in tasks.values() if tasks else []:
+            a = t.attempts[-1] if t.attempts else None
+            rows.append([
+                r.run_id if single else f"{r.run_id} {t.name}",
+                t.state if not single or r.state in ("RUNNING", "QUEUED") else r.state,
+                ts(r.scheduled_for_ms),
+                ts(a.started_at_ms if a else None),
+                ts(a.finished_at_ms if a else None),
+                "-" if a is None or a.exit_code is None else str(a.exit_code),
+                str(t.attempt),
+            ])
+        if not tasks:
+            rows.append([r.run_id, r.state, ts(r.scheduled_for_ms), "-", "-", "-", "0"])
+    head = describe_job(st)
+    if not rows:
+        return head + "\n(no runs yet)"
+    return head + "\n" + table(rows, ["RUN", "STATE", "SCHEDULED (UTC)", "STARTED", "FINISHED", "EXIT", "ATTEMPTS"])
+
+
+def zoned(ms: int, tz: str) -> str:
+    return from_ms(ms, zone(tz)).isoformat()

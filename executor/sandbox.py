@@ -1,0 +1,109 @@
+"""Running one attempt's binary: its own directory, a clean environment, its own session and process
+group, dies with the executor, and its output captured to a file with a size cap."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ksched.events import ClaimGranted, TaskReady
+from streams.core.schedule import iso
+
+_SETPRIV = shutil.which("setpriv")
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def attempt_env(ready: TaskReady, grant: ClaimGranted, workdir: Path) -> dict[str, str]:
+    """The whole environment of the process: nothing of the executor's own (no secrets leak in)."""
+    env = {
+        "PATH": BASE_PATH,
+        "HOME": str(workdir),
+        "TMPDIR": str(workdir / "tmp"),
+        "LANG": "C.UTF-8",
+    }
+    env.update(ready.env)
+    env.update({
+        "KSCHED_JOB_ID": ready.job_id,
+        "KSCHED_RUN_ID": ready.run_id,
+        "KSCHED_TASK_ID": ready.task_id,
+        "KSCHED_ATTEMPT": str(grant.attempt),
+        "KSCHED_FENCING_TOKEN": str(grant.fencing_token),
+        "KSCHED_SCHEDULED_FOR": iso(ready.scheduled_for_ms),
+    })
+    return env
+
+
+def looks_executable(path: Path) -> bool:
+    """An ELF binary or a script with a shebang; anything else would fail with ENOEXEC."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"#!") or head == b"\x7fELF"
+
+
+@dataclass
+class Process:
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    started_at_ms: int
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def kill_tree(self, grace_s: float) -> None:
+        """SIGTERM the whole process group, then SIGKILL what is left after `grace_s`."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None and not _group_alive(self.popen.pid):
+                return
+            time.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def spawn(binary: Path, args: list[str], env: dict[str, str], workdir: Path) -> Process:
+    """Start the attempt. Raises OSError if it cannot be started."""
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "output.log"
+    argv = [str(binary), *args]
+    if _SETPRIV:
+        # The process is killed if the executor dies, so a dead executor leaves no orphan running.
+        argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+    with open(log_path, "wb") as out:
+        popen = subprocess.Popen(
+            argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True,
+        )
+    return Process(popen, log_path, int(time.time() * 1000))
+
+
+def cap_log(path: Path, limit: int) -> None:
+    """Keep the first and last `limit/2` bytes of a log that grew past `limit`."""
+    size = path.stat().st_size if path.exists() else 0
+    if size <= limit:
+        return
+    half = limit // 2
+    with open(path, "rb") as f:
+        head = f.read(half)
+        f.seek(size - half)
+        tail = f.read(half)
+    marker = f"\n[ksched: {size - 2 * half} bytes of output dropped]\n".encode()
+    path.write_bytes(head + marker + tail)

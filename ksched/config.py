@@ -1,0 +1,97 @@
+"""Settings, read once from the environment (`KSCHED_*`) and passed explicitly from then on."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ksched.errors import ConfigError
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:39092"
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+
+
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a ksched process needs to find its broker, topics and stores."""
+
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    #: Prefix of every topic and consumer group, so several installations (or tests) share a cluster.
+    prefix: str = "ksched"
+    #: Partitions of the inbox, the decision log, the state topics and Faust's changelog (all co-partitioned).
+    partitions: int = 6
+    #: Partitions of each per-priority ready topic.
+    ready_partitions: int = 6
+    #: Partitions of the executor control topic (grants, rejections, cancel requests).
+    control_partitions: int = 3
+    replication_factor: int = 1
+    #: Retention of the audit history (inbox and decision log); -1 keeps it forever.
+    history_retention_ms: int = -1
+    home: Path = field(default_factory=lambda: Path(".ksched").resolve())
+    #: `file:///path` (local content-addressed directory) or `s3://bucket/prefix`.
+    artifact_url: str = ""
+    s3_endpoint_url: str = ""
+    #: Seconds between ticks the leader produces into every inbox partition.
+    tick_interval_s: float = 1.0
+    #: Seconds a granted attempt may go without a heartbeat before it is retried.
+    lease_s: float = 10.0
+    heartbeat_s: float = 2.0
+    #: Faust's commit interval in seconds.
+    commit_interval_s: float = 0.5
+
+    @property
+    def artifacts(self) -> str:
+        return self.artifact_url or (self.home / "artifacts").as_uri()
+
+    def topic(self, name: str) -> str:
+        return f"{self.prefix}.{name}"
+
+    def with_overrides(self, **kwargs: object) -> Settings:
+        return replace(self, **kwargs)  # type: ignore[arg-type]
+
+
+def load(env: dict[str, str] | None = None) -> Settings:
+    """Settings from `KSCHED_*` environment variables, defaults elsewhere."""
+    e = dict(os.environ if env is None else env)
+    home = Path(e.get("KSCHED_HOME") or ".ksched").expanduser().resolve()
+    s = Settings(
+        bootstrap_servers=e.get("KSCHED_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP,
+        prefix=e.get("KSCHED_PREFIX") or "ksched",
+        partitions=_int(e, "KSCHED_PARTITIONS", 6),
+        ready_partitions=_int(e, "KSCHED_READY_PARTITIONS", 6),
+        control_partitions=_int(e, "KSCHED_CONTROL_PARTITIONS", 3),
+        replication_factor=_int(e, "KSCHED_REPLICATION_FACTOR", 1),
+        history_retention_ms=_int(e, "KSCHED_HISTORY_RETENTION_MS", -1),
+        home=home,
+        artifact_url=e.get("KSCHED_ARTIFACTS", ""),
+        s3_endpoint_url=e.get("KSCHED_S3_ENDPOINT_URL", ""),
+        tick_interval_s=_float(e, "KSCHED_TICK_INTERVAL_S", 1.0),
+        lease_s=_float(e, "KSCHED_LEASE_S", 10.0),
+        heartbeat_s=_float(e, "KSCHED_HEARTBEAT_S", 2.0),
+        commit_interval_s=_float(e, "KSCHED_COMMIT_INTERVAL_S", 0.5),
+    )
+    if s.partitions < 1 or s.ready_partitions < 1 or s.control_partitions < 1:
+        raise ConfigError("KSCHED_*PARTITIONS: partition counts must be at least 1")
+    if not s.prefix.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"KSCHED_PREFIX: only letters, digits, '-' and '_' are allowed, got {s.prefix!r}")
+    return s

@@ -1,0 +1,246 @@
+"""A real single-node Apache Kafka broker (KRaft combined mode, loopback only) for development and tests.
+
+The jars come from Maven Central through `pom.xml` next to this file and are cached under
+`$KSCHED_CACHE` (default `~/.cache/ksched`). A broker lives in a data directory that holds its
+`server.properties`, its log and its pid file, so `up`, `status` and `down` need only that directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from ksched.errors import BrokerError
+
+KAFKA_VERSION = "4.3.1"
+_HERE = Path(__file__).resolve().parent
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KSCHED_CACHE") or Path.home() / ".cache" / "ksched").expanduser()
+
+
+def libs_dir() -> Path:
+    return cache_dir() / f"kafka-{KAFKA_VERSION}" / "libs"
+
+
+def ensure_jars() -> Path:
+    """Download the broker's jars with Maven once; later calls return the cached directory."""
+    libs = libs_dir()
+    marker = libs / f"kafka_2.13-{KAFKA_VERSION}.jar"
+    if marker.exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError("mvn: Maven is not on PATH; it is needed once to fetch Apache Kafka's jars")
+    tmp = libs.with_name("libs.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    cmd = [mvn, "-q", "-B", "-f", str(_HERE / "pom.xml"), "dependency:copy-dependencies",
+           f"-DoutputDirectory={tmp}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not (tmp / marker.name).exists():
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+        raise BrokerError("maven could not fetch kafka jars: " + " | ".join(tail))
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    return libs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    data_dir: Path
+    port: int
+    controller_port: int
+    pid: int | None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def _properties(data_dir: Path, port: int, controller_port: int) -> str:
+    return "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
+        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"log.dirs={data_dir / 'logs'}",
+        # Topics are created explicitly with their partition counts; a typo must not create one silently.
+        "auto.create.topics.enable=false",
+        "num.partitions=1",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=8",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "transaction.state.log.num.partitions=8",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "log.segment.bytes=67108864",
+        "",
+    ])
+
+
+def _read_info(data_dir: Path) -> BrokerInfo | None:
+    props = data_dir / "server.properties"
+    if not props.exists():
+        return None
+    port = controller = 0
+    for line in props.read_text().splitlines():
+        if line.startswith("advertised.listeners="):
+            port = int(line.rsplit(":", 1)[1])
+        if line.startswith("controller.quorum.bootstrap.servers="):
+            controller = int(line.rsplit(":", 1)[1])
+    pid_file = data_dir / "broker.pid"
+    pid = int(pid_file.read_text()) if pid_file.exists() else None
+    if pid is not None and not _alive(pid):
+        pid = None
+    return BrokerInfo(data_dir, port, controller, pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as gone.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return False
+    return True
+
+
+def status(data_dir: Path) -> BrokerInfo | None:
+    """The broker in `data_dir` if its process is alive, else None."""
+    info = _read_info(data_dir)
+    return info if info is not None and info.pid is not None else None
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError("java: no Java runtime on PATH; Kafka needs Java 17 or later")
+    return java
+
+
+def up(data_dir: Path, port: int | None = None, heap_mb: int = 768, timeout_s: float = 90.0) -> BrokerInfo:
+    """Start (or find running) the broker in `data_dir`; return once an admin request is answered."""
+    data_dir = data_dir.resolve()
+    running = status(data_dir)
+    if running is not None:
+        wait_ready(running.bootstrap, timeout_s)
+        return running
+    libs = ensure_jars()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    previous = _read_info(data_dir)
+    if previous is not None and port is None:
+        port, controller = previous.port, previous.controller_port
+    else:
+        port = port or free_port()
+        controller = free_port()
+    props = data_dir / "server.properties"
+    props.write_text(_properties(data_dir, port, controller))
+    java = _java()
+    cp = f"{libs}/*"
+    log_cfg = f"-Dlog4j2.configurationFile={_HERE / 'log4j2.yaml'}"
+    if not (data_dir / "logs" / "meta.properties").exists():
+        shutil.rmtree(data_dir / "logs", ignore_errors=True)
+        fmt = subprocess.run(
+            [java, log_cfg, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
+             "-c", str(props), "--standalone"],
+            capture_output=True, text=True, check=False,
+        )
+        if fmt.returncode != 0:
+            raise BrokerError("kafka storage format failed: " + (fmt.stdout + fmt.stderr).strip()[-400:])
+    logf = open(data_dir / "broker.log", "ab")  # noqa: SIM115 - handed to the child process
+    proc = subprocess.Popen(
+        [java, f"-Xmx{heap_mb}m", f"-Xms{min(heap_mb, 256)}m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+         "-Djava.awt.headless=true", log_cfg, "-cp", cp, "kafka.Kafka", str(props)],
+        stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    logf.close()
+    (data_dir / "broker.pid").write_text(str(proc.pid))
+    info = BrokerInfo(data_dir, port, controller, proc.pid)
+    try:
+        wait_ready(info.bootstrap, timeout_s, proc=proc)
+    except BrokerError:
+        down(data_dir)
+        raise
+    return info
+
+
+def _cluster_id() -> str:
+    # A Kafka cluster id is 16 random bytes, base64url without padding (22 characters).
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def wait_ready(bootstrap: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until the broker answers a metadata request from the admin client."""
+    from confluent_kafka.admin import AdminClient
+
+    host, port_s = bootstrap.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BrokerError(f"broker exited with code {proc.returncode} during start-up; see its broker.log")
+        try:
+            with socket.create_connection((host, int(port_s)), timeout=0.5):
+                pass
+        except OSError:
+            time.sleep(0.1)
+            continue
+        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+        try:
+            md = admin.list_topics(timeout=2)
+            if md.brokers:
+                return
+        except Exception:  # noqa: BLE001 - not ready yet: any admin failure means "try again"
+            pass
+        time.sleep(0.1)
+    raise BrokerError(f"broker at {bootstrap} did not answer an admin request within {timeout_s:.0f}s")
+
+
+def down(data_dir: Path, timeout_s: float = 20.0) -> bool:
+    """Stop the broker in `data_dir`. Returns False if none was running."""
+    info = _read_info(data_dir.resolve())
+    if info is None or info.pid is None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(info.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _alive(info.pid):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.pid, os.WNOHANG)
+        time.sleep(0.1)
+    if _alive(info.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(info.pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(info.pid, 0)
+    (info.data_dir / "broker.pid").unlink(missing_ok=True)
+    return True

@@ -1,0 +1,98 @@
+"""Reading state back from Kafka for the CLI: the state topics of one job's partition, folded to latest."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import Message as KMessage
+
+from ksched import kafka
+from ksched.config import Settings
+from ksched.errors import CodecError, KschedError
+from ksched.events import JobDefinition, RunView, TaskView
+from ksched.partitioning import partition_for
+from schemas.codec import Codec, default_codec
+
+
+def read_partition(settings: Settings, topic: str, partition: int, timeout_s: float = 15.0,
+                   start: int = OFFSET_BEGINNING) -> Iterator[KMessage]:
+    """Every record of one partition, from `start` up to the end it had when the read began."""
+    c = kafka.consumer(settings, group=f"{settings.prefix}-reader-{uuid.uuid4().hex[:8]}")
+    try:
+        low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+        if high <= (low if start == OFFSET_BEGINNING else max(low, start)):
+            return
+        c.assign([TopicPartition(topic, partition, start)])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None:
+                pos = c.position([TopicPartition(topic, partition)])[0].offset
+                if pos >= high:
+                    return
+                continue
+            if m.error() is not None:
+                continue
+            yield m
+            if m.offset() >= high - 1:
+                return
+        raise KschedError(f"timed out reading {topic}[{partition}]")
+    finally:
+        c.close()
+
+
+@dataclass
+class JobStatus:
+    job_id: str
+    definition: JobDefinition | None = None
+    deleted: bool = False
+    runs: dict[str, RunView] = field(default_factory=dict)
+    tasks: dict[str, dict[str, TaskView]] = field(default_factory=dict)
+
+    @property
+    def known(self) -> bool:
+        return self.definition is not None or self.deleted or bool(self.runs)
+
+    def ordered_runs(self) -> list[RunView]:
+        return sorted(self.runs.values(), key=lambda r: (r.scheduled_for_ms, r.created_at_ms, r.run_id))
+
+
+def _decode(codec: Codec, m: KMessage) -> object | None:
+    if m.value() is None:
+        return None
+    try:
+        return codec.decode(m.value())
+    except CodecError:
+        return None
+
+
+def job_status(settings: Settings, job_id: str, codec: Codec | None = None) -> JobStatus:
+    codec = codec or default_codec()
+    p = partition_for(job_id, settings.partitions)
+    status = JobStatus(job_id)
+    key = job_id.encode()
+    for m in read_partition(settings, settings.topic("jobs"), p):
+        if m.key() != key:
+            continue
+        rec = _decode(codec, m)
+        status.definition = rec if isinstance(rec, JobDefinition) else None
+        status.deleted = m.value() is None
+    for m in read_partition(settings, settings.topic("runs"), p):
+        rec = _decode(codec, m)
+        if isinstance(rec, RunView) and rec.job_id == job_id:
+            status.runs[rec.run_id] = rec
+    for m in read_partition(settings, settings.topic("tasks"), p):
+        rec = _decode(codec, m)
+        if isinstance(rec, TaskView) and rec.job_id == job_id:
+            status.tasks.setdefault(rec.run_id, {})[rec.name] = rec
+    return status
+
+
+def find_run(settings: Settings, run_id: str) -> tuple[RunView | None, dict[str, TaskView]]:
+    job_id = run_id.split("@", 1)[0]
+    st = job_status(settings, job_id)
+    return st.runs.get(run_id), st.tasks.get(run_id, {})

@@ -1,0 +1,100 @@
+"""Every topic ksched uses: its key, partitions and cleanup policy, created idempotently at start-up.
+
+The history that audit replay needs (the inbox and the decision log) is never compacted: it has
+time-based retention, infinite by default. State topics are compacted and keyed by entity id.
+The inbox, the decision log, the state topics and the streams app's changelog share one partition
+count, so one partition owns everything about a job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ksched.config import Settings
+from ksched.errors import ConfigError
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    key: str
+    doc: str
+    config: dict[str, str] = field(default_factory=dict)
+    #: Co-partitioned with the inbox: its partition count must equal the inbox's.
+    copartitioned: bool = False
+
+
+def ready_topic(settings: Settings, priority: str) -> str:
+    return settings.topic(f"ready.{priority}")
+
+
+def app_id(settings: Settings) -> str:
+    return f"{settings.prefix}-streams"
+
+
+def changelog_topic(settings: Settings) -> str:
+    return f"{app_id(settings)}-jobstate-changelog"
+
+
+def topic_specs(s: Settings) -> list[TopicSpec]:
+    history = {"cleanup.policy": "delete", "retention.ms": str(s.history_retention_ms)}
+    compact = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+    specs = [
+        TopicSpec(s.topic("inbox"), s.partitions, "job id (ticks: none, explicit partition)",
+                  "every input the scheduler decides on: submissions and lifecycle commands from any client, "
+                  "ticks, executor claims and reports; the audit history", history, True),
+        TopicSpec(s.topic("events"), s.partitions, "job id",
+                  "the decision log: everything the scheduler concluded, with derived event ids", history, True),
+        TopicSpec(s.topic("jobs"), s.partitions, "job id", "job catalog (tombstone on delete)", compact, True),
+        TopicSpec(s.topic("runs"), s.partitions, "run id (partition: the job's)", "run views", compact, True),
+        TopicSpec(s.topic("tasks"), s.partitions, "task id (partition: the job's)", "task views with attempts",
+                  compact, True),
+        TopicSpec(changelog_topic(s), s.partitions, "job id; 0x01-prefixed partition records",
+                  "the streams app's table of job states (Faust changelog)", {"cleanup.policy": "compact"}, True),
+        TopicSpec(s.topic("control"), s.control_partitions, "executor id",
+                  "claim grants, rejections and cancel requests for executors",
+                  {"cleanup.policy": "delete", "retention.ms": str(DAY_MS)}),
+        TopicSpec(s.topic("dlq"), s.partitions, "the original record's key",
+                  "records that could not be decoded or were invalid, with the reason and the original bytes",
+                  {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}),
+    ]
+    for prio in ("high", "normal", "low"):
+        specs.append(TopicSpec(ready_topic(s, prio), s.ready_partitions, "task id",
+                               f"attempts ready to run at priority {prio}",
+                               {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}))
+    return specs
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
+    """Create missing topics; check co-partitioned counts. Returns the names created."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, "log_level": 3})
+    existing = admin.list_topics(timeout=timeout_s).topics
+    specs = topic_specs(settings)
+    for spec in specs:
+        md = existing.get(spec.name)
+        if md is not None and md.error is None and spec.copartitioned and len(md.partitions) != spec.partitions:
+            raise ConfigError(
+                f"topic {spec.name} has {len(md.partitions)} partitions but KSCHED_PARTITIONS is {spec.partitions}; "
+                "co-partitioned topics must match (scale by creating a new installation prefix)"
+            )
+    missing = [sp for sp in specs if sp.name not in existing or existing[sp.name].error is not None]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(sp.name, sp.partitions, settings.replication_factor, config=sp.config) for sp in missing],
+        operation_timeout=timeout_s,
+    )
+    created = []
+    for name, fut in futures.items():
+        try:
+            fut.result()
+            created.append(name)
+        except Exception as exc:  # noqa: BLE001 - TOPIC_ALREADY_EXISTS from a concurrent creator is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
+                raise
+    return created
