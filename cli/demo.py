@@ -7,6 +7,7 @@ example one-off job, and waits until three cron runs and the one-off run have su
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -32,89 +33,110 @@ def say(msg: str) -> None:
 
 
 def _child(settings: Settings, args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, KSCHED_HOME=str(settings.home), KSCHED_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-               KSCHED_PREFIX=settings.prefix)
-    out = open(log, "wb")  # noqa: SIM115 - owned by the child
-    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=env, stdout=out,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=Path(__file__).parents[1])
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=_env(settings), stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=Path(__file__).parents[1])
 
 
 def _succeeded(settings: Settings, job: str) -> int:
     return sum(1 for r in job_status(settings, job).runs.values() if r.state == "SUCCEEDED")
 
 
-def run_demo(settings: Settings, keep_running: bool = False, fresh: bool = True) -> int:
-    t0 = time.monotonic()
+def _env(settings: Settings) -> dict[str, str]:
+    return dict(os.environ, KSCHED_HOME=str(settings.home), KSCHED_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
+                KSCHED_PREFIX=settings.prefix)
+
+
+def _ksched(settings: Settings, *args: str, check: bool = True) -> None:
+    subprocess.run([sys.executable, "-m", "cli.main", *args], env=_env(settings), check=check)
+
+
+def _start_broker(settings: Settings, fresh: bool) -> tuple[Settings, bool]:
+    """The demo's own broker in its own home (fresh each time unless --reuse), or the configured cluster."""
     home = settings.home / "demo"
-    own_broker = "KSCHED_BOOTSTRAP_SERVERS" not in os.environ
-    if own_broker and fresh and home.exists():
+    if "KSCHED_BOOTSTRAP_SERVERS" in os.environ:
+        settings = replace(settings, home=home, prefix=f"demo{uuid.uuid4().hex[:6]}")
+        say(f"using the cluster at {settings.bootstrap_servers} with topic prefix {settings.prefix}")
+        return settings, False
+    if fresh and home.exists():
         devbroker.down(home / "broker")
         shutil.rmtree(home)
     home.mkdir(parents=True, exist_ok=True)
     settings = replace(settings, home=home)
-    if own_broker:
-        say(f"starting Apache Kafka {devbroker.KAFKA_VERSION} (KRaft, single node; first run fetches its jars)...")
-        tb = time.monotonic()
-        port = int(settings.bootstrap_servers.rsplit(":", 1)[1])
-        info = devbroker.up(home / "broker", port=port)
-        say(f"broker ready at {info.bootstrap} in {time.monotonic() - tb:.1f}s")
-    else:
-        settings = replace(settings, prefix=f"demo{uuid.uuid4().hex[:6]}")
-        say(f"using the cluster at {settings.bootstrap_servers} with topic prefix {settings.prefix}")
-    ensure_topics(settings)
-    say(f"topics ready (prefix {settings.prefix!r}); see `ksched topics`")
-    logs = home / "logs"
-    logs.mkdir(exist_ok=True)
-    children = [
-        _child(settings, ["streams", "--name", "demo"], logs / "streams.log"),
-        _child(settings, ["executor", "--slots", "4"], logs / "executor.log"),
-    ]
-    say(f"streams worker (pid {children[0].pid}) and executor (pid {children[1].pid}) started; logs in {logs}")
-    env = dict(os.environ, KSCHED_HOME=str(home), KSCHED_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-               KSCHED_PREFIX=settings.prefix)
+    say(f"starting Apache Kafka {devbroker.KAFKA_VERSION} (KRaft, single node; the first run fetches its jars)")
+    t0 = time.monotonic()
+    info = devbroker.up(home / "broker", port=int(settings.bootstrap_servers.rsplit(":", 1)[1]))
+    say(f"broker ready at {info.bootstrap} in {time.monotonic() - t0:.1f}s")
+    return settings, True
+
+
+def _wait_for_runs(settings: Settings, children: list[subprocess.Popen[bytes]], logs: Path) -> tuple[int, int]:
+    deadline = time.monotonic() + 180
+    cron = once = 0
+    while time.monotonic() < deadline:
+        for c in children:
+            if c.poll() is not None:
+                say(f"a child process exited with code {c.returncode}; see {logs}")
+                return cron, once
+        cron, once = _succeeded(settings, "hello-cron"), _succeeded(settings, "hello-once")
+        if cron >= 3 and once >= 1:
+            break
+        time.sleep(1.0)
+    return cron, once
+
+
+def _show(settings: Settings) -> None:
+    for job in ("hello-cron", "hello-once"):
+        say(f"$ ksched status {job}")
+        print(render.status_text(job_status(settings, job)), flush=True)
+    runs = job_status(settings, "hello-once").ordered_runs()
+    if runs:
+        say(f"$ ksched logs {runs[-1].run_id}")
+        _ksched(settings, "logs", runs[-1].run_id, check=False)
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    for c in children:
+        if c.poll() is None:
+            c.send_signal(signal.SIGTERM)
+    for c in children:
+        try:
+            c.wait(20)
+        except subprocess.TimeoutExpired:
+            c.kill()
+
+
+def run_demo(settings: Settings, keep_running: bool = False, fresh: bool = True) -> int:
+    t0 = time.monotonic()
+    settings, own_broker = _start_broker(settings, fresh)
+    children: list[subprocess.Popen[bytes]] = []
     try:
+        ensure_topics(settings)
+        say(f"topics ready (prefix {settings.prefix!r}); see `ksched topics`")
+        logs = settings.home / "logs"
+        logs.mkdir(exist_ok=True)
+        children += [
+            _child(settings, ["streams", "--name", "demo"], logs / "streams.log"),
+            _child(settings, ["executor", "--slots", "4"], logs / "executor.log"),
+        ]
+        say(f"streams worker (pid {children[0].pid}) and executor (pid {children[1].pid}) started; logs: {logs}")
         for name in ("cron.yaml", "oneoff.yaml"):
             say(f"$ ksched submit examples/{name}")
-            subprocess.run([sys.executable, "-m", "cli.main", "submit", str(EXAMPLES / name)], env=env, check=True)
+            _ksched(settings, "submit", str(EXAMPLES / name))
         say("waiting for 3 runs of hello-cron and the run of hello-once to succeed...")
-        deadline = time.monotonic() + 180
-        cron = once = 0
-        while time.monotonic() < deadline:
-            for c in children:
-                if c.poll() is not None:
-                    say(f"a child process exited with code {c.returncode}; see {logs}")
-                    return 1
-            cron, once = _succeeded(settings, "hello-cron"), _succeeded(settings, "hello-once")
-            if cron >= 3 and once >= 1:
-                break
-            time.sleep(1.0)
-        for job in ("hello-cron", "hello-once"):
-            say(f"$ ksched status {job}")
-            print(render.status_text(job_status(settings, job)), flush=True)
-        runs = job_status(settings, "hello-once").ordered_runs()
-        if runs:
-            say(f"$ ksched logs {runs[-1].run_id}")
-            subprocess.run([sys.executable, "-m", "cli.main", "logs", runs[-1].run_id], env=env, check=False)
+        cron, once = _wait_for_runs(settings, children, logs)
+        _show(settings)
         ok = cron >= 3 and once >= 1
         say(f"{'done' if ok else 'FAILED'}: {cron} cron runs and {once} one-off run succeeded "
             f"in {time.monotonic() - t0:.1f}s")
-        if keep_running:
-            say(f"still running (KSCHED_HOME={home}); stop with Ctrl-C")
-            try:
+        if keep_running and ok:
+            say(f"still running (KSCHED_HOME={settings.home}); stop with Ctrl-C")
+            with contextlib.suppress(KeyboardInterrupt):
                 while all(c.poll() is None for c in children):
                     time.sleep(1)
-            except KeyboardInterrupt:
-                pass
         return 0 if ok else 1
     finally:
-        for c in children:
-            if c.poll() is None:
-                c.send_signal(signal.SIGTERM)
-        for c in children:
-            try:
-                c.wait(20)
-            except subprocess.TimeoutExpired:
-                c.kill()
+        _stop(children)
         if own_broker:
-            devbroker.down(home / "broker")
+            devbroker.down(settings.home / "broker")
             say("stopped the streams worker, the executor and the broker")

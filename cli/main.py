@@ -24,9 +24,9 @@ def _dev_broker(args: argparse.Namespace, settings: config.Settings) -> int:
     elif args.action == "down":
         print("broker stopped" if devbroker.down(data) else "no broker running")
     else:
-        info = devbroker.status(data)
-        print(f"broker at {info.bootstrap} (pid {info.pid})" if info else "no broker running")
-        return 0 if info else 1
+        running = devbroker.status(data)
+        print(f"broker at {running.bootstrap} (pid {running.pid})" if running else "no broker running")
+        return 0 if running else 1
     return 0
 
 

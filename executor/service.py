@@ -204,7 +204,7 @@ class Executor:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("ready topic error: %s", err)
                 continue
-            self._buffers.setdefault((m.topic(), m.partition()), deque()).append(m)
+            self._buffers.setdefault(_tp(m), deque()).append(m)
         if free > 0 and self._buffered():
             self._claim(self._take(free))
 
@@ -240,9 +240,10 @@ class Executor:
         first: dict[tuple[str, int], int] = {}
         batch: list[Pending] = []
         for m in msgs:
-            key = (m.topic(), m.partition())
-            offsets[key] = m.offset() + 1
-            first.setdefault(key, m.offset())
+            key = _tp(m)
+            offset = int(m.offset() or 0)
+            offsets[key] = offset + 1
+            first.setdefault(key, offset)
             try:
                 ready = self.codec.decode(m.value())
             except CodecError as err:
@@ -399,7 +400,7 @@ class Executor:
         try:
             cap_log(proc.log_path, self.config.log_limit_bytes)
             return self.store.put_log(f"{key}.log", proc.log_path)
-        except Exception as exc:  # noqa: BLE001 - a lost log must not lose the attempt's outcome
+        except Exception as exc:
             log.warning("could not store the log of %s: %s", key, exc)
             return ""
 
@@ -440,3 +441,7 @@ class Executor:
 
 class _Ended(Exception):
     pass
+
+
+def _tp(m: Message) -> tuple[str, int]:
+    return str(m.topic()), int(m.partition() or 0)

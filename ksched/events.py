@@ -602,3 +602,9 @@ DECISION_TYPES: tuple[type, ...] = (
     TaskSettled, RunFinished,
 )
 RECORD_TYPES: tuple[type, ...] = (*INBOX_TYPES, *DECISION_TYPES, JobDefinition, RunView, TaskView, DeadLetter)
+
+
+def schema_name(cls: type) -> str:
+    """The Avro full name of a record class (`ksched.<Name>`)."""
+    name: str = cls.SCHEMA  # type: ignore[attr-defined]
+    return name

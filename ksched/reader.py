@@ -23,7 +23,8 @@ def read_partition(settings: Settings, topic: str, partition: int, timeout_s: fl
     """Every record of one partition, from `start` up to the end it had when the read began."""
     c = kafka.consumer(settings, group=f"{settings.prefix}-reader-{uuid.uuid4().hex[:8]}")
     try:
-        low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+        marks = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+        low, high = (int(marks[0] or 0), int(marks[1] or 0)) if marks else (0, 0)
         if high <= (low if start == OFFSET_BEGINNING else max(low, start)):
             return
         c.assign([TopicPartition(topic, partition, start)])
@@ -31,14 +32,14 @@ def read_partition(settings: Settings, topic: str, partition: int, timeout_s: fl
         while time.monotonic() < deadline:
             m = c.poll(0.5)
             if m is None:
-                pos = c.position([TopicPartition(topic, partition)])[0].offset
+                pos = int(c.position([TopicPartition(topic, partition)])[0].offset or 0)
                 if pos >= high:
                     return
                 continue
             if m.error() is not None:
                 continue
             yield m
-            if m.offset() >= high - 1:
+            if int(m.offset() or 0) >= high - 1:
                 return
         raise KschedError(f"timed out reading {topic}[{partition}]")
     finally:
@@ -65,7 +66,8 @@ def _decode(codec: Codec, m: KMessage) -> object | None:
     if m.value() is None:
         return None
     try:
-        return codec.decode(m.value())
+        decoded: object = codec.decode(m.value())
+        return decoded
     except CodecError:
         return None
 

@@ -30,7 +30,7 @@ def to_data(obj: Any) -> Any:
 
 def from_data(cls: type[T], data: Any) -> T:
     """Build `cls` from plain data produced by `to_data` (or by an Avro reader)."""
-    result: T = _converter(cls)(data)
+    result: T = _converter(cls)(data)  # type: ignore[arg-type]  # classes are hashable
     return result
 
 

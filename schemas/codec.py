@@ -23,7 +23,7 @@ import fastavro
 from fastavro.schema import load_schema, parse_schema, to_parsing_canonical_form
 
 from ksched.errors import CodecError, UnknownSchemaError
-from ksched.events import RECORD_TYPES
+from ksched.events import RECORD_TYPES, schema_name
 from ksched.records import from_data, to_data
 
 MAGIC = b"\xc3\x01"
@@ -64,7 +64,7 @@ class Codec:
     """Encodes the dataclasses of `ksched.events` and decodes any known version back to them."""
 
     def __init__(self, schema_dir: Path = SCHEMA_DIR, history_dir: Path = HISTORY_DIR) -> None:
-        self._classes = {cls.SCHEMA: cls for cls in RECORD_TYPES}
+        self._classes: dict[str, type] = {schema_name(cls): cls for cls in RECORD_TYPES}
         self._schemas: dict[str, Any] = {}
         self._prefix: dict[str, bytes] = {}
         self._writers: dict[bytes, _Writer] = {}
@@ -72,18 +72,18 @@ class Codec:
             path = schema_dir / f"{name}.avsc"
             if not path.exists():
                 raise CodecError(f"{path}: schema file missing for {name}")
-            schema = load_schema(str(path))
-            self._schemas[name] = schema
-            fp = fingerprint(schema)
+            current: Any = load_schema(str(path))
+            self._schemas[name] = current
+            fp = fingerprint(current)
             self._prefix[name] = MAGIC + fp
-            self._writers[fp] = _Writer(name, schema, current=True)
+            self._writers[fp] = _Writer(name, current, current=True)
         if history_dir.exists():
             for path in sorted(history_dir.glob("*.avsc")):
-                schema = parse_schema(json.loads(path.read_text()))
-                name = schema["name"]
-                if name not in self._schemas:
-                    raise CodecError(f"{path}: history schema {name} has no current version")
-                self._writers.setdefault(fingerprint(schema), _Writer(name, schema, current=False))
+                old: Any = parse_schema(json.loads(path.read_text()))
+                old_name = str(old["name"])
+                if old_name not in self._schemas:
+                    raise CodecError(f"{path}: history schema {old_name} has no current version")
+                self._writers.setdefault(fingerprint(old), _Writer(old_name, old, current=False))
 
     @property
     def names(self) -> list[str]:
@@ -97,7 +97,7 @@ class Codec:
         return self._prefix[name]
 
     def encode(self, event: Any) -> bytes:
-        name = type(event).SCHEMA
+        name = schema_name(type(event))
         buf = io.BytesIO()
         buf.write(self._prefix[name])
         fastavro.schemaless_writer(buf, self._schemas[name], to_data(event))
@@ -124,7 +124,7 @@ class Codec:
         reader = None if writer.current else self._schemas[writer.name]
         try:
             record = fastavro.schemaless_reader(body, writer.schema, reader)
-        except Exception as exc:  # noqa: BLE001 - any reader failure means the body is not this schema
+        except Exception as exc:
             raise CodecError(f"body is not a valid {writer.name}: {type(exc).__name__}: {exc}") from None
         if body.tell() != len(data):
             raise CodecError(f"body is not a valid {writer.name}: {len(data) - body.tell()} trailing bytes")

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def _read_committed_consumer() -> None:
     """Faust reads with read_committed only under exactly-once; ksched runs at-least-once but must never
     act on claims from aborted executor transactions, so its consumer reads committed data only."""
-    thread_cls = faust_aiokafka.AIOKafkaConsumerThread
+    thread_cls: Any = faust_aiokafka.AIOKafkaConsumerThread
     if getattr(thread_cls, "_ksched_patched", False):
         return
     original = thread_cls._create_worker_consumer
@@ -72,7 +72,7 @@ class FaustStore:
 
 @dataclass
 class StreamsApp:
-    app: faust.App
+    app: Any
     shell: InboxShell
     settings: Settings
 
@@ -81,7 +81,7 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
                params: Params | None = None, web_port: int | None = None) -> StreamsApp:
     _read_committed_consumer()
     datadir = datadir or settings.home / "streams" / worker_name
-    app = faust.App(
+    app: Any = faust.App(
         app_id(settings),
         broker=f"kafka://{settings.bootstrap_servers}",
         store="rocksdb://",
@@ -111,14 +111,15 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
         for m in messages:
             await app.producer.send(m.topic, m.key, m.value, m.partition, None, None)
 
-    @app.agent(inbox, name="scheduler")
-    async def scheduler(stream: faust.Stream) -> None:
+    async def scheduler(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
             committed = app.consumer._committed_offset.get(TP(inbox_name, msg.partition))
             out = shell.process(FaustStore(table, msg.partition), msg.partition, msg.offset, msg.key, msg.value,
                                 committed=committed)
             await publish(out)
+
+    app.agent(inbox, name="scheduler")(scheduler)
 
     async def on_assigned(sender: Any, assigned: set[TP], **_: Any) -> None:
         shell.assigned({tp.partition for tp in assigned if tp.topic == inbox_name})
@@ -129,7 +130,6 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
     app.on_partitions_assigned.connect(on_assigned)
     app.on_partitions_revoked.connect(on_revoked)
 
-    @app.task
     async def ticker() -> None:
         """On the leader only: a tick into every inbox partition at each whole interval."""
         interval = settings.tick_interval_s
@@ -141,8 +141,9 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
             await asyncio.sleep(max(0.0, boundary - now))
             if not app.is_leader():
                 continue
-            now_ms = int(round(boundary * 1000))
+            now_ms = round(boundary * 1000)
             for p in range(settings.partitions):
                 await app.producer.send(inbox_name, None, codec.encode(Tick(p, now_ms, name)), p, None, None)
 
+    app.task(ticker)
     return StreamsApp(app, shell, settings)

@@ -172,16 +172,16 @@ class InboxShell:
         try:
             event = self.codec.decode(value)
         except CodecError as err:
-            return out + [self._dead_letter(partition, offset, key, value, str(err))]
+            return [*out, self._dead_letter(partition, offset, key, value, str(err))]
         if not isinstance(event, INBOX_TYPES):
-            return out + [self._dead_letter(partition, offset, key, value,
-                                            f"{type(event).SCHEMA} is not an inbox record")]
+            why = f"{type(event).SCHEMA} is not an inbox record"
+            return [*out, self._dead_letter(partition, offset, key, value, why)]
         if isinstance(event, Tick):
             out += self._tick(store, partition, offset, event)
             if committed is not None:
                 self.trim_outbox(store, partition, committed)
             return out
-        job_id = core.event_job_id(event)
+        job_id = core.event_job_id(event)  # type: ignore[arg-type]  # an INBOX_TYPES instance
         owner = partition_for(job_id, self.settings.partitions)
         if owner != partition:
             self.counters.forwarded += 1

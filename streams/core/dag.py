@@ -15,7 +15,8 @@ fine), CANCELLED when it was cancelled, FAILED otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from ksched.events import RunState, TaskSpec, TaskState
 
@@ -71,37 +72,64 @@ def find_cycle(specs: Sequence[TaskSpec]) -> list[str] | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Parents:
+    ended: bool
+    failed: bool
+    succeeded: bool
+    all_succeeded: bool
+
+
+def _all_success(p: _Parents) -> str | None:
+    if p.failed:
+        return TaskState.UPSTREAM_FAILED
+    if not p.ended:
+        return None
+    return TaskState.READY if p.all_succeeded else TaskState.SKIPPED
+
+
+def _one_success(p: _Parents) -> str | None:
+    if p.succeeded:
+        return TaskState.READY
+    if not p.ended:
+        return None
+    return TaskState.UPSTREAM_FAILED if p.failed else TaskState.SKIPPED
+
+
+def _one_failed(p: _Parents) -> str | None:
+    if p.failed:
+        return TaskState.READY
+    return TaskState.SKIPPED if p.ended else None
+
+
+def _none_failed(p: _Parents) -> str | None:
+    if p.failed:
+        return TaskState.UPSTREAM_FAILED
+    return TaskState.READY if p.ended else None
+
+
+_RULES: dict[str, Callable[[_Parents], str | None]] = {
+    "all_success": _all_success,
+    "all_done": lambda p: TaskState.READY if p.ended else None,
+    "one_success": _one_success,
+    "one_failed": _one_failed,
+    "none_failed": _none_failed,
+}
+
+
 def verdict(rule: str, parents: Iterable[str]) -> str | None:
     """What a WAITING task becomes given its parents' states, or None if it must keep waiting."""
     states = list(parents)
     if not states:
         return TaskState.READY
-    ended = all(s in TaskState.TERMINAL for s in states)
-    failed = any(s in _FAILED for s in states)
-    succeeded = any(s == TaskState.SUCCEEDED for s in states)
-    if rule == "all_success":
-        if failed:
-            return TaskState.UPSTREAM_FAILED
-        if not ended:
-            return None
-        return TaskState.READY if all(s == TaskState.SUCCEEDED for s in states) else TaskState.SKIPPED
-    if rule == "all_done":
-        return TaskState.READY if ended else None
-    if rule == "one_success":
-        if succeeded:
-            return TaskState.READY
-        if not ended:
-            return None
-        return TaskState.UPSTREAM_FAILED if failed else TaskState.SKIPPED
-    if rule == "one_failed":
-        if failed:
-            return TaskState.READY
-        return TaskState.SKIPPED if ended else None
-    if rule == "none_failed":
-        if failed:
-            return TaskState.UPSTREAM_FAILED
-        return TaskState.READY if ended else None
-    raise ValueError(f"unknown trigger rule {rule!r}")
+    if rule not in _RULES:
+        raise ValueError(f"unknown trigger rule {rule!r}")
+    return _RULES[rule](_Parents(
+        ended=all(s in TaskState.TERMINAL for s in states),
+        failed=any(s in _FAILED for s in states),
+        succeeded=any(s == TaskState.SUCCEEDED for s in states),
+        all_succeeded=all(s == TaskState.SUCCEEDED for s in states),
+    ))
 
 
 def settle_waiting(specs: Sequence[TaskSpec], tasks: Mapping[str, Task]) -> dict[str, str]:

@@ -80,7 +80,7 @@ def parse_cron(expr: str) -> Cron:
         if not croniter.is_valid(fields6, second_at_beginning=True):
             raise ValueError("not a valid cron expression")
         croniter(fields6, _EPOCH, second_at_beginning=True).get_next(datetime)
-    except Exception as exc:  # noqa: BLE001 - croniter raises several types for bad input
+    except Exception as exc:
         raise JobSpecError("schedule", f"invalid cron expression {expr!r}: {exc}") from None
     return Cron(text, fields6)
 
@@ -168,9 +168,8 @@ def fire_times(schedule: Schedule, job_id: str, after_ms: int) -> Iterator[int]:
         tz = zone(schedule.timezone)
         for nominal in _nominal_after(cron, tz, after_ms - offset):
             yield nominal + offset
-    elif schedule.at_ms is not None:
-        if schedule.at_ms + offset > after_ms:
-            yield schedule.at_ms + offset
+    elif schedule.at_ms is not None and schedule.at_ms + offset > after_ms:
+        yield schedule.at_ms + offset
 
 
 def next_fire(schedule: Schedule, job_id: str, after_ms: int) -> int | None:
