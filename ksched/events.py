@@ -101,6 +101,27 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Level:
+    """One rung of the multi-level queue: an attempt that timed out moves to the next rung."""
+
+    SCHEMA: ClassVar[str] = "ksched.Level"
+    priority: str
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource limits of one attempt's process (0: no limit)."""
+
+    SCHEMA: ClassVar[str] = "ksched.Limits"
+    cpu_seconds: int = 0
+    memory_mb: int = 0
+    open_files: int = 1024
+    processes: int = 0
+    log_bytes: int = 1_048_576
+
+
+@dataclass(frozen=True, slots=True)
 class TaskSpec:
     SCHEMA: ClassVar[str] = "ksched.TaskSpec"
     name: str
@@ -113,6 +134,9 @@ class TaskSpec:
     depends_on: list[str] = field(default_factory=list)
     trigger_rule: str = "all_success"
     labels: dict[str, str] = field(default_factory=dict)
+    #: Later rungs for attempts after a timeout; the task's own priority and timeout are rung 0.
+    levels: list[Level] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,6 +414,7 @@ class TaskReady:
     scheduled_for_ms: int
     at_ms: int
     labels: dict[str, str] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ count, so one partition owns everything about a job.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from ksched.config import Settings
@@ -95,7 +96,34 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
         try:
             fut.result()
             created.append(name)
-        except Exception as exc:
+        except Exception as exc:  # TOPIC_ALREADY_EXISTS from a concurrent creator is fine
             if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
                 raise
+    _wait_until_served(settings, {sp.name: sp.partitions for sp in missing}, timeout_s)
     return created
+
+
+def _wait_until_served(settings: Settings, partitions: dict[str, int], timeout_s: float) -> None:
+    """Creation returns before every partition's leader serves it; clients that start at once would see
+    NOT_LEADER errors. Wait until each partition answers an offsets request."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"{settings.prefix}-admin",
+                  "log_level": 3})
+    try:
+        pending = [TopicPartition(t, p) for t, n in partitions.items() for p in range(n)]
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            still = []
+            for tp in pending:
+                try:
+                    c.get_watermark_offsets(tp, timeout=2)
+                except KafkaException:
+                    still.append(tp)
+            pending = still
+            if pending:
+                time.sleep(0.05)
+        if pending:
+            raise ConfigError(f"{len(pending)} new topic partitions not served after {timeout_s:.0f}s")
+    finally:
+        c.close()

@@ -24,6 +24,7 @@ from ksched.errors import BrokerError
 KAFKA_VERSION = "4.3.1"
 _HERE = Path(__file__).resolve().parent
 log = logging.getLogger(__name__)
+_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def cache_dir() -> Path:
@@ -182,6 +183,7 @@ def up(data_dir: Path, port: int | None = None, heap_mb: int = 768, timeout_s: f
         stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     logf.close()
+    _children[proc.pid] = proc  # the broker outlives this call; keep its handle until `down` reaps it
     (data_dir / "broker.pid").write_text(str(proc.pid))
     info = BrokerInfo(data_dir, port, controller, proc.pid)
     try:
@@ -193,10 +195,14 @@ def up(data_dir: Path, port: int | None = None, heap_mb: int = 768, timeout_s: f
 
 
 def _cluster_id() -> str:
-    # A Kafka cluster id is 16 random bytes, base64url without padding (22 characters).
+    """16 random bytes, base64url without padding; like Kafka's own Uuid.randomUuid, never starting with
+    '-' (the storage tool would read it as an option)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def wait_ready(bootstrap: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -240,7 +246,11 @@ def down(data_dir: Path, timeout_s: float = 20.0) -> bool:
     if _alive(info.pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(info.pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(info.pid, 0)
+    child = _children.pop(info.pid, None)
+    if child is not None:
+        child.wait()
+    else:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.pid, 0)
     (info.data_dir / "broker.pid").unlink(missing_ok=True)
     return True

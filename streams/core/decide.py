@@ -52,7 +52,7 @@ from ksched.events import (
 
 from . import dag
 from .model import Attempt, JobState, Params, Run, Task, split_task_id, task_id
-from .retry import backoff_ms, decide_retry
+from .retry import backoff_ms, decide_retry, level_params
 from .schedule import fire_times, iso
 from .validate import validate_job
 
@@ -469,8 +469,8 @@ def _active_runs(state: JobState) -> list[Run]:
 def _make_ready(ctx: _Ctx, run_id: str, task: Task) -> None:
     run = ctx.job.runs[run_id]
     spec = ctx.job.task_spec(run, task.name)
-    attempt = Attempt(number=task.number + 1, priority=spec.priority, timeout_ms=spec.timeout_ms,
-                      ready_at_ms=ctx.now)
+    priority, timeout_ms = level_params(spec, task.level)
+    attempt = Attempt(number=task.number + 1, priority=priority, timeout_ms=timeout_ms, ready_at_ms=ctx.now)
     task = replace(task, state=TaskState.READY, attempts=(*task.attempts, attempt), lease_deadline_ms=None,
                    retry_at_ms=None)
     ctx.put_task(run_id, task)
@@ -479,7 +479,7 @@ def _make_ready(ctx: _Ctx, run_id: str, task: Task) -> None:
         event_id=f"{tid}#{attempt.number}/ready", job_id=ctx.job.job_id, run_id=run_id, task_id=tid,
         task_name=task.name, attempt=attempt.number, revision=run.revision, priority=attempt.priority,
         artifact=spec.artifact, args=list(spec.args), env=dict(spec.env), timeout_ms=attempt.timeout_ms,
-        scheduled_for_ms=run.scheduled_for_ms, at_ms=ctx.now, labels=dict(spec.labels),
+        scheduled_for_ms=run.scheduled_for_ms, at_ms=ctx.now, labels=dict(spec.labels), limits=spec.limits,
     )
     ctx.emit(READY, tid, ready)
     ctx.log(ready)
@@ -708,8 +708,9 @@ def _end_attempt(
             delay = backoff_ms(spec, att.number, f"{tid}#{att.number}")
             task = replace(task, state=TaskState.RETRY_WAIT, retry_at_ms=ctx.now + delay, level=verdict.level)
             ctx.put_task(run_id, task)
+            priority, timeout_ms = level_params(spec, verdict.level)
             ctx.log(RetryScheduled(f"{tid}#{att.number + 1}/retry", ctx.job.job_id, run_id, tid, att.number + 1,
-                                   ctx.now + delay, delay, spec.priority, spec.timeout_ms, verdict.reason, ctx.now))
+                                   ctx.now + delay, delay, priority, timeout_ms, verdict.reason, ctx.now))
             if delay == 0:
                 _make_ready(ctx, run_id, task)
         else:

@@ -46,4 +46,16 @@ def decide_retry(
         return RetryDecision(False, f"exit code {exit_code} is not retried", level)
     if attempts_made >= spec.retry.max_attempts:
         return RetryDecision(False, f"gave up after {attempts_made} attempt(s)", level)
+    if outcome == Outcome.TIMED_OUT and level < len(spec.levels):
+        nxt = spec.levels[level]
+        return RetryDecision(True, f"attempt {attempts_made} timed out; moving to level {level + 1} "
+                                   f"({nxt.priority}, timeout {nxt.timeout_ms} ms)", level + 1)
     return RetryDecision(True, f"attempt {attempts_made} {outcome.lower()}", level)
+
+
+def level_params(spec: TaskSpec, level: int) -> tuple[str, int]:
+    """(priority, timeout_ms) of an attempt at `level` of the multi-level queue (0: the task's own)."""
+    if level <= 0 or not spec.levels:
+        return spec.priority, spec.timeout_ms
+    rung = spec.levels[min(level, len(spec.levels)) - 1]
+    return rung.priority, rung.timeout_ms

@@ -1,0 +1,204 @@
+"""The whole path against the real broker: a streams worker and an executor as separate processes, jobs
+submitted by the CLI, by a raw producer and by a Java client, every event type on the wire, dead letters."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ksched import kafka
+from ksched.artifacts import open_store
+from ksched.events import (
+    ClaimGranted,
+    DeadLetter,
+    SubmitJob,
+    TaskReady,
+    Tick,
+)
+from ksched.partitioning import partition_for
+from schemas.codec import SCHEMA_DIR, default_codec
+from tests.samples import job
+from tests.support import Cluster, eventually, settings_for, write_job, write_script
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture(scope="module")
+def cluster(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(settings_for(bootstrap, tmp_path_factory.mktemp("e2e")))
+    c.streams("w1")
+    c.executor(slots=6)
+    yield c
+    c.stop()
+
+
+@pytest.fixture(autouse=True)
+def _logs_on_failure(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[None]:
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        print(cluster.logs())
+
+
+@pytest.fixture
+def jobs_dir(tmp_path: Path) -> Path:
+    write_script(tmp_path / "hello.sh", 'echo "hello $KSCHED_TASK_ID attempt $KSCHED_ATTEMPT"\n')
+    return tmp_path
+
+
+def submit(cluster: Cluster, path: Path) -> None:
+    r = cluster.ksched("submit", str(path), "--wait", "--timeout", "90")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("accepted")
+
+
+def test_a_cron_job_and_a_one_off_job_run_and_show_in_status(cluster: Cluster, jobs_dir: Path) -> None:
+    submit(cluster, write_job(jobs_dir, "cron", "job: every-second\nschedule: '* * * * * *'\nbinary: hello.sh\n"))
+    submit(cluster, write_job(jobs_dir, "once", "job: just-once\nbinary: hello.sh\nargs: [a, b]\n"))
+    eventually(lambda: len(cluster.succeeded_runs("every-second")) >= 3, 90, what="three cron runs succeed")
+    eventually(lambda: cluster.succeeded_runs("just-once"), 60, what="the one-off run succeeds")
+
+    text = cluster.ksched("status", "every-second")
+    assert text.returncode == 0 and "SUCCEEDED" in text.stdout and 'cron "* * * * * *"' in text.stdout
+    data = json.loads(cluster.ksched("status", "just-once", "--json").stdout)
+    (run,) = data["runs"]
+    (task,) = run["tasks"]
+    (attempt,) = task["attempts"]
+    assert run["state"] == "SUCCEEDED" and attempt["exit_code"] == 0 and attempt["outcome"] == "SUCCEEDED"
+    assert run["scheduled_for_ms"] <= attempt["started_at_ms"] <= attempt["finished_at_ms"]
+    logs = cluster.ksched("logs", run["run_id"])
+    assert f"hello {run['run_id']}/main attempt 1" in logs.stdout
+
+    # Cron runs have ids derived from their scheduled instants, one second apart.
+    cron = [r for r in json.loads(cluster.ksched("status", "every-second", "--json").stdout)["runs"]]
+    instants = sorted(r["scheduled_for_ms"] for r in cron)
+    assert all(b - a == 1000 for a, b in itertools.pairwise(instants))
+
+
+def test_every_event_type_travels_through_the_broker(cluster: Cluster, jobs_dir: Path) -> None:
+    write_script(jobs_dir / "flaky.sh", '[ "$KSCHED_ATTEMPT" = 1 ] && exit 3\necho recovered\n')
+    write_script(jobs_dir / "slow.sh", "sleep 2\n")
+    write_script(jobs_dir / "forever.sh", "sleep 120\n")
+    (jobs_dir / "notes.txt").write_text("this is not a program\n")
+    submit(cluster, write_job(jobs_dir, "flaky", "job: flaky\nbinary: flaky.sh\nretries: {max_attempts: 2, "
+                                                 "backoff: 1s}\n"))
+    submit(cluster, write_job(jobs_dir, "slow", "job: slow\nbinary: slow.sh\n"))
+    submit(cluster, write_job(jobs_dir, "bad", "job: not-a-program\nbinary: notes.txt\n"))
+    submit(cluster, write_job(jobs_dir, "forever", "job: forever\nbinary: forever.sh\n"))
+    submit(cluster, write_job(jobs_dir, "weekly", "job: weekly\nschedule: '@weekly'\nbinary: hello.sh\n"))
+
+    eventually(lambda: cluster.succeeded_runs("flaky"), 60, what="flaky succeeds on its second attempt")
+    eventually(lambda: cluster.succeeded_runs("slow"), 60, what="the slow job succeeds")
+    eventually(lambda: "FAILED" in cluster.run_states("not-a-program").values(), 60, what="bad artifact fails")
+    run_id = eventually(lambda: next((t.run_id for ts in cluster.status("forever").tasks.values()
+                                      for t in ts.values() if t.state == "RUNNING"), None), 60)
+    assert cluster.ksched("cancel", run_id, "--reason", "test").returncode == 0
+    eventually(lambda: cluster.run_states("forever").get(run_id) == "CANCELLED", 60, what="cancelled")
+    for verb in ("pause", "resume", "delete"):
+        r = cluster.ksched(verb, "weekly")
+        assert r.returncode == 0 and r.stdout.startswith(verb.rstrip("e")), r.stdout + r.stderr
+
+    flaky = cluster.status("flaky")
+    (tasks,) = flaky.tasks.values()
+    assert [a.exit_code for a in tasks["main"].attempts] == [3, 0]
+    bad = next(iter(cluster.status("not-a-program").tasks.values()))["main"]
+    assert "NOT_EXECUTABLE" in bad.attempts[0].reason
+
+    inbox = {type(e).__name__ for _, e in cluster.records("inbox")}
+    events = {type(e).__name__ for _, e in cluster.records("events")}
+    assert {"SubmitJob", "Tick", "ClaimTask", "TaskStarted", "TaskHeartbeat", "TaskCompleted", "TaskFailed",
+            "CancelRun", "PauseJob", "ResumeJob", "DeleteJob"} <= inbox
+    assert {"JobAccepted", "RunTriggered", "TaskReady", "ClaimGranted", "AttemptEnded", "RetryScheduled",
+            "CancelRequested", "TaskSettled", "RunFinished", "JobChanged"} <= events
+    assert any(isinstance(e, TaskReady) for _, e in cluster.records("ready.normal"))
+    assert any(isinstance(e, ClaimGranted) for _, e in cluster.records("control"))
+    assert {type(e).__name__ for _, e in cluster.records("runs")} == {"RunView"}
+    assert {type(e).__name__ for _, e in cluster.records("tasks")} == {"TaskView"}
+    catalog = cluster.records("jobs")
+    assert any(k == b"flaky" for k, _ in catalog)
+
+
+def test_bad_input_is_dead_lettered_with_its_reason_and_bytes_and_the_agent_keeps_going(
+        cluster: Cluster, jobs_dir: Path) -> None:
+    codec = default_codec()
+    s = cluster.settings
+    garbage = b"\x00not avro at all"
+    truncated = codec.encode(SubmitJob("c1", job("trunc"), 1))[:-4]
+    wrong_kind = codec.encode(Tick(0, 1))[:2] + codec.prefix("ksched.ClaimGranted")[2:] + b"\x02"
+    bad_cron = codec.encode(SubmitJob("c2", job("bad-cron", "77 * * * *"), 1))
+    p = kafka.producer(s)
+    for key, value in ((b"g", garbage), (b"trunc", truncated), (b"w", wrong_kind), (b"bad-cron", bad_cron)):
+        p.produce(s.topic("inbox"), key=key, value=value)
+    p.flush(10)
+
+    def dead() -> list[DeadLetter]:
+        return [e for _, e in cluster.records("dlq") if isinstance(e, DeadLetter)]
+
+    letters = eventually(lambda: len(dead()) >= 4 and dead(), 60, what="four dead letters")
+    by_value = {d.value: d for d in letters}
+    assert "expected magic C3 01" in by_value[garbage].reason
+    assert "not a valid ksched.SubmitJob" in by_value[truncated].reason
+    assert "not a valid ksched.ClaimGranted" in by_value[wrong_kind].reason
+    assert "invalid cron expression" in by_value[bad_cron].reason
+    assert all(d.source_topic == s.topic("inbox") for d in letters)
+    dlq = cluster.ksched("dlq")
+    assert "expected magic C3 01" in dlq.stdout
+
+    submit(cluster, write_job(jobs_dir, "after", "job: after-garbage\nbinary: hello.sh\n"))
+    eventually(lambda: cluster.succeeded_runs("after-garbage"), 60, what="a valid job still runs")
+
+
+def test_a_submission_from_any_partition_reaches_the_partition_that_owns_the_job(cluster: Cluster,
+                                                                                jobs_dir: Path) -> None:
+    store = open_store(cluster.settings.artifacts)
+    ref = store.put_file(jobs_dir / "hello.sh")
+    spec = job("misrouted")
+    from dataclasses import replace
+
+    spec = replace(spec, tasks=[replace(spec.tasks[0], artifact=ref)])
+    owner = partition_for("misrouted", cluster.settings.partitions)
+    wrong = (owner + 1) % cluster.settings.partitions
+    p = kafka.producer(cluster.settings)
+    p.produce(cluster.settings.topic("inbox"), key=b"misrouted",
+              value=default_codec().encode(SubmitJob("c", spec, int(time.time() * 1000))), partition=wrong)
+    p.flush(10)
+    eventually(lambda: cluster.succeeded_runs("misrouted"), 60, what="the forwarded job runs")
+
+
+def _java_classpath() -> Path:
+    from ksched.devbroker import cache_dir
+
+    libs = cache_dir() / "interop-libs"
+    if not (libs / ".complete").exists():
+        pom = Path(__file__).resolve().parents[1] / "interop" / "java" / "pom.xml"
+        subprocess.run(["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+                        f"-DoutputDirectory={libs}"], check=True, capture_output=True)
+        (libs / ".complete").write_text("ok")
+    return libs
+
+
+@pytest.mark.skipif(shutil.which("java") is None or shutil.which("mvn") is None, reason="needs java and mvn")
+def test_a_java_client_submits_a_job_with_only_the_avsc_files_and_the_documented_framing(
+        cluster: Cluster, jobs_dir: Path) -> None:
+    ref = open_store(cluster.settings.artifacts).put_file(jobs_dir / "hello.sh")
+    job_id = f"from-java-{uuid.uuid4().hex[:6]}"
+    source = Path(__file__).resolve().parents[1] / "interop" / "java" / "SubmitJob.java"
+    result = subprocess.run(
+        ["java", "-cp", f"{_java_classpath()}/*", str(source), cluster.settings.bootstrap_servers,
+         cluster.settings.topic("inbox"), str(SCHEMA_DIR), job_id, ref.digest, ref.name, str(ref.size),
+         uuid.uuid4().hex, str(int(time.time() * 1000))],
+        capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    eventually(lambda: cluster.succeeded_runs(job_id), 60, what="the Java-submitted job runs")
+    st = cluster.status(job_id)
+    assert st.definition is not None and st.definition.job.description == "submitted from Java"
+    logs = cluster.ksched("logs", st.ordered_runs()[0].run_id).stdout
+    assert "from-java" in logs or "hello" in logs

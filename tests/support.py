@@ -1,0 +1,169 @@
+"""Helpers for tests against the real broker: wait for facts, run ksched processes, read topics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ksched.config import Settings
+from ksched.reader import JobStatus, job_status, read_partition
+from ksched.topics import ensure_topics
+from schemas.codec import default_codec
+
+REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def eventually(fn: Callable[[], T], timeout: float = 60.0, interval: float = 0.25, what: str = "") -> T:
+    """Call `fn` until it returns something truthy; fail with its last value after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"not true within {timeout:.0f}s: {what or fn.__name__}; last value: {last!r}")
+
+
+def settings_for(bootstrap: str, home: Path, **overrides: Any) -> Settings:
+    base = Settings(bootstrap_servers=bootstrap, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3,
+                    ready_partitions=3, control_partitions=2, home=home, heartbeat_s=0.5, lease_s=6.0,
+                    commit_interval_s=0.3)
+    return replace(base, **overrides)
+
+
+def env_for(s: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KSCHED_")}
+    env.update({
+        "KSCHED_BOOTSTRAP_SERVERS": s.bootstrap_servers, "KSCHED_PREFIX": s.prefix, "KSCHED_HOME": str(s.home),
+        "KSCHED_PARTITIONS": str(s.partitions), "KSCHED_READY_PARTITIONS": str(s.ready_partitions),
+        "KSCHED_CONTROL_PARTITIONS": str(s.control_partitions), "KSCHED_HEARTBEAT_S": str(s.heartbeat_s),
+        "KSCHED_LEASE_S": str(s.lease_s), "KSCHED_COMMIT_INTERVAL_S": str(s.commit_interval_s),
+        "KSCHED_TICK_INTERVAL_S": str(s.tick_interval_s),
+    })
+    if s.artifact_url:
+        env["KSCHED_ARTIFACTS"] = s.artifact_url
+    if s.s3_endpoint_url:
+        env["KSCHED_S3_ENDPOINT_URL"] = s.s3_endpoint_url
+    return env
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill9(self) -> None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Cluster:
+    """A private ksched installation (its own topic prefix) on the shared test broker."""
+
+    settings: Settings
+    procs: list[Proc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        ensure_topics(self.settings)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return env_for(self.settings)
+
+    def _spawn(self, name: str, args: list[str]) -> Proc:
+        log = self.settings.home / f"{name}.{len(self.procs)}.log"
+        with open(log, "wb") as out:
+            popen = subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=self.env, cwd=REPO, stdout=out,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def streams(self, name: str = "w1") -> Proc:
+        return self._spawn(f"streams-{name}", ["streams", "--name", name])
+
+    def executor(self, slots: int = 4, executor_id: str | None = None) -> Proc:
+        args = ["executor", "--slots", str(slots)]
+        if executor_id:
+            args += ["--id", executor_id]
+        return self._spawn(f"executor-{executor_id or len(self.procs)}", args)
+
+    def ksched(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cli.main", *args], env=self.env, cwd=REPO, text=True,
+                              capture_output=True, timeout=timeout, check=False)
+
+    def status(self, job: str) -> JobStatus:
+        return job_status(self.settings, job)
+
+    def succeeded_runs(self, job: str) -> list[str]:
+        return [r.run_id for r in self.status(job).ordered_runs() if r.state == "SUCCEEDED"]
+
+    def run_states(self, job: str) -> dict[str, str]:
+        return {r.run_id: r.state for r in self.status(job).ordered_runs()}
+
+    def records(self, topic: str) -> list[tuple[bytes | None, Any]]:
+        """Every decodable record of a topic (all partitions), as (key, event)."""
+        codec = default_codec()
+        out = []
+        name = self.settings.topic(topic)
+        from confluent_kafka.admin import AdminClient
+
+        md = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers}).list_topics(name, timeout=10)
+        for p in md.topics[name].partitions:
+            for m in read_partition(self.settings, name, p):
+                if m.value() is not None:
+                    try:
+                        out.append((m.key(), codec.decode(m.value())))
+                    except Exception:
+                        out.append((m.key(), m.value()))
+        return out
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ({p.log}) ---\n{p.tail()}" for p in self.procs)
+
+
+def write_script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def write_job(directory: Path, name: str, yaml_text: str) -> Path:
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml_text)
+    return path

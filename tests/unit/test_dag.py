@@ -1,0 +1,203 @@
+"""DAG jobs: trigger rules, propagation of failure, the end of a run, reruns and max_active_runs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from ksched.events import (
+    ArtifactRef,
+    ClaimGranted,
+    JobSpec,
+    RerunTasks,
+    RetryPolicy,
+    RunFinished,
+    RunTriggered,
+    TaskReady,
+    TaskSettled,
+    TaskSpec,
+    TaskState,
+    TriggerJob,
+)
+from streams.core import dag
+from streams.core.model import Task
+from tests.samples import DIGEST
+from tests.sim import Sim, one
+
+S, F, K, U, C = (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED, TaskState.UPSTREAM_FAILED,
+                 TaskState.CANCELLED)
+W, R = TaskState.WAITING, TaskState.RUNNING
+
+
+@pytest.mark.parametrize(
+    ("rule", "parents", "expected"),
+    [
+        ("all_success", [S, S], TaskState.READY),
+        ("all_success", [S, R], None),
+        ("all_success", [S, F], U),
+        ("all_success", [R, F], U),  # fails at once, without waiting for the other parent
+        ("all_success", [S, K], K),
+        ("all_success", [S, U], U),
+        ("all_done", [S, F], TaskState.READY),
+        ("all_done", [S, R], None),
+        ("one_success", [R, S], TaskState.READY),
+        ("one_success", [F, R], None),
+        ("one_success", [F, K], U),
+        ("one_success", [K, K], K),
+        ("one_failed", [R, F], TaskState.READY),
+        ("one_failed", [S, R], None),
+        ("one_failed", [S, S], K),
+        ("one_failed", [S, C], TaskState.READY),
+        ("none_failed", [S, K], TaskState.READY),
+        ("none_failed", [S, R], None),
+        ("none_failed", [S, F], U),
+        ("all_success", [], TaskState.READY),
+    ],
+)
+def test_trigger_rules(rule: str, parents: list[str], expected: str | None) -> None:
+    assert dag.verdict(rule, parents) == expected
+
+
+def spec(*tasks: tuple[str, list[str], str]) -> list[TaskSpec]:
+    art = ArtifactRef(DIGEST, "x", 1)
+    return [TaskSpec(n, art, depends_on=deps, trigger_rule=rule) for n, deps, rule in tasks]
+
+
+def test_failure_propagates_down_a_chain_in_one_step() -> None:
+    specs = spec(("a", [], "all_success"), ("b", ["a"], "all_success"), ("c", ["b"], "all_success"),
+                 ("alert", ["a"], "one_failed"))
+    tasks = {"a": Task("a", F), "b": Task("b"), "c": Task("c"), "alert": Task("alert")}
+    assert dag.settle_waiting(specs, tasks) == {"b": U, "c": U, "alert": TaskState.READY}
+
+
+def test_cycles_are_found_with_their_path() -> None:
+    specs = spec(("a", ["c"], "all_success"), ("b", ["a"], "all_success"), ("c", ["b"], "all_success"),
+                 ("d", [], "all_success"))
+    cycle = dag.find_cycle(specs)
+    assert cycle is not None and cycle[0] == cycle[-1] and set(cycle) == {"a", "b", "c"}
+    assert dag.find_cycle(spec(("a", [], "all_success"), ("b", ["a"], "all_success"))) is None
+
+
+@pytest.mark.parametrize(
+    ("states", "cancelled", "expected"),
+    [
+        ([S, S], False, "SUCCEEDED"),
+        ([S, K], False, "SUCCEEDED"),
+        ([S, F], False, "FAILED"),
+        ([S, U], False, "FAILED"),
+        ([S, R], False, None),
+        ([S, C], True, "CANCELLED"),
+    ],
+)
+def test_a_run_ends_when_no_task_can_progress(states: list[str], cancelled: bool, expected: str | None) -> None:
+    tasks = {str(i): Task(str(i), s) for i, s in enumerate(states)}
+    assert dag.run_outcome(tasks, cancelled) == expected
+
+
+# --- through the reducer ------------------------------------------------------------------------
+
+
+def dag_job(*tasks: tuple[str, list[str], str], cron: str | None = None, max_active_runs: int = 0) -> JobSpec:
+    from ksched.events import Schedule
+
+    return JobSpec("pipe", spec(*tasks), Schedule(cron=cron), max_active_runs=max_active_runs)
+
+
+def finish(sim: Sim, ready: TaskReady, code: int = 0) -> list[TaskReady]:
+    before = len(sim.emits)
+    sim.run(ready, code)
+    return sim.readies(sim.emits[before:])
+
+
+def test_a_diamond_runs_each_task_once_the_moment_its_parents_are_done() -> None:
+    sim = Sim()
+    roots = sim.readies(sim.submit(dag_job(("a", [], "all_success"), ("b", ["a"], "all_success"),
+                                           ("c", ["a"], "all_success"), ("d", ["b", "c"], "all_success"))))
+    assert [r.task_name for r in roots] == ["a"]
+    mid = finish(sim, roots[0])
+    assert sorted(r.task_name for r in mid) == ["b", "c"]
+    assert finish(sim, mid[0]) == []  # d still waits for its other parent
+    last = finish(sim, mid[1])
+    assert [r.task_name for r in last] == ["d"]
+    finish(sim, last[0])
+    assert one(sim.emits, RunFinished).state == "SUCCEEDED"
+
+
+def test_fan_out_fan_in() -> None:
+    sim = Sim()
+    leaves = [(f"t{i}", ["start"], "all_success") for i in range(50)]
+    sim.submit(dag_job(("start", [], "all_success"), *leaves, ("end", [f"t{i}" for i in range(50)], "all_success")))
+    wide = finish(sim, sim.readies()[0])
+    assert len(wide) == 50
+    for r in wide[:-1]:
+        assert finish(sim, r) == []
+    assert [r.task_name for r in finish(sim, wide[-1])] == ["end"]
+
+
+def test_a_failure_skips_or_fails_downstream_per_rule_and_the_run_fails() -> None:
+    sim = Sim()
+    sim.submit(dag_job(("build", [], "all_success"), ("test", ["build"], "all_success"),
+                       ("deploy", ["test"], "all_success"), ("notify", ["build"], "one_failed"),
+                       ("cleanup", ["test", "notify"], "all_done")))
+    after = finish(sim, sim.readies()[0], code=1)
+    assert [r.task_name for r in after] == ["notify"]
+    settled = {s.task_id.rsplit("/", 1)[1]: s.state for s in sim.logged(TaskSettled)}
+    assert settled == {"build": F, "test": U, "deploy": U}
+    assert [r.task_name for r in finish(sim, after[0])] == ["cleanup"]
+    finish(sim, sim.readies()[-1])
+    assert one(sim.emits, RunFinished).state == "FAILED"
+
+
+def test_a_cron_scheduled_dag_makes_separate_runs_that_never_mix() -> None:
+    from tests.sim import T0
+
+    sim = Sim()
+    sim.submit(dag_job(("a", [], "all_success"), ("b", ["a"], "all_success"), cron="*/10 * * * * *"))
+    sim.tick_to(T0 + 20 * 1000)
+    first, second = sim.readies()
+    assert first.run_id != second.run_id
+    nxt = finish(sim, second)
+    assert [(r.run_id, r.task_name) for r in nxt] == [(second.run_id, "b")]
+
+
+def test_max_active_runs_queues_runs_until_one_finishes() -> None:
+    sim = Sim()
+    sim.submit(dag_job(("a", [], "all_success"), max_active_runs=1))
+    first = sim.readies()[0]
+    sim.send(TriggerJob("t1", "pipe", sim.now))
+    sim.send(TriggerJob("t2", "pipe", sim.now))
+    assert len(sim.logged(RunTriggered)) == 3 and len(sim.readies()) == 1
+    nxt = finish(sim, first)
+    assert [r.run_id for r in nxt] == ["pipe@manual-t1"]
+
+
+def test_rerun_from_a_task_clears_it_and_everything_downstream_as_new_attempts() -> None:
+    sim = Sim()
+    sim.submit(dag_job(("a", [], "all_success"), ("b", ["a"], "all_success"), ("c", ["b"], "all_success")))
+    b = finish(sim, sim.readies()[0])[0]
+    sim.run(b, 1)
+    assert one(sim.emits, RunFinished).state == "FAILED"
+    emits = sim.send(RerunTasks("rr", "pipe", b.run_id, "b", sim.now))
+    again = sim.readies(emits)
+    assert [(r.task_name, r.attempt) for r in again] == [("b", 2)]
+    grant = sim.run(again[0])
+    assert grant.fencing_token > 2
+    c = sim.readies()[-1]
+    assert (c.task_name, c.attempt) == ("c", 1)
+    sim.run(c)
+    assert sim.logged(RunFinished)[-1].state == "SUCCEEDED"
+
+
+def test_per_task_retries_inside_a_dag() -> None:
+    sim = Sim()
+    job = dag_job(("a", [], "all_success"), ("b", ["a"], "all_success"))
+    tasks = [replace(job.tasks[0], retry=RetryPolicy(max_attempts=2, backoff_ms=0)), job.tasks[1]]
+    sim.submit(replace(job, tasks=tasks))
+    sim.run(sim.readies()[0], 1)
+    retry = sim.readies()[-1]
+    assert (retry.task_name, retry.attempt) == ("a", 2)
+    grant = one(sim.claim(retry), ClaimGranted)
+    sim.start(grant)
+    sim.complete(grant, 0)
+    assert sim.readies()[-1].task_name == "b"

@@ -1,0 +1,444 @@
+"""The scheduler's decisions, driven event by event through the pure reducer (no broker, no clock)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from ksched.events import (
+    AttemptEnded,
+    CancelRequested,
+    CancelRun,
+    ClaimGranted,
+    ClaimRejected,
+    DeleteJob,
+    FailureReason,
+    JobAccepted,
+    JobChanged,
+    JobRejected,
+    Level,
+    OccurrenceMissed,
+    OccurrenceSkipped,
+    Outcome,
+    PauseJob,
+    ReportIgnored,
+    ResumeJob,
+    RetryPolicy,
+    RetryScheduled,
+    RunFinished,
+    RunTriggered,
+    SubmitJob,
+    TaskReady,
+    TaskSettled,
+    Tick,
+    TriggerJob,
+)
+from streams.core.decide import CATALOG, DLQ, RUNS, TASKS, decide, next_wakeup
+from streams.core.model import Params
+from streams.core.retry import backoff_ms
+from tests.samples import job
+from tests.sim import T0, Sim, one
+
+SEC = 1000
+
+
+def cron_sim(cron: str = "*/10 * * * * *", **schedule: object) -> Sim:
+    sim = Sim()
+    sim.submit(job("j1", cron, **schedule))  # type: ignore[arg-type]
+    return sim
+
+
+# --- submission --------------------------------------------------------------------------------
+
+
+def test_a_valid_submission_is_accepted_and_catalogued() -> None:
+    sim = Sim()
+    emits = sim.submit(job("j1", "*/10 * * * * *"))
+    accepted = one(emits, JobAccepted)
+    assert (accepted.job_id, accepted.revision) == ("j1", 1)
+    assert [e.channel for e in emits if e.channel == CATALOG] == [CATALOG]
+    assert not sim.readies()  # a cron job waits for its first occurrence
+
+
+def test_an_invalid_submission_is_rejected_and_dead_lettered_with_the_reason() -> None:
+    sim = Sim()
+    emits = sim.submit(job("j1", "61 * * * *"))
+    assert "invalid cron expression" in one(emits, JobRejected).reason
+    assert next(e.record for e in emits if e.channel == DLQ).startswith("invalid job: schedule:")
+    assert sim.state is None
+
+
+def test_the_same_command_twice_is_applied_once() -> None:
+    sim = Sim()
+    cmd = SubmitJob("c1", job("j1"), T0)
+    first = sim.send(cmd)
+    assert sim.send(cmd) == []
+    assert len(sim.readies(first)) == 1
+
+
+def test_resubmitting_an_identical_spec_changes_nothing() -> None:
+    sim = cron_sim()
+    emits = sim.submit(job("j1", "*/10 * * * * *"))
+    assert one(emits, JobAccepted).revision == 1
+    assert not any(e.channel in (CATALOG, RUNS, TASKS) for e in emits)
+
+
+def test_an_update_takes_effect_from_the_next_occurrence_and_runs_record_their_revision() -> None:
+    sim = cron_sim("*/10 * * * * *")
+    sim.tick(T0 + 10 * SEC)
+    first = sim.readies()[-1]
+    assert first.revision == 1
+    sim.submit(job("j1", "*/30 * * * * *"))
+    assert sim.state is not None and sim.state.revision == 2
+    sim.tick_to(T0 + 30 * SEC)
+    fired = [r.scheduled_for_ms - T0 for r in sim.logged(RunTriggered)]
+    assert fired == [10 * SEC, 30 * SEC]  # 20 s was an occurrence of revision 1's schedule only
+    assert sim.readies()[-1].revision == 2
+
+
+def test_a_one_off_job_runs_once_on_submit() -> None:
+    sim = Sim()
+    emits = sim.submit(job("once"))
+    ready = one(emits, TaskReady)
+    assert ready.run_id.startswith("once@")
+    sim.run(ready)
+    sim.tick_to(T0 + 60 * SEC)
+    assert len(sim.logged(RunTriggered)) == 1
+    assert one(sim.emits, RunFinished).state == "SUCCEEDED"
+
+
+def test_a_one_off_job_at_an_instant_waits_for_the_tick_that_reaches_it() -> None:
+    sim = Sim()
+    sim.submit(job("later", at_ms=T0 + 5 * SEC))
+    assert not sim.readies()
+    assert next_wakeup(sim.state) == T0 + 5 * SEC
+    sim.tick(T0 + 4 * SEC)
+    assert not sim.readies()
+    sim.tick(T0 + 5 * SEC)
+    assert sim.readies()[0].scheduled_for_ms == T0 + 5 * SEC
+
+
+# --- ticks ---------------------------------------------------------------------------------------
+
+
+def test_ticks_fire_each_due_occurrence_with_a_deterministic_run_id() -> None:
+    sim = cron_sim()
+    sim.tick_to(T0 + 30 * SEC)
+    runs = [r.run_id for r in sim.logged(RunTriggered)]
+    assert runs == ["j1@2027-01-15T08:00:10Z", "j1@2027-01-15T08:00:20Z", "j1@2027-01-15T08:00:30Z"]
+
+
+def test_a_duplicated_tick_fires_nothing_twice() -> None:
+    sim = cron_sim()
+    first = sim.send(Tick(0, T0 + 10 * SEC))
+    again = sim.send(Tick(0, T0 + 10 * SEC))
+    assert len(sim.readies(first)) == 1
+    assert sim.readies(again) == []
+
+
+def test_a_missed_tick_is_caught_up_by_the_next_one() -> None:
+    sim = cron_sim()
+    sim.tick(T0 + 30 * SEC)  # the ticks at 10 and 20 never came
+    assert [r.scheduled_for_ms - T0 for r in sim.readies()] == [10 * SEC, 20 * SEC, 30 * SEC]
+
+
+def test_time_never_goes_backwards() -> None:
+    sim = cron_sim()
+    sim.tick(T0 + 20 * SEC)
+    before = len(sim.readies())
+    sim.send(Tick(0, T0 + 10 * SEC))
+    assert len(sim.readies()) == before
+
+
+# --- misfire policies ----------------------------------------------------------------------------
+
+
+def test_misfire_skip_records_every_late_occurrence_as_missed_and_runs_none_of_them() -> None:
+    sim = cron_sim(misfire="skip", misfire_grace_ms=5 * SEC)
+    sim.tick(T0 + 61 * SEC)  # down for a minute
+    missed = [m.scheduled_for_ms - T0 for m in sim.logged(OccurrenceMissed)]
+    fired = [r.scheduled_for_ms - T0 for r in sim.logged(RunTriggered)]
+    assert missed == [10 * SEC, 20 * SEC, 30 * SEC, 40 * SEC, 50 * SEC]
+    assert fired == [60 * SEC]  # within the grace: on time
+
+
+def test_misfire_once_runs_one_catch_up_for_the_whole_stretch() -> None:
+    sim = cron_sim(misfire="once", misfire_grace_ms=5 * SEC)
+    sim.tick(T0 + 61 * SEC)
+    missed = [m.scheduled_for_ms - T0 for m in sim.logged(OccurrenceMissed)]
+    triggered = [(r.scheduled_for_ms - T0, r.trigger) for r in sim.logged(RunTriggered)]
+    assert missed == [10 * SEC, 20 * SEC, 30 * SEC, 40 * SEC]
+    assert triggered == [(50 * SEC, "CATCHUP"), (60 * SEC, "CRON")]
+
+
+def test_misfire_all_runs_every_occurrence_inside_the_catch_up_window() -> None:
+    sim = cron_sim(misfire="all", misfire_grace_ms=5 * SEC, catchup_window_ms=25 * SEC)
+    sim.tick(T0 + 61 * SEC)
+    missed = [m.scheduled_for_ms - T0 for m in sim.logged(OccurrenceMissed)]
+    triggered = [(r.scheduled_for_ms - T0, r.trigger) for r in sim.logged(RunTriggered)]
+    assert missed == [10 * SEC, 20 * SEC, 30 * SEC]  # older than the window
+    assert triggered == [(40 * SEC, "CATCHUP"), (50 * SEC, "CATCHUP"), (60 * SEC, "CRON")]
+
+
+def test_a_long_outage_is_worked_off_in_bounded_ticks_and_nothing_is_lost() -> None:
+    sim = Sim(params=Params(max_occurrences_per_tick=100))
+    sim.submit(job("j1", "* * * * * *", misfire="once", misfire_grace_ms=2 * SEC))
+    first = sim.tick(T0 + 1000 * SEC)  # 1,000 per-second occurrences due at once
+    assert len([e for e in first if isinstance(e.record, OccurrenceMissed)]) <= 100
+    for _ in range(20):
+        sim.send(Tick(0, sim.now))
+    missed = {m.scheduled_for_ms for m in sim.logged(OccurrenceMissed)}
+    fired = {r.scheduled_for_ms for r in sim.logged(RunTriggered)}
+    assert not missed & fired
+    assert missed | fired == {T0 + i * SEC for i in range(1, 1001)}
+    assert [r.trigger for r in sim.logged(RunTriggered)].count("CATCHUP") == 1
+
+
+# --- overlap policies ----------------------------------------------------------------------------
+
+
+def test_overlap_forbid_skips_an_occurrence_while_the_previous_run_is_active() -> None:
+    sim = cron_sim(overlap="forbid")
+    sim.tick(T0 + 10 * SEC)
+    sim.tick(T0 + 20 * SEC)
+    skipped = one(sim.emits, OccurrenceSkipped)
+    assert (skipped.reason, skipped.blocking_run_id) == ("OVERLAP", "j1@2027-01-15T08:00:10Z")
+    assert len(sim.readies()) == 1
+
+
+def test_overlap_replace_cancels_the_running_one_and_starts_the_new_one() -> None:
+    sim = cron_sim(overlap="replace")
+    sim.tick(T0 + 10 * SEC)
+    grant = one(sim.claim(sim.readies()[0]), ClaimGranted)
+    sim.start(grant)
+    sim.now += 5 * SEC
+    sim.heartbeat(grant)
+    emits = sim.tick(T0 + 20 * SEC)
+    cancel = one(emits, CancelRequested)
+    assert cancel.run_id == "j1@2027-01-15T08:00:10Z" and cancel.reason.startswith("replaced by")
+    assert sim.control(emits) == [cancel]
+    assert len(sim.readies()) == 2
+    finished = sim.fail(grant, FailureReason.CANCELLED, retryable=False)
+    assert one(finished, RunFinished).state == "CANCELLED"
+
+
+def test_overlap_allow_lets_runs_overlap() -> None:
+    sim = cron_sim(overlap="allow")
+    sim.tick(T0 + 10 * SEC)
+    sim.tick(T0 + 20 * SEC)
+    assert len(sim.readies()) == 2
+
+
+# --- claims, leases and fencing --------------------------------------------------------------------
+
+
+def test_the_first_claim_wins_and_later_ones_are_rejected_and_told() -> None:
+    sim = Sim()
+    ready = one(sim.submit(job("j1")), TaskReady)
+    grant = one(sim.claim(ready, "ex1"), ClaimGranted)
+    rejected = sim.claim(ready, "ex2")
+    rej = one(rejected, ClaimRejected)
+    assert grant.executor_id == "ex1" and grant.fencing_token == 1
+    assert rej.executor_id == "ex2" and "claimed by ex1" in rej.reason
+    assert sim.control(rejected) == [rej]
+
+
+def test_the_same_claim_again_gets_the_same_grant() -> None:
+    sim = Sim()
+    ready = one(sim.submit(job("j1")), TaskReady)
+    first = one(sim.claim(ready, "ex1"), ClaimGranted)
+    again = one(sim.claim(ready, "ex1"), ClaimGranted)
+    assert again == first
+
+
+def test_a_claim_for_an_attempt_that_is_not_current_is_rejected() -> None:
+    sim = Sim()
+    ready = one(sim.submit(job("j1")), TaskReady)
+    stale = replace(ready, attempt=7)
+    assert "not current" in one(sim.claim(stale), ClaimRejected).reason
+
+
+def test_a_lapsed_lease_is_retried_as_a_new_attempt_with_a_higher_fencing_token() -> None:
+    sim = Sim()
+    spec = job("j1")
+    spec = replace(spec, tasks=[replace(spec.tasks[0], retry=RetryPolicy(max_attempts=3, backoff_ms=0))])
+    ready = one(sim.submit(spec), TaskReady)
+    grant = one(sim.claim(ready), ClaimGranted)
+    sim.start(grant)
+    sim.now += 5 * SEC
+    sim.heartbeat(grant)  # extends the lease to now + 10 s
+    sim.tick(sim.now + 9 * SEC)
+    assert not sim.logged(AttemptEnded)
+    emits = sim.tick(sim.now + 2 * SEC)
+    assert one(emits, AttemptEnded).outcome == Outcome.LOST
+    retry = sim.readies(emits)[0]
+    assert retry.attempt == 2
+    grant2 = one(sim.claim(retry, "ex2"), ClaimGranted)
+    assert grant2.fencing_token > grant.fencing_token
+
+
+def test_a_late_completion_from_an_older_attempt_is_ignored_and_recorded() -> None:
+    sim = Sim()
+    spec = job("j1")
+    spec = replace(spec, tasks=[replace(spec.tasks[0], retry=RetryPolicy(max_attempts=2, backoff_ms=0))])
+    ready = one(sim.submit(spec), TaskReady)
+    old = one(sim.claim(ready), ClaimGranted)
+    sim.start(old)
+    sim.tick(sim.now + 11 * SEC)  # lease lapses
+    new = one(sim.claim(sim.readies()[-1], "ex2"), ClaimGranted)
+    sim.start(new)
+    late = sim.complete(old, 0)
+    ignored = one(late, ReportIgnored)
+    assert ignored.report == "TaskCompleted" and "fenced" in ignored.reason
+    assert not sim.logged(RunFinished)
+    sim.complete(new, 0)
+    assert one(sim.emits, RunFinished).state == "SUCCEEDED"
+
+
+def test_a_duplicate_completion_changes_nothing() -> None:
+    sim = Sim()
+    ready = one(sim.submit(job("j1")), TaskReady)
+    grant = sim.run(ready)
+    again = sim.complete(grant)
+    assert "already ended" in one(again, ReportIgnored).reason
+    assert len(sim.logged(RunFinished)) == 1
+
+
+# --- retries -------------------------------------------------------------------------------------
+
+
+def test_retries_wait_their_backoff_in_tick_time_then_run_the_next_attempt() -> None:
+    sim = Sim()
+    spec = job("j1")
+    policy = RetryPolicy(max_attempts=3, backoff_ms=2 * SEC, multiplier=2.0, jitter=0.0)
+    spec = replace(spec, tasks=[replace(spec.tasks[0], retry=policy)])
+    ready = one(sim.submit(spec), TaskReady)
+    sim.run(ready, exit_code=1)
+    retry = one(sim.emits, RetryScheduled)
+    assert (retry.next_attempt, retry.delay_ms) == (2, 2 * SEC)
+    sim.tick(sim.now + 1999)
+    assert len(sim.readies()) == 1
+    sim.tick(sim.now + 1)
+    second = sim.readies()[-1]
+    assert second.attempt == 2
+    sim.run(second, exit_code=1)
+    assert sim.logged(RetryScheduled)[-1].delay_ms == 4 * SEC
+    sim.tick(sim.now + 4 * SEC)
+    sim.run(sim.readies()[-1], exit_code=1)
+    assert one(sim.emits, RunFinished).state == "FAILED"
+    assert "gave up after 3 attempt(s)" in [s for s in sim.logged(TaskSettled)][-1].reason
+
+
+def test_backoff_is_exponential_capped_and_its_jitter_is_deterministic() -> None:
+    spec = replace(job("j1").tasks[0], retry=RetryPolicy(max_attempts=9, backoff_ms=1000, backoff_max_ms=5000,
+                                                           multiplier=3.0, jitter=0.5))
+    delays = [backoff_ms(spec, n, f"t#{n}") for n in range(1, 5)]
+    assert delays == [backoff_ms(spec, n, f"t#{n}") for n in range(1, 5)]
+    assert 500 <= delays[0] <= 1500 and 1500 <= delays[1] <= 4500
+    assert all(d <= 5000 for d in delays)
+
+
+def test_exit_codes_that_are_not_retried_fail_the_task_at_once() -> None:
+    sim = Sim()
+    spec = job("j1")
+    spec = replace(spec, tasks=[replace(spec.tasks[0], retry=RetryPolicy(max_attempts=5, no_retry_exit_codes=[3]))])
+    sim.run(one(sim.submit(spec), TaskReady), exit_code=3)
+    assert not sim.logged(RetryScheduled)
+    assert one(sim.emits, RunFinished).state == "FAILED"
+
+
+def test_an_artifact_problem_is_not_retried() -> None:
+    sim = Sim()
+    spec = job("j1")
+    spec = replace(spec, tasks=[replace(spec.tasks[0], retry=RetryPolicy(max_attempts=5))])
+    grant = one(sim.claim(one(sim.submit(spec), TaskReady)), ClaimGranted)
+    sim.fail(grant, FailureReason.DIGEST_MISMATCH, retryable=False)
+    assert one(sim.emits, AttemptEnded).outcome == Outcome.ERROR
+    assert one(sim.emits, RunFinished).state == "FAILED"
+
+
+def test_a_timeout_moves_the_task_up_a_level_with_a_longer_timeout() -> None:
+    sim = Sim()
+    spec = job("j1")
+    task = replace(spec.tasks[0], priority="low", timeout_ms=1000, retry=RetryPolicy(max_attempts=3, backoff_ms=0),
+                   levels=[Level("normal", 5000), Level("high", 20000)])
+    ready = one(sim.submit(replace(spec, tasks=[task])), TaskReady)
+    assert (ready.priority, ready.timeout_ms) == ("low", 1000)
+    sim.fail(one(sim.claim(ready), ClaimGranted), FailureReason.TIMEOUT)
+    second = sim.readies()[-1]
+    assert (second.priority, second.timeout_ms) == ("normal", 5000)
+    sim.fail(one(sim.claim(second), ClaimGranted), FailureReason.TIMEOUT)
+    assert (sim.readies()[-1].priority, sim.readies()[-1].timeout_ms) == ("high", 20000)
+
+
+# --- lifecycle -------------------------------------------------------------------------------------
+
+
+def test_paused_jobs_record_their_occurrences_as_skipped_and_resume_from_now() -> None:
+    sim = cron_sim()
+    sim.send(PauseJob("p1", "j1", sim.now))
+    sim.tick_to(T0 + 20 * SEC)
+    assert [s.reason for s in sim.logged(OccurrenceSkipped)] == ["PAUSED", "PAUSED"]
+    assert not sim.readies()
+    assert one(sim.send(ResumeJob("r1", "j1", sim.now)), JobChanged).change == "RESUMED"
+    sim.tick_to(T0 + 30 * SEC)
+    assert [r.scheduled_for_ms - T0 for r in sim.readies()] == [30 * SEC]
+
+
+def test_delete_cancels_active_runs_and_tombstones_the_catalog() -> None:
+    sim = cron_sim()
+    sim.tick(T0 + 10 * SEC)
+    grant = one(sim.claim(sim.readies()[0]), ClaimGranted)
+    emits = sim.send(DeleteJob("d1", "j1", sim.now))
+    assert one(emits, CancelRequested).task_id == grant.task_id
+    assert [e.record for e in emits if e.channel == CATALOG] == [None]
+    sim.tick_to(T0 + 60 * SEC)
+    assert len(sim.readies()) == 1
+
+
+def test_run_now_starts_a_manual_run_outside_the_schedule() -> None:
+    sim = cron_sim()
+    emits = sim.send(TriggerJob("t1", "j1", sim.now))
+    assert one(emits, RunTriggered).trigger == "MANUAL"
+    assert sim.readies(emits)[0].run_id == "j1@manual-t1"
+
+
+def test_commands_for_unknown_jobs_are_rejected() -> None:
+    sim = Sim()
+    assert "unknown job" in one(sim.send(PauseJob("p", "nope", T0)), JobRejected).reason
+
+
+def test_cancel_stops_a_running_attempt_and_the_run_ends_cancelled() -> None:
+    sim = Sim()
+    ready = one(sim.submit(job("j1")), TaskReady)
+    grant = one(sim.claim(ready), ClaimGranted)
+    sim.start(grant)
+    emits = sim.send(CancelRun("c", "j1", ready.run_id, sim.now, "no longer needed"))
+    assert sim.control(emits)[0].reason == "no longer needed"
+    sim.fail(grant, FailureReason.CANCELLED, retryable=False)
+    assert one(sim.emits, RunFinished).state == "CANCELLED"
+
+
+def test_decisions_replay_identically() -> None:
+    def history(sim: Sim) -> list[object]:
+        spec = job("j1", "*/5 * * * * *")
+        spec = replace(spec, tasks=[replace(spec.tasks[0], retry=RetryPolicy(max_attempts=2, backoff_ms=1000))])
+        sim.submit(spec)
+        sim.tick_to(T0 + 12 * SEC)
+        for r in list(sim.readies()):
+            sim.run(r, exit_code=1)
+        sim.tick_to(T0 + 20 * SEC)
+        return [e.record for e in sim.emits]
+
+    assert history(Sim()) == history(Sim())
+
+
+@pytest.mark.parametrize("event", [Tick(0, T0), SubmitJob("c", job("j1"), T0)])
+def test_decide_does_not_modify_the_state_it_is_given(event: object) -> None:
+    sim = cron_sim()
+    sim.tick(T0 + 10 * SEC)
+    before = sim.state
+    snapshot = repr(before)
+    decide(before, event, T0 + 20 * SEC, Params())  # type: ignore[arg-type]
+    assert repr(before) == snapshot

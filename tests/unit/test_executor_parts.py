@@ -1,0 +1,117 @@
+"""The executor's parts that touch the OS: the artifact cache and the sandboxed process (real subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from executor.cache import ArtifactCache
+from executor.sandbox import attempt_env, cap_log, spawn
+from ksched.artifacts import LocalStore
+from ksched.errors import ArtifactError
+from ksched.events import ClaimGranted, FailureReason, TaskReady
+from tests.samples import sample
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "store")
+
+
+def put(store: LocalStore, tmp_path: Path, name: str, data: bytes):  # type: ignore[no-untyped-def]
+    f = tmp_path / name
+    f.write_bytes(data)
+    return store.put_file(f)
+
+
+def test_the_cache_verifies_and_reuses_artifacts(store: LocalStore, tmp_path: Path) -> None:
+    ref = put(store, tmp_path, "ok.sh", b"#!/bin/sh\nexit 0\n")
+    cache = ArtifactCache(store, tmp_path / "cache")
+    path = cache.get(ref)
+    assert path.read_bytes() == b"#!/bin/sh\nexit 0\n" and os.access(path, os.X_OK)
+    store._path(ref.digest).unlink()  # gone from the store: the cache still has it
+    assert cache.get(ref) == path
+
+
+@pytest.mark.parametrize(
+    ("data", "corrupt", "limit", "reason"),
+    [
+        (b"#!/bin/sh\n", True, 1 << 20, FailureReason.DIGEST_MISMATCH),
+        (b"just some text\n", False, 1 << 20, FailureReason.NOT_EXECUTABLE),
+        (b"#!/bin/sh\n" + b"x" * 5000, False, 1000, FailureReason.ARTIFACT_TOO_LARGE),
+    ],
+)
+def test_bad_artifacts_fail_with_a_clear_reason(store: LocalStore, tmp_path: Path, data: bytes, corrupt: bool,
+                                                 limit: int, reason: str) -> None:
+    ref = put(store, tmp_path, "bad", data)
+    if corrupt:
+        store._path(ref.digest).write_bytes(b"#!/bin/sh\necho tampered\n")
+    with pytest.raises(ArtifactError) as exc:
+        ArtifactCache(store, tmp_path / "cache", max_bytes=limit).get(ref)
+    assert exc.value.reason == reason
+    assert not list((tmp_path / "cache").iterdir())  # nothing half-written stays behind
+
+
+def test_a_missing_artifact_is_reported(store: LocalStore, tmp_path: Path) -> None:
+    from ksched.events import ArtifactRef
+
+    with pytest.raises(ArtifactError) as exc:
+        ArtifactCache(store, tmp_path / "cache").get(ArtifactRef("sha256:" + "1" * 64, "gone", 1))
+    assert exc.value.reason == FailureReason.ARTIFACT_MISSING
+
+
+def test_the_process_gets_a_clean_environment_with_its_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "executor-secret")
+    ready = sample(TaskReady)
+    grant = sample(ClaimGranted)
+    env = attempt_env(ready, grant, tmp_path)
+    script = tmp_path / "env.sh"
+    script.write_text("#!/bin/sh\nenv\n")
+    script.chmod(0o755)
+    proc = spawn(script, [], env, tmp_path / "work")
+    assert proc.popen.wait(10) == 0
+    out = dict(line.split("=", 1) for line in proc.log_path.read_text().splitlines() if "=" in line)
+    assert "AWS_SECRET_ACCESS_KEY" not in out
+    assert out["KSCHED_TASK_ID"] == ready.task_id
+    assert out["KSCHED_ATTEMPT"] == str(grant.attempt)
+    assert out["KSCHED_FENCING_TOKEN"] == str(grant.fencing_token)
+    assert out["KSCHED_SCHEDULED_FOR"].endswith("Z")
+    assert out["HOME"] == str(tmp_path)
+
+
+def test_kill_tree_stops_the_whole_process_group(tmp_path: Path) -> None:
+    script = tmp_path / "tree.sh"
+    pidfile = tmp_path / "child.pid"
+    script.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pidfile}\nwait\n")
+    script.chmod(0o755)
+    proc = spawn(script, [], {"PATH": "/usr/bin:/bin"}, tmp_path / "work")
+    deadline = time.monotonic() + 5
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    grandchild = int(pidfile.read_text())
+    proc.kill_tree(grace_s=1.0)
+    assert proc.popen.wait(5) is not None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(grandchild, 0)
+            if Path(f"/proc/{grandchild}/stat").read_text().split()[2] == "Z":
+                break
+        except (ProcessLookupError, FileNotFoundError):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the grandchild survived")
+
+
+def test_big_logs_are_capped_keeping_head_and_tail(tmp_path: Path) -> None:
+    log = tmp_path / "out.log"
+    log.write_bytes(b"H" * 1000 + b"x" * 100_000 + b"T" * 1000)
+    cap_log(log, 4000)
+    data = log.read_bytes()
+    assert data.startswith(b"H" * 1000) and data.endswith(b"T" * 1000) and b"bytes of output dropped" in data
+    assert len(data) < 4200

@@ -1,0 +1,145 @@
+"""The inbox shell: dead letters, forwarding, redelivery, the outbox after a crash, and the due index."""
+
+from __future__ import annotations
+
+import pytest
+
+from ksched.config import Settings
+from ksched.events import ClaimTask, DeadLetter, JobAccepted, SubmitJob, TaskReady, Tick
+from ksched.partitioning import partition_for
+from schemas.codec import default_codec
+from streams import shell as shell_mod
+from streams.shell import OUTBOX, InboxShell, Message
+from tests.memstore import MemoryStore
+from tests.samples import job
+from tests.sim import T0
+
+CODEC = default_codec()
+SETTINGS = Settings(prefix="t", partitions=4)
+
+
+def make() -> InboxShell:
+    return InboxShell(SETTINGS, CODEC)
+
+
+def submit(job_id: str, cron: str | None = None, command: str = "c1") -> tuple[int, bytes]:
+    return partition_for(job_id, 4), CODEC.encode(SubmitJob(command, job(job_id, cron), T0))
+
+
+def decoded(msgs: list[Message], topic: str) -> list[object]:
+    return [CODEC.decode(m.value) for m in msgs if m.topic == topic and m.value is not None]
+
+
+def test_a_submission_is_decided_and_its_outputs_go_to_their_topics_and_partitions() -> None:
+    sh, store = make(), MemoryStore()
+    p, raw = submit("once")
+    out = sh.process(store, p, 0, b"once", raw)
+    assert [type(e).__name__ for e in decoded(out, "t.events")] == ["JobAccepted", "RunTriggered", "TaskReady"]
+    assert all(m.partition == p for m in out if m.topic in ("t.events", "t.jobs", "t.runs", "t.tasks"))
+    assert isinstance(decoded(out, "t.ready.normal")[0], TaskReady)
+    assert store.get(b"once") is not None
+
+
+def test_an_undecodable_record_is_dead_lettered_with_its_reason_and_bytes() -> None:
+    sh, store = make(), MemoryStore()
+    out = sh.process(store, 1, 7, b"k", b"\x00junk")
+    (dl,) = decoded(out, "t.dlq")
+    assert isinstance(dl, DeadLetter)
+    assert (dl.source_topic, dl.partition, dl.offset, dl.key, dl.value) == ("t.inbox", 1, 7, b"k", b"\x00junk")
+    assert "expected magic C3 01" in dl.reason
+
+
+def test_a_record_that_is_not_an_inbox_record_is_dead_lettered() -> None:
+    sh = make()
+    raw = CODEC.encode(JobAccepted("e", "c", "j", 1, job("j"), T0))
+    (dl,) = decoded(sh.process(MemoryStore(), 0, 0, b"j", raw), "t.dlq")
+    assert "is not an inbox record" in dl.reason  # type: ignore[attr-defined]
+
+
+def test_an_invalid_job_from_a_raw_client_is_dead_lettered_and_rejected() -> None:
+    sh = make()
+    p = partition_for("bad", 4)
+    raw = CODEC.encode(SubmitJob("c", job("bad", "99 * * * *"), T0))
+    out = sh.process(MemoryStore(), p, 3, b"bad", raw)
+    (dl,) = decoded(out, "t.dlq")
+    assert "invalid cron expression" in dl.reason and dl.value == raw  # type: ignore[attr-defined]
+    assert [type(e).__name__ for e in decoded(out, "t.events")] == ["JobRejected"]
+
+
+def test_a_record_in_the_wrong_partition_is_forwarded_to_the_owner() -> None:
+    sh = make()
+    p, raw = submit("once")
+    wrong = (p + 1) % 4
+    out = sh.process(MemoryStore(), wrong, 0, b"whatever", raw)
+    assert out == [Message("t.inbox", b"once", raw, p)]
+
+
+def test_a_redelivered_record_is_applied_once() -> None:
+    sh, store = make(), MemoryStore()
+    p, raw = submit("once")
+    sh.process(store, p, 5, b"once", raw)
+    assert sh.process(store, p, 5, b"once", raw) == []
+    assert sh.counters.duplicates == 1
+
+
+def test_after_a_crash_the_outbox_is_published_again_before_anything_else() -> None:
+    store = MemoryStore()
+    p, raw = submit("once")
+    first = make().process(store, p, 0, b"once", raw)  # state and outbox written; say the outputs were lost
+    restarted = make()
+    restarted.assigned({p})
+    tick = CODEC.encode(Tick(p, T0 + 1000))
+    out = restarted.process(store, p, 0, b"once", raw)  # redelivered: skipped, but the outbox goes out again
+    assert out == first
+    assert restarted.process(store, p, 1, None, tick) == []
+
+
+def test_ticks_trim_outbox_entries_below_the_committed_offset() -> None:
+    sh, store = make(), MemoryStore()
+    p, raw = submit("once")
+    sh.process(store, p, 0, b"once", raw)
+    assert any(k.startswith(OUTBOX) for k, _ in store.items())
+    sh.process(store, p, 1, None, CODEC.encode(Tick(p, T0 + 1000)), committed=1)
+    assert not any(k.startswith(OUTBOX) for k, _ in store.items())
+
+
+def test_a_tick_decides_only_for_jobs_that_are_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    sh, store = make(), MemoryStore()
+    p = 0
+    registered = [j for j in (f"job{i}" for i in range(4000)) if partition_for(j, 4) == p][:500]
+    for n, job_id in enumerate(registered):
+        cron = "* * * * * *" if n == 0 else "0 0 1 1 *"  # one per-second job, the rest yearly
+        sh.process(store, p, n, job_id.encode(), CODEC.encode(SubmitJob(f"c{n}", job(job_id, cron), T0)))
+    calls: list[str] = []
+    real = shell_mod.core.decide
+
+    def counting(state, event, now, params):  # type: ignore[no-untyped-def]
+        calls.append(state.job_id if state else "?")
+        return real(state, event, now, params)
+
+    monkeypatch.setattr(shell_mod.core, "decide", counting)
+    out = sh.process(store, p, 10_000, None, CODEC.encode(Tick(p, T0 + 1000)))
+    assert calls == [registered[0]]
+    assert [type(e).__name__ for e in decoded(out, "t.events")] == ["RunTriggered", "TaskReady"]
+
+
+def test_the_due_index_is_rebuilt_when_a_partition_is_assigned_again() -> None:
+    store = MemoryStore()
+    p, raw = submit("cronjob", "* * * * * *")
+    make().process(store, p, 0, b"cronjob", raw)
+    fresh = make()
+    fresh.assigned({p})
+    out = fresh.process(store, p, 1, None, CODEC.encode(Tick(p, T0 + 1000)))
+    assert any(isinstance(e, TaskReady) for e in decoded(out, "t.events"))
+
+
+def test_claims_arrive_through_the_same_inbox() -> None:
+    sh, store = make(), MemoryStore()
+    p, raw = submit("once")
+    ready = decoded(sh.process(store, p, 0, b"once", raw), "t.ready.normal")[0]
+    assert isinstance(ready, TaskReady)
+    claim = ClaimTask("cl", "once", ready.run_id, ready.task_id, 1, "ex1", T0)
+    out = sh.process(store, p, 1, b"once", CODEC.encode(claim))
+    grant = decoded([m for m in out if m.topic == "t.control"], "t.control")[0]
+    assert type(grant).__name__ == "ClaimGranted"
+    assert [m.key for m in out if m.topic == "t.control"] == [b"ex1"]
