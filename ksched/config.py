@@ -51,13 +51,16 @@ class Settings:
     #: `file:///path` (local content-addressed directory) or `s3://bucket/prefix`.
     artifact_url: str = ""
     s3_endpoint_url: str = ""
-    #: Seconds between ticks the leader produces into every inbox partition.
+    #: Seconds between ticks the leader produces into every inbox partition (0: no ticker, for tests that
+    #: produce their own ticks).
     tick_interval_s: float = 1.0
     #: Seconds a granted attempt may go without a heartbeat before it is retried.
     lease_s: float = 10.0
     heartbeat_s: float = 2.0
     #: Faust's commit interval in seconds.
     commit_interval_s: float = 0.5
+    #: Seconds after which a silent streams worker or executor leaves its consumer group.
+    session_timeout_s: float = 10.0
 
     @property
     def artifacts(self) -> str:
@@ -89,6 +92,7 @@ def load(env: dict[str, str] | None = None) -> Settings:
         lease_s=_float(e, "KSCHED_LEASE_S", 10.0),
         heartbeat_s=_float(e, "KSCHED_HEARTBEAT_S", 2.0),
         commit_interval_s=_float(e, "KSCHED_COMMIT_INTERVAL_S", 0.5),
+        session_timeout_s=_float(e, "KSCHED_SESSION_TIMEOUT_S", 10.0),
     )
     if s.partitions < 1 or s.ready_partitions < 1 or s.control_partitions < 1:
         raise ConfigError("KSCHED_*PARTITIONS: partition counts must be at least 1")

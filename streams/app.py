@@ -100,6 +100,12 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
         web_port=web_port or 6066,
         web_host="127.0.0.1",
         broker_client_id=f"{app_id(settings)}-{worker_name}",
+        # Failover: a dead worker's partitions move after `session_timeout_s`; a worker restarted under the
+        # same name rejoins at once with its old assignment (static membership, KIP-345).
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 5),
+        broker_rebalance_timeout=max(20.0, settings.session_timeout_s * 2),
+        consumer_group_instance_id=f"{app_id(settings)}-{worker_name}",
         logging_config=None,
     )
     shell = InboxShell(settings, default_codec(), params or Params(lease_ms=int(settings.lease_s * 1000)))
@@ -133,6 +139,9 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
     async def ticker() -> None:
         """On the leader only: a tick into every inbox partition at each whole interval."""
         interval = settings.tick_interval_s
+        if interval <= 0:
+            log.warning("ticker disabled (KSCHED_TICK_INTERVAL_S <= 0): time only moves with ticks from elsewhere")
+            return
         codec = default_codec()
         name = f"{worker_name}"
         while not app.should_stop:

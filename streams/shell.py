@@ -39,6 +39,7 @@ from .core.model import JobState, Params
 log = logging.getLogger(__name__)
 
 RESERVED = b"\x01"
+FAUST_RESERVED = b"__faust"  # Faust keeps its changelog offset in the same RocksDB
 CLOCK_KEY = b"\x01clock"
 OUTBOX = b"\x01outbox/"
 
@@ -147,7 +148,7 @@ class InboxShell:
                 republish.extend(decode_outbox(raw))
             elif key == CLOCK_KEY:
                 self._clock[partition] = int(raw)
-            elif not key.startswith(RESERVED):
+            elif not key.startswith(RESERVED) and not key.startswith(FAUST_RESERVED):
                 _, state = decode_state(raw)
                 index.set(state.job_id, core.next_wakeup(state))
         self._due[partition] = index

@@ -143,3 +143,13 @@ def test_claims_arrive_through_the_same_inbox() -> None:
     grant = decoded([m for m in out if m.topic == "t.control"], "t.control")[0]
     assert type(grant).__name__ == "ClaimGranted"
     assert [m.key for m in out if m.topic == "t.control"] == [b"ex1"]
+
+
+def test_recovery_ignores_the_stores_own_bookkeeping_keys() -> None:
+    store = MemoryStore()
+    p, raw = submit("cronjob", "* * * * * *")
+    make().process(store, p, 0, b"cronjob", raw)
+    store.put(b"__faust\x00offset__", b"68")  # Faust's persisted changelog offset lives in the same DB
+    fresh = make()
+    fresh.assigned({p})
+    assert fresh.process(store, p, 1, None, CODEC.encode(Tick(p, T0 + 1000)))
