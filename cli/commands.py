@@ -26,8 +26,11 @@ from ksched.events import (
     JobRejected,
     JobSpec,
     PauseJob,
+    ReportIgnored,
+    RerunTasks,
     ResumeJob,
     SubmitJob,
+    TaskReady,
     TriggerJob,
 )
 from ksched.partitioning import partition_for
@@ -197,6 +200,32 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     send_and_wait(settings, job_id, CancelRun(new_command_id(), job_id, args.run, now_ms(), args.reason or ""),
                   None, 0)
     print(f"cancel requested for {args.run}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    st = job_status(settings, args.job)
+    if not st.known:
+        return err(f"unknown job {args.job!r}")
+    if args.json:
+        data = render.status_data(st)
+        data["runs"] = data["runs"][-args.limit:]
+        print(json.dumps(data, indent=2))
+    else:
+        print(render.runs_grid(st, args.limit))
+    return 0
+
+
+def cmd_rerun(args: argparse.Namespace, settings: Settings) -> int:
+    job_id = args.run.split("@", 1)[0]
+    command_id = new_command_id()
+    decision = send_and_wait(
+        settings, job_id, RerunTasks(command_id, job_id, args.run, args.from_task, now_ms()),
+        lambda d: (isinstance(d, ReportIgnored) and d.event_id == f"{command_id}/ignored")
+        or (isinstance(d, TaskReady) and d.run_id == args.run), args.timeout)
+    if isinstance(decision, ReportIgnored):
+        return err(f"cannot rerun {args.run} from {args.from_task}: {decision.reason}")
+    print(f"rerunning {args.run} from {args.from_task}" if decision else f"rerun requested for {args.run}")
     return 0
 
 

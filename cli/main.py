@@ -54,7 +54,7 @@ def _executor(args: argparse.Namespace, settings: config.Settings) -> int:
 
     ensure_topics(settings)
     ex = Executor(settings, open_store(settings.artifacts, settings.s3_endpoint_url),
-                  ExecutorConfig(slots=args.slots), executor_id=args.id)
+                  ExecutorConfig(slots=args.slots, staging=args.staging), executor_id=args.id)
 
     def stop(signum: int, frame: Any) -> None:
         ex.stop()
@@ -105,6 +105,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("cancel", c.cmd_cancel, "cancel a run (running attempts are stopped)")
     sp.add_argument("run")
     sp.add_argument("--reason", default="")
+    sp = add("runs", c.cmd_runs, "a job's runs as a grid of task states (runs x tasks)")
+    sp.add_argument("job")
+    sp.add_argument("--limit", type=int, default=20)
+    sp.add_argument("--json", action="store_true")
+    sp = add("rerun", c.cmd_rerun, "run a finished run again from a task: it and everything downstream")
+    sp.add_argument("run")
+    sp.add_argument("--from", dest="from_task", required=True, metavar="TASK")
+    sp.add_argument("--timeout", type=float, default=15.0)
+    from . import audit
+
+    sp = add("replay", audit.cmd_replay, "rebuild the state from the inbox, check the invariants, compare with "
+             "the decision log; exits 1 naming the offending events if anything is wrong")
+    sp.add_argument("--until", help="replay only what happened up to this instant (ISO-8601 or epoch ms)")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--save", metavar="FILE", help="also write the records read to FILE (JSON lines)")
+    sp.add_argument("--from-file", metavar="FILE", help="replay records saved with --save instead of the topics")
+    sp = add("history", audit.cmd_history, "a job's inbox records and decisions, in order")
+    sp.add_argument("job")
+    sp.add_argument("--json", action="store_true")
+    sp = add("wait", audit.cmd_wait, "follow a run until it ends; exit 1 if it failed or was cancelled")
+    sp.add_argument("run")
+    sp.add_argument("--timeout", type=float, default=3600.0)
+    sp.add_argument("--interval", type=float, default=1.0)
     sp = add("next", c.cmd_next, "the next fire instants of a job (a job id or a job file)")
     sp.add_argument("job")
     sp.add_argument("--count", type=int, default=5)
@@ -120,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--web-port", type=int, default=None)
     sp.add_argument("--loglevel", default="warning")
     sp = add("executor", _executor, "run an executor")
-    sp.add_argument("--slots", type=int, default=4)
+    sp.add_argument("--slots", type=int, default=4, help="processes run at once")
+    sp.add_argument("--staging", type=int, default=1024,
+                    help="attempts fired ahead of their instant held until they start")
     sp.add_argument("--id", default=None, help="executor id (default: host-pid-random)")
     sp = add("demo", _demo, "start a local broker, a streams worker and an executor, and run example jobs")
     sp.add_argument("--keep-running", action="store_true", help="leave everything running at the end")

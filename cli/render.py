@@ -78,5 +78,42 @@ def status_text(st: JobStatus) -> str:
     return head + "\n" + table(rows, ["RUN", "STATE", "SCHEDULED (UTC)", "STARTED", "FINISHED", "EXIT", "ATTEMPTS"])
 
 
+CELL = {
+    "SUCCEEDED": "ok", "FAILED": "FAILED", "RUNNING": "running", "READY": "ready", "WAITING": "waiting",
+    "CLAIMED": "claimed", "RETRY_WAIT": "retry", "SKIPPED": "skipped", "UPSTREAM_FAILED": "upstream_failed",
+    "CANCELLED": "cancelled",
+}
+
+
+def task_order(st: JobStatus) -> list[str]:
+    """Task names in dependency order (from the job's definition), else as first seen."""
+    if st.definition is not None:
+        from streams.core.dag import topological_order
+
+        return topological_order(st.definition.job.tasks)
+    names: list[str] = []
+    for tasks in st.tasks.values():
+        names += [n for n in tasks if n not in names]
+    return names
+
+
+def runs_grid(st: JobStatus, limit: int) -> str:
+    """Runs by tasks: one row per run (latest last), one column per task, each cell the task's state."""
+    runs = st.ordered_runs()[-limit:]
+    names = task_order(st)
+    rows = []
+    for r in runs:
+        tasks = st.tasks.get(r.run_id, {})
+        cells = []
+        for n in names:
+            t = tasks.get(n)
+            cells.append("-" if t is None else CELL.get(t.state, t.state) + (f"#{t.attempt}" if t.attempt > 1 else ""))
+        rows.append([r.run_id, r.state, *cells])
+    head = describe_job(st)
+    if not rows:
+        return head + "\n(no runs yet)"
+    return head + "\n" + table(rows, ["RUN", "STATE", *names])
+
+
 def zoned(ms: int, tz: str) -> str:
     return from_ms(ms, zone(tz)).isoformat()

@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ksched.events import ClaimGranted, TaskReady
+from ksched.events import ClaimGranted, Limits, TaskReady
 from streams.core.schedule import iso
 
 _SETPRIV = shutil.which("setpriv")
+_PRLIMIT = shutil.which("prlimit")
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -79,7 +80,22 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def spawn(binary: Path, args: list[str], env: dict[str, str], workdir: Path) -> Process:
+def limit_args(limits: Limits) -> list[str]:
+    """`prlimit` options for the attempt's resource limits (0: no limit)."""
+    opts = []
+    if limits.cpu_seconds:
+        opts.append(f"--cpu={limits.cpu_seconds}")
+    if limits.memory_mb:
+        opts.append(f"--as={limits.memory_mb * 1024 * 1024}")
+    if limits.open_files:
+        opts.append(f"--nofile={limits.open_files}")
+    if limits.processes:
+        opts.append(f"--nproc={limits.processes}")  # not enforced for root, as the kernel decides
+    return opts
+
+
+def spawn(binary: Path, args: list[str], env: dict[str, str], workdir: Path, limits: Limits | None = None
+          ) -> Process:
     """Start the attempt. Raises OSError if it cannot be started."""
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     log_path = workdir / "output.log"
@@ -87,6 +103,9 @@ def spawn(binary: Path, args: list[str], env: dict[str, str], workdir: Path) -> 
     if _SETPRIV:
         # The process is killed if the executor dies, so a dead executor leaves no orphan running.
         argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+    opts = limit_args(limits) if limits is not None else []
+    if opts and _PRLIMIT:
+        argv = [_PRLIMIT, *opts, "--", *argv]
     with open(log_path, "wb") as out:
         popen = subprocess.Popen(
             argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

@@ -4,8 +4,8 @@ Threads, each only moving data:
   * main    - consumes the ready topics (high before normal before low), claims a batch inside one Kafka
               transaction together with the consumed offsets and the consumer group metadata, so a
               fenced (zombie) executor cannot claim;
-  * control - reads this executor's grants, rejections and cancel requests; a grant starts the attempt;
-  * one per attempt - fetches and verifies the artifact, runs the process, waits, reports the end;
+  * control - reads this executor's grants, rejections and cancel requests; a grant hands the attempt to
+              the runtime (`executor.runtime`: fetch, stage until its instant, start, reap);
   * supervisor - heartbeats, per-attempt timeouts, and claims that never got an answer.
 The scheduler decides which claim wins; an attempt's process starts only after its grant arrives.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import socket
 import threading
 import time
@@ -30,7 +29,7 @@ from confluent_kafka import OFFSET_END, KafkaError, KafkaException, Message, Top
 from ksched import kafka
 from ksched.artifacts import ArtifactStore
 from ksched.config import Settings
-from ksched.errors import ArtifactError, CodecError
+from ksched.errors import CodecError
 from ksched.events import (
     PRIORITIES,
     CancelRequested,
@@ -49,7 +48,8 @@ from ksched.topics import ready_topic
 from schemas.codec import default_codec
 
 from .cache import ArtifactCache
-from .sandbox import Process, attempt_env, cap_log, spawn
+from .runtime import Attempt, Ended, Runtime
+from .sandbox import Process, cap_log
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +67,18 @@ class Pending:
     ready: TaskReady
     claim_id: str
     since: float
-
-
-@dataclass
-class Attempt:
-    ready: TaskReady
-    grant: ClaimGranted
-    process: Process | None = None
-    ending: str = ""  # "", FailureReason.TIMEOUT or FailureReason.CANCELLED
-    ending_message: str = ""
-    killer: threading.Thread | None = None
+    staged: bool  # fired ahead of its instant: it waits in the staging area, not in a slot
 
 
 @dataclass
 class ExecutorConfig:
+    #: Processes this executor runs at once.
     slots: int = 4
+    #: Attempts fired ahead of their instant that it may hold (claimed, binary fetched) until they start.
+    staging: int = 1024
+    #: Claims of attempts due now beyond the free slots (-1: as many as `slots`), so slots do not sit idle
+    #: while a claim waits for the scheduler's answer.
+    prefetch: int = -1
     grace_s: float = 5.0
     #: How long a claim may wait for the scheduler's answer before its slot is given back.
     claim_timeout_s: float = 30.0
@@ -119,17 +116,17 @@ class Executor:
         self._lock = threading.Lock()
         self._pending: dict[str, Pending] = {}
         self._attempts: dict[str, Attempt] = {}
-        self._buffers: dict[tuple[str, int], deque[Message]] = {}
+        self._buffers: dict[tuple[str, int], deque[tuple[Message, TaskReady | None]]] = {}
         self._paused: set[tuple[str, int]] = set()
         self._stop = threading.Event()
-        self._wake = threading.Event()
         self.ready_topics = [ready_topic(settings, p) for p in PRIORITIES]
         self._reports = kafka.producer(settings)
         self._claims = kafka.producer(settings, **{"transactional.id": f"{settings.prefix}-executor-{self.id}",
                                                    "transaction.timeout.ms": 60000})
         self._consumer = kafka.consumer(settings, group=f"{settings.prefix}-executors",
                                         **{"partition.assignment.strategy": "cooperative-sticky",
-                                           "fetch.wait.max.ms": 20, "session.timeout.ms": 10000,
+                                           "fetch.wait.max.ms": 20,
+                                           "session.timeout.ms": int(max(6.0, settings.session_timeout_s) * 1000),
                                            "heartbeat.interval.ms": 1000})
         self._control = kafka.consumer(settings, group=f"{settings.prefix}-control-{self.id}",
                                        **{"fetch.wait.max.ms": 20})
@@ -139,11 +136,18 @@ class Executor:
     def stop(self) -> None:
         self._stop.set()
 
-    def free_slots(self) -> int:
+    def capacity(self) -> tuple[int, int]:
+        """(claims of attempts due now it may still make, places for attempts staged ahead of their instant)."""
+        prefetch = self.config.prefetch if self.config.prefetch >= 0 else self.config.slots
         with self._lock:
-            return self.config.slots - len(self._pending) - len(self._attempts)
+            staged = sum(1 for p in self._pending.values() if p.staged) + sum(
+                1 for a in self._attempts.values() if a.staged)
+            now = len(self._pending) + len(self._attempts) - staged
+        return self.config.slots + prefetch - now, self.config.staging - staged
 
     def run(self) -> None:
+        self.runtime = Runtime(self.config.slots, self.cache, self.workroot, self._on_started, self._on_ended,
+                               grace_s=self.config.grace_s, keep_workdirs=self.config.keep_workdirs)
         self._claims.init_transactions(30)
         self._assign_control()
         self._spawn_thread(self._control_loop, "control")
@@ -166,12 +170,9 @@ class Executor:
         with self._lock:
             attempts = list(self._attempts.values())
         for a in attempts:
-            a.ending, a.ending_message = FailureReason.CANCELLED, "executor shutting down"
-            if a.process is not None:
-                a.process.kill_tree(self.config.grace_s)
-        deadline = time.monotonic() + self.config.grace_s + 2
-        while self._attempts and time.monotonic() < deadline:
-            time.sleep(0.05)
+            self.runtime.end_early(a, FailureReason.CANCELLED, "executor shutting down")
+        self.runtime.drain(self.config.grace_s + 2)
+        self.runtime.stop()
         with contextlib.suppress(Exception):
             self._consumer.close()
         with contextlib.suppress(Exception):
@@ -192,11 +193,14 @@ class Executor:
     def _buffered(self) -> int:
         return sum(len(q) for q in self._buffers.values())
 
+    def free_slots(self) -> int:
+        return self.capacity()[0]
+
     def _ready_step(self) -> None:
-        free = self.free_slots()
+        free_now, free_staged = self.capacity()
         buffered = self._buffered()
-        timeout = 0.01 if buffered and free <= 0 else 0.1
-        self._flow_control(free)
+        timeout = 0.01 if buffered else 0.1
+        self._flow_control()
         msgs = self._consumer.consume(num_messages=max(1, 2 * self.config.slots), timeout=timeout)
         for m in msgs:
             err = m.error()
@@ -204,13 +208,23 @@ class Executor:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("ready topic error: %s", err)
                 continue
-            self._buffers.setdefault(_tp(m), deque()).append(m)
-        if free > 0 and self._buffered():
-            self._claim(self._take(free))
+            self._buffers.setdefault(_tp(m), deque()).append((m, self._decode_ready(m)))
+        if self._buffered() and (free_now > 0 or free_staged > 0):
+            taken = self._take(free_now, free_staged)
+            if taken:
+                self._claim(taken)
 
-    def _flow_control(self, free: int) -> None:
+    def _decode_ready(self, m: Message) -> TaskReady | None:
+        try:
+            ready = self.codec.decode(m.value())
+        except CodecError as err:
+            log.error("skipping undecodable ready record %s[%d]@%d: %s", *_tp(m), m.offset(), err)
+            return None
+        return ready if isinstance(ready, TaskReady) else None
+
+    def _flow_control(self) -> None:
         """Pause partitions whose local backlog is big enough; resume them when it drains."""
-        limit = max(2, self.config.slots)
+        limit = max(2, self.config.slots, self.config.staging)
         for key, q in self._buffers.items():
             if len(q) >= limit and key not in self._paused:
                 self._consumer.pause([TopicPartition(*key)])
@@ -219,40 +233,42 @@ class Executor:
                 self._consumer.resume([TopicPartition(*key)])
                 self._paused.discard(key)
 
-    def _take(self, n: int) -> list[Message]:
-        """Up to `n` buffered records, high priority first, each partition's records in order."""
-        taken: list[Message] = []
+    def _take(self, free_now: int, free_staged: int) -> list[tuple[Message, TaskReady | None, bool]]:
+        """Buffered records to claim: high priority first, each partition's records in order. An attempt
+        due now needs a free slot; one fired ahead of its instant needs a free staging place."""
+        taken: list[tuple[Message, TaskReady | None, bool]] = []
+        soon = time.time() * 1000 + 50
+        budget = {False: free_now, True: free_staged}
         for topic in self.ready_topics:
             queues = [q for (t, _), q in self._buffers.items() if t == topic and q]
-            while queues and len(taken) < n:
+            while queues:
                 for q in list(queues):
-                    if len(taken) >= n:
-                        break
-                    taken.append(q.popleft())
+                    m, ready = q[0]
+                    staged = ready is not None and ready.scheduled_for_ms > soon
+                    if ready is not None and budget[staged] <= 0:
+                        queues.remove(q)  # this partition waits; its order is kept
+                        continue
+                    q.popleft()
+                    if ready is not None:
+                        budget[staged] -= 1
+                    taken.append((m, ready, staged))
                     if not q:
                         queues.remove(q)
-            if len(taken) >= n:
-                break
         return taken
 
-    def _claim(self, msgs: list[Message]) -> None:
+    def _claim(self, msgs: list[tuple[Message, TaskReady | None, bool]]) -> None:
         offsets: dict[tuple[str, int], int] = {}
         first: dict[tuple[str, int], int] = {}
         batch: list[Pending] = []
-        for m in msgs:
+        for m, ready, staged in msgs:
             key = _tp(m)
             offset = int(m.offset() or 0)
             offsets[key] = offset + 1
             first.setdefault(key, offset)
-            try:
-                ready = self.codec.decode(m.value())
-            except CodecError as err:
-                log.error("skipping undecodable ready record %s[%d]@%d: %s", *key, m.offset(), err)
-                continue
-            if not isinstance(ready, TaskReady):
-                continue
+            if ready is None:
+                continue  # undecodable: its offset is committed with the batch, so it is not seen again
             claim_id = f"{ready.task_id}#{ready.attempt}@{self.id}"
-            batch.append(Pending(ready, claim_id, time.monotonic()))
+            batch.append(Pending(ready, claim_id, time.monotonic(), staged))
         with self._lock:
             for p in batch:
                 self._pending[p.claim_id] = p
@@ -327,80 +343,49 @@ class Executor:
         with self._lock:
             pending = self._pending.pop(grant.claim_id, None)
             if pending is None or key in self._attempts:
-                return  # not ours any more, or a repeated grant for an attempt already running
-            attempt = Attempt(pending.ready, grant)
+                return  # not ours any more, or a repeated grant for an attempt already under way
+            attempt = Attempt(pending.ready, grant, staged=pending.staged)
             self._attempts[key] = attempt
             self.stats.granted += 1
-        self._spawn_thread(self._execute, "attempt", key, attempt)
+        self.runtime.submit(attempt)
 
     def _on_cancel(self, req: CancelRequested) -> None:
         with self._lock:
             attempt = self._attempts.get(f"{req.task_id}#{req.attempt}")
         if attempt is None or attempt.grant.fencing_token != req.fencing_token:
             return
-        self._end_early(attempt, FailureReason.CANCELLED, req.reason or "cancelled")
+        self.runtime.end_early(attempt, FailureReason.CANCELLED, req.reason or "cancelled")
 
-    def _end_early(self, attempt: Attempt, reason: str, message: str) -> None:
-        if attempt.ending:
-            return
-        attempt.ending, attempt.ending_message = reason, message
-        if attempt.process is not None:
-            attempt.killer = self._spawn_thread(attempt.process.kill_tree, "kill", self.config.grace_s)
+    # --- reports --------------------------------------------------------------------------------
 
-    # --- running --------------------------------------------------------------------------------
+    def _on_started(self, attempt: Attempt, proc: Process) -> None:
+        r, g = attempt.ready, attempt.grant
+        self.stats.started += 1
+        self._send(TaskStarted(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id,
+                               proc.started_at_ms, proc.pid))
 
-    def _execute(self, key: str, attempt: Attempt) -> None:
-        ready, grant = attempt.ready, attempt.grant
-        workdir = self.workroot / key.replace("/", "_")
+    def _on_ended(self, ended: Ended) -> None:
+        attempt = ended.attempt
+        r, g = attempt.ready, attempt.grant
+        log_ref = self._upload_log(attempt.key, ended.log_path) if ended.log_path is not None else ""
+        if ended.reason:
+            retryable = ended.reason == FailureReason.TIMEOUT and ended.started_at_ms is not None
+            self._report_failed(attempt, ended.reason, ended.message, retryable=retryable,
+                                started=ended.started_at_ms, exit_code=ended.exit_code, log_ref=log_ref,
+                                finished=ended.finished_at_ms)
+        else:
+            assert ended.exit_code is not None and ended.started_at_ms is not None
+            self._send(TaskCompleted(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id,
+                                     ended.exit_code, ended.started_at_ms, ended.finished_at_ms, log_ref))
+        self.stats.finished += 1
+        with self._lock:
+            self._attempts.pop(attempt.key, None)
+
+    def _upload_log(self, key: str, path: Path) -> str:
         try:
-            try:
-                binary = self.cache.get(ready.artifact)
-                workdir.mkdir(parents=True, exist_ok=True)
-                if attempt.ending:  # cancelled while the artifact was fetched
-                    raise _Ended()
-                attempt.process = spawn(binary, list(ready.args), attempt_env(ready, grant, workdir), workdir)
-            except ArtifactError as err:
-                self._report_failed(attempt, err.reason, str(err), retryable=False, started=None, exit_code=None)
-                return
-            except OSError as err:
-                self._report_failed(attempt, FailureReason.SPAWN_ERROR, f"cannot start {ready.artifact.name}: {err}",
-                                     retryable=False, started=None, exit_code=None)
-                return
-            except _Ended:
-                self._report_failed(attempt, attempt.ending, attempt.ending_message, retryable=False, started=None,
-                                    exit_code=None)
-                return
-            proc = attempt.process
-            self.stats.started += 1
-            self._send(TaskStarted(ready.job_id, ready.run_id, ready.task_id, grant.attempt, grant.fencing_token,
-                                   self.id, proc.started_at_ms, proc.pid))
-            if attempt.ending:  # a cancel arrived between spawn and now
-                self._end_early(attempt, attempt.ending, attempt.ending_message)
-            code = proc.popen.wait()
-            finished = now_ms()
-            if attempt.killer is not None:
-                attempt.killer.join()
-            log_ref = self._upload_log(key, proc)
-            if attempt.ending:
-                self._report_failed(attempt, attempt.ending, attempt.ending_message,
-                                    retryable=attempt.ending == FailureReason.TIMEOUT, started=proc.started_at_ms,
-                                    exit_code=code, log_ref=log_ref, finished=finished)
-            else:
-                self._send(TaskCompleted(ready.job_id, ready.run_id, ready.task_id, grant.attempt,
-                                         grant.fencing_token, self.id, code, proc.started_at_ms, finished, log_ref))
-        finally:
-            self.stats.finished += 1
-            with self._lock:
-                self._attempts.pop(key, None)
-            self._wake.set()
-            if not self.config.keep_workdirs:
-                shutil.rmtree(workdir, ignore_errors=True)
-
-    def _upload_log(self, key: str, proc: Process) -> str:
-        try:
-            cap_log(proc.log_path, self.config.log_limit_bytes)
-            return self.store.put_log(f"{key}.log", proc.log_path)
-        except Exception as exc:
+            cap_log(path, self.config.log_limit_bytes)
+            return self.store.put_log(f"{key}.log", path)
+        except Exception as exc:  # a lost log must not lose the attempt's outcome
             log.warning("could not store the log of %s: %s", key, exc)
             return ""
 
@@ -429,7 +414,7 @@ class Executor:
             for a in attempts:
                 proc = a.process
                 if proc is not None and a.ready.timeout_ms and wall - proc.started_at_ms > a.ready.timeout_ms:
-                    self._end_early(a, FailureReason.TIMEOUT, f"timed out after {a.ready.timeout_ms} ms")
+                    self.runtime.end_early(a, FailureReason.TIMEOUT, f"timed out after {a.ready.timeout_ms} ms")
             if now >= next_beat:
                 next_beat = now + self.settings.heartbeat_s
                 for a in attempts:
@@ -437,10 +422,6 @@ class Executor:
                     self._send(TaskHeartbeat(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id,
                                              wall))
             self._reports.poll(0)
-
-
-class _Ended(Exception):
-    pass
 
 
 def _tp(m: Message) -> tuple[str, int]:

@@ -59,6 +59,9 @@ class Settings:
     heartbeat_s: float = 2.0
     #: Faust's commit interval in seconds.
     commit_interval_s: float = 0.5
+    #: Seconds before their instant that occurrences of `overlap: allow` jobs fire, so executors can claim
+    #: and stage them and start them on time (0: fire at the instant).
+    lookahead_s: float = 10.0
     #: Seconds after which a silent streams worker or executor leaves its consumer group.
     session_timeout_s: float = 10.0
 
@@ -93,6 +96,7 @@ def load(env: dict[str, str] | None = None) -> Settings:
         heartbeat_s=_float(e, "KSCHED_HEARTBEAT_S", 2.0),
         commit_interval_s=_float(e, "KSCHED_COMMIT_INTERVAL_S", 0.5),
         session_timeout_s=_float(e, "KSCHED_SESSION_TIMEOUT_S", 10.0),
+        lookahead_s=_float(e, "KSCHED_LOOKAHEAD_S", 10.0),
     )
     if s.partitions < 1 or s.ready_partitions < 1 or s.control_partitions < 1:
         raise ConfigError("KSCHED_*PARTITIONS: partition counts must be at least 1")

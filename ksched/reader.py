@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from confluent_kafka import Message as KMessage
@@ -98,3 +99,34 @@ def find_run(settings: Settings, run_id: str) -> tuple[RunView | None, dict[str,
     job_id = run_id.split("@", 1)[0]
     st = job_status(settings, job_id)
     return st.runs.get(run_id), st.tasks.get(run_id, {})
+
+
+def topic_records(settings: Settings, topic: str, timeout_s: float = 60.0) -> Iterator[Any]:
+    """Every record of every partition of `topic` (up to the end each had when read), as replay records."""
+    from streams.replay import Record
+
+    c = kafka.consumer(settings, group=f"{settings.prefix}-reader-{uuid.uuid4().hex[:8]}")
+    try:
+        md = c.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        partitions = sorted(md.partitions) if md is not None and md.error is None else []
+    finally:
+        c.close()
+    for p in partitions:
+        for m in read_partition(settings, topic, p, timeout_s=timeout_s):
+            yield Record(topic, p, int(m.offset() or 0), int(m.timestamp()[1]), m.key(), m.value())
+
+
+def job_history(settings: Settings, job_id: str, codec: Codec | None = None) -> list[tuple[int, str, Any]]:
+    """The job's inbox records and decisions, as (timestamp, topic, event), in time order."""
+    codec = codec or default_codec()
+    p = partition_for(job_id, settings.partitions)
+    key = job_id.encode()
+    out: list[tuple[int, str, Any]] = []
+    for topic in (settings.topic("inbox"), settings.topic("events")):
+        for m in read_partition(settings, topic, p):
+            if m.key() == key and m.value() is not None:
+                rec = _decode(codec, m)
+                if rec is not None:
+                    out.append((int(m.timestamp()[1]), topic, rec))
+    out.sort(key=lambda r: (r[0], r[1]))
+    return out

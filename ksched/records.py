@@ -20,12 +20,72 @@ _Convert = Callable[[Any], Any]
 def to_data(obj: Any) -> Any:
     """A dataclass (recursively) as dicts and lists; other values pass through."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_data(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return _encoder(type(obj), False)(obj)
     if isinstance(obj, list | tuple):
         return [to_data(v) for v in obj]
     if isinstance(obj, dict):
         return {k: to_data(v) for k, v in obj.items()}
     return obj
+
+
+def to_compact_data(obj: Any) -> Any:
+    """Like `to_data`, leaving out dataclass fields that hold their default (`from_data` restores them)."""
+    cls: Any = type(obj)
+    return _encoder(cls, True)(obj)
+
+
+_MISSING = object()
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return _MISSING
+
+
+@cache
+def _encoder(tp: Any, compact: bool) -> _Convert:
+    """A function turning values of type `tp` into plain data, compiled once per type from its hints."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        hints = typing.get_type_hints(tp)
+        fields = [(f.name, _encoder(hints[f.name], compact), _default(f)) for f in dataclasses.fields(tp)]
+        if compact:
+            def encode_compact(v: Any) -> Any:
+                d = {}
+                for name, enc, default in fields:
+                    value = getattr(v, name)
+                    if value is not default and value != default:
+                        d[name] = enc(value)
+                return d
+
+            return encode_compact
+        plain = [name for name, enc, _ in fields if enc is _identity]
+        nested = [(name, enc) for name, enc, _ in fields if enc is not _identity]
+
+        def encode(v: Any) -> Any:
+            d = {name: getattr(v, name) for name in plain}
+            for name, enc in nested:
+                d[name] = enc(getattr(v, name))
+            return d
+
+        return encode
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        enc = _encoder(inner[0], compact) if len(inner) == 1 else to_data
+        return _identity if enc is _identity else (lambda v: None if v is None else enc(v))
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        item = _encoder(args[0], compact) if args else to_data
+        return (lambda v: list(v)) if item is _identity else (lambda v: [item(x) for x in v])
+    if origin is dict:
+        val = _encoder(typing.get_args(tp)[1], compact)
+        return (lambda v: dict(v)) if val is _identity else (lambda v: {k: val(x) for k, x in v.items()})
+    if tp in (str, int, float, bool, bytes, type(None)):
+        return _identity
+    return to_data
 
 
 def from_data(cls: type[T], data: Any) -> T:

@@ -3,15 +3,16 @@
 Per inbox record (partition p, offset o):
   1. decode; an undecodable or invalid record goes to the dead-letter topic with the reason and its bytes;
   2. a record in the wrong partition (a client with another partitioner) is forwarded to the right one;
-  3. load the job's state; if it already applied offset o (redelivery after a crash), skip it;
-  4. `decide`; write the outputs to the partition's outbox, then the new state; then publish the outputs.
+  3. load the job's record; if it already applied offset o (redelivery after a crash), skip it;
+  4. `decide`; write the job's new state *together with the outputs* (its outbox) as one table record;
+     then publish the outputs.
 
-Why an outbox: Faust commits input offsets only after flushing its producer, so after a crash every
-input past the committed offset is delivered again, but state written for it may already be in the
-changelog while its outputs were lost. The outbox entry is written before the state, in the same
-changelog partition (so in order), and is published again when the partition is next assigned. Outputs
-may therefore appear twice; they carry derived ids, and every consumer treats a repeat as a no-op.
-Entries older than the committed offset are deleted on ticks.
+Why an outbox: Faust commits input offsets only after flushing the producers, so after a crash every
+input past the committed offset is delivered again, but the state written for it may already be in the
+changelog while its outputs were lost. Each job record keeps the outputs of the inputs it applied past
+the committed offset; when a partition is assigned, those are published again. Outputs may therefore
+appear twice; they carry derived ids, and every consumer treats a repeat as a no-op. Entries below the
+committed offset are dropped the next time the job is written.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,20 +29,22 @@ from ksched.config import Settings
 from ksched.errors import CodecError
 from ksched.events import INBOX_TYPES, DeadLetter, Tick
 from ksched.partitioning import partition_for
-from ksched.records import from_data, to_data
+from ksched.records import from_data, to_compact_data
 from ksched.topics import ready_topic
 from schemas.codec import Codec
 
 from .core import decide as core
 from .core.due import DueIndex
 from .core.model import JobState, Params
+from .core.views import current_views
 
 log = logging.getLogger(__name__)
 
 RESERVED = b"\x01"
 FAUST_RESERVED = b"__faust"  # Faust keeps its changelog offset in the same RocksDB
 CLOCK_KEY = b"\x01clock"
-OUTBOX = b"\x01outbox/"
+#: Outbox entries kept per job when the committed offset is not known yet.
+OUTBOX_FALLBACK = 64
 
 
 class Store(Protocol):
@@ -64,13 +67,16 @@ class Message:
     partition: int | None = None
 
 
-def encode_state(offset: int, state: JobState) -> bytes:
-    return json.dumps({"o": offset, "s": to_data(state)}, separators=(",", ":")).encode()
+Outbox = list[tuple[int, list[Message]]]
 
 
-def decode_state(raw: bytes) -> tuple[int, JobState]:
-    data = json.loads(raw)
-    return int(data["o"]), from_data(JobState, data["s"])
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """One table value: the state, the last inbox offset applied to it, and its unconfirmed outputs."""
+
+    applied: int
+    state: JobState
+    outbox: Outbox
 
 
 def _b64(b: bytes | None) -> str | None:
@@ -81,16 +87,22 @@ def _unb64(s: str | None) -> bytes | None:
     return None if s is None else base64.b64decode(s)
 
 
-def encode_outbox(messages: list[Message]) -> bytes:
-    return json.dumps([[m.topic, _b64(m.key), _b64(m.value), m.partition] for m in messages]).encode()
+def encode_record(rec: JobRecord) -> bytes:
+    outbox = [[o, [[m.topic, _b64(m.key), _b64(m.value), m.partition] for m in msgs]] for o, msgs in rec.outbox]
+    return json.dumps({"o": rec.applied, "s": to_compact_data(rec.state), "x": outbox},
+                      separators=(",", ":")).encode()
 
 
-def decode_outbox(raw: bytes) -> list[Message]:
-    return [Message(t, _unb64(k), _unb64(v), p) for t, k, v, p in json.loads(raw)]
+def decode_record(raw: bytes) -> JobRecord:
+    data = json.loads(raw)
+    outbox = [(int(o), [Message(t, _unb64(k), _unb64(v), p) for t, k, v, p in msgs])
+              for o, msgs in data.get("x", [])]
+    return JobRecord(int(data["o"]), from_data(JobState, data["s"]), outbox)
 
 
-def outbox_key(offset: int) -> bytes:
-    return OUTBOX + b"%020d" % offset
+def decode_state(raw: bytes) -> tuple[int, JobState]:
+    rec = decode_record(raw)
+    return rec.applied, rec.state
 
 
 @dataclass
@@ -108,18 +120,22 @@ class InboxShell:
     codec: Codec
     params: Params = field(default_factory=Params)
     counters: Counters = field(default_factory=Counters)
+    state_cache_size: int = 20_000
 
     def __post_init__(self) -> None:
         s = self.settings
         self._due: dict[int, DueIndex] = {}
         self._clock: dict[int, int | None] = {}
         self._recover: set[int] = set()
-        self._outbox: dict[int, deque[int]] = {}
+        # Decoded records of recently used jobs. This worker is the only writer of its partitions' keys, so
+        # the cache cannot go stale; it is dropped with the partition.
+        self._records: OrderedDict[tuple[int, str], JobRecord] = OrderedDict()
         self.inbox = s.topic("inbox")
         self._topics = {
             core.EVENTS: s.topic("events"), core.CONTROL: s.topic("control"), core.CATALOG: s.topic("jobs"),
             core.RUNS: s.topic("runs"), core.TASKS: s.topic("tasks"), core.DLQ: s.topic("dlq"),
         }
+        self._view_topics = {self._topics[c] for c in (core.CATALOG, core.RUNS, core.TASKS)}
 
     # --- partition lifecycle ---------------------------------------------------------------
 
@@ -131,28 +147,37 @@ class InboxShell:
         for p in partitions:
             self._due.pop(p, None)
             self._clock.pop(p, None)
-            self._outbox.pop(p, None)
             self._recover.discard(p)
+        self._forget(partitions)
+
+    def _forget(self, partitions: set[int]) -> None:
+        for cached in [k for k in self._records if k[0] in partitions]:
+            del self._records[cached]
 
     def due_index(self, partition: int) -> DueIndex:
         return self._due.setdefault(partition, DueIndex())
 
-    def _recover_partition(self, store: Store, partition: int) -> list[Message]:
+    def _recover_partition(self, store: Store, partition: int, replay_from: int) -> list[Message]:
+        """Rebuild the due index; publish again every output of inputs at or after `replay_from` (the
+        position consumption restarts from: outputs of earlier inputs were flushed before the commit)."""
         self._recover.discard(partition)
+        self._forget({partition})
         index = DueIndex()
         republish: list[Message] = []
-        pending: deque[int] = deque()
         for key, raw in store.items():
-            if key.startswith(OUTBOX):
-                pending.append(int(key[len(OUTBOX):]))
-                republish.extend(decode_outbox(raw))
-            elif key == CLOCK_KEY:
+            if key == CLOCK_KEY:
                 self._clock[partition] = int(raw)
             elif not key.startswith(RESERVED) and not key.startswith(FAUST_RESERVED):
-                _, state = decode_state(raw)
-                index.set(state.job_id, core.next_wakeup(state))
+                rec = decode_record(raw)
+                index.set(rec.state.job_id, core.next_wakeup(rec.state, self.params))
+                replayed = [m for offset, msgs in rec.outbox if offset >= replay_from for m in msgs]
+                if replayed:
+                    # Decisions again (their ids make repeats harmless), then the views as they are now:
+                    # an old snapshot republished last would overwrite a newer one in a compacted topic.
+                    republish += [m for m in replayed if m.topic not in self._view_topics]
+                    republish += [self._message(partition, rec.applied, e, None, None)
+                                  for e in current_views(rec.state)]
         self._due[partition] = index
-        self._outbox[partition] = deque(sorted(pending))
         self.counters.republished += len(republish)
         if republish:
             log.info("partition %d: republished %d outputs from the outbox", partition, len(republish))
@@ -164,11 +189,12 @@ class InboxShell:
                 committed: int | None = None) -> list[Message]:
         """Apply one inbox record; return the messages to publish (already recorded in the outbox).
 
-        `committed` is the partition's committed input offset, if known; ticks use it to trim the outbox.
+        `committed` is the partition's committed input offset, if known: outbox entries below it are done.
         """
         out: list[Message] = []
         if partition in self._recover or partition not in self._due:
-            out.extend(self._recover_partition(store, partition))
+            replay_from = offset if committed is None else min(offset, committed)
+            out.extend(self._recover_partition(store, partition, replay_from))
         self.counters.processed += 1
         try:
             event = self.codec.decode(value)
@@ -178,69 +204,61 @@ class InboxShell:
             why = f"{type(event).SCHEMA} is not an inbox record"
             return [*out, self._dead_letter(partition, offset, key, value, why)]
         if isinstance(event, Tick):
-            out += self._tick(store, partition, offset, event)
-            if committed is not None:
-                self.trim_outbox(store, partition, committed)
-            return out
+            return out + self._tick(store, partition, offset, event, committed)
         job_id = core.event_job_id(event)  # type: ignore[arg-type]  # an INBOX_TYPES instance
         owner = partition_for(job_id, self.settings.partitions)
         if owner != partition:
             self.counters.forwarded += 1
             return [*out, Message(self.inbox, job_id.encode(), value, owner)]
-        writes: list[tuple[bytes, bytes]] = []
-        msgs: list[Message] = []
-        self._apply(store, partition, offset, job_id, event, key, value, writes, msgs)
-        return out + self._commit(store, partition, offset, writes, msgs)
+        return out + self._apply(store, partition, offset, job_id, event, key, value, committed)
 
-    def _tick(self, store: Store, partition: int, offset: int, tick: Tick) -> list[Message]:
+    def _tick(self, store: Store, partition: int, offset: int, tick: Tick, committed: int | None) -> list[Message]:
         clock = self._clock.get(partition)
         now = tick.now_ms if clock is None else max(clock, tick.now_ms)
         if now != clock:
             self._clock[partition] = now
             store.put(CLOCK_KEY, str(now).encode())
-        writes: list[tuple[bytes, bytes]] = []
         msgs: list[Message] = []
         for job_id in self.due_index(partition).pop_due(now):
-            self._apply(store, partition, offset, job_id, tick, None, None, writes, msgs)
-        return self._commit(store, partition, offset, writes, msgs)
-
-    def _apply(self, store: Store, partition: int, offset: int, job_id: str, event: Any, key: bytes | None,
-               value: bytes | None, writes: list[tuple[bytes, bytes]], msgs: list[Message]) -> None:
-        jkey = job_id.encode()
-        raw = store.get(jkey)
-        state: JobState | None = None
-        if raw is not None:
-            applied, state = decode_state(raw)
-            if offset <= applied:
-                self.counters.duplicates += 1
-                self.due_index(partition).set(job_id, core.next_wakeup(state))
-                return
-        step = core.decide(state, event, self._clock.get(partition), self.params)
-        for emit in step.emits:
-            msgs.append(self._message(partition, offset, emit, key, value))
-        if step.state is not None:
-            writes.append((jkey, encode_state(offset, step.state)))
-        self.due_index(partition).set(job_id, core.next_wakeup(step.state))
-
-    def _commit(self, store: Store, partition: int, offset: int, writes: list[tuple[bytes, bytes]],
-                msgs: list[Message]) -> list[Message]:
-        if msgs:
-            store.put(outbox_key(offset), encode_outbox(msgs))
-            pending = self._outbox.setdefault(partition, deque())
-            if not pending or pending[-1] != offset:
-                pending.append(offset)
-        for k, v in writes:
-            store.put(k, v)
+            msgs += self._apply(store, partition, offset, job_id, tick, None, None, committed)
         return msgs
 
-    def trim_outbox(self, store: Store, partition: int, committed_offset: int) -> int:
-        """Delete outbox entries below the committed input offset: their outputs were flushed before it."""
-        pending = self._outbox.get(partition)
-        trimmed = 0
-        while pending and pending[0] < committed_offset:
-            store.delete(outbox_key(pending.popleft()))
-            trimmed += 1
-        return trimmed
+    def _apply(self, store: Store, partition: int, offset: int, job_id: str, event: Any, key: bytes | None,
+               value: bytes | None, committed: int | None) -> list[Message]:
+        rec = self._load(store, partition, job_id)
+        if rec is not None and offset <= rec.applied:
+            self.counters.duplicates += 1
+            self.due_index(partition).set(job_id, core.next_wakeup(rec.state, self.params))
+            return []
+        step = core.decide(rec.state if rec else None, event, self._clock.get(partition), self.params)
+        msgs = [self._message(partition, offset, emit, key, value) for emit in step.emits]
+        if step.state is not None:
+            outbox = _trim(rec.outbox if rec else [], committed)
+            if msgs:
+                outbox.append((offset, msgs))
+            new = JobRecord(offset, step.state, outbox)
+            store.put(job_id.encode(), encode_record(new))  # state and outputs in one record, atomically
+            self._remember(partition, job_id, new)
+        self.due_index(partition).set(job_id, core.next_wakeup(step.state, self.params))
+        return msgs
+
+    def _load(self, store: Store, partition: int, job_id: str) -> JobRecord | None:
+        cached = self._records.get((partition, job_id))
+        if cached is not None:
+            self._records.move_to_end((partition, job_id))
+            return cached
+        raw = store.get(job_id.encode())
+        if raw is None:
+            return None
+        rec = decode_record(raw)
+        self._remember(partition, job_id, rec)
+        return rec
+
+    def _remember(self, partition: int, job_id: str, rec: JobRecord) -> None:
+        self._records[(partition, job_id)] = rec
+        self._records.move_to_end((partition, job_id))
+        while len(self._records) > self.state_cache_size:
+            self._records.popitem(last=False)
 
     # --- output -------------------------------------------------------------------------------
 
@@ -252,16 +270,22 @@ class InboxShell:
         if emit.channel == core.CONTROL:
             return Message(self._topics[core.CONTROL], emit.key.encode(), self.codec.encode(emit.record))
         if emit.channel == core.DLQ:
-            return self._dead_letter(partition, offset, key, value, str(emit.record), count=True)
+            return self._dead_letter(partition, offset, key, value, str(emit.record))
         record = None if emit.record is None else self.codec.encode(emit.record)
         # State topics and the decision log are co-partitioned with the inbox: same partition as the job.
         return Message(self._topics[emit.channel], emit.key.encode(), record, partition)
 
-    def _dead_letter(self, partition: int, offset: int, key: bytes | None, value: bytes | None, reason: str,
-                     count: bool = True) -> Message:
-        if count:
-            self.counters.dead_lettered += 1
+    def _dead_letter(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                     reason: str) -> Message:
+        self.counters.dead_lettered += 1
         log.warning("dead-lettered %s[%d]@%d: %s", self.inbox, partition, offset, reason)
         at = self._clock.get(partition) or 0
         record = DeadLetter(self.inbox, partition, offset, reason, at, key, value)
         return Message(self._topics[core.DLQ], key, self.codec.encode(record), partition)
+
+
+def _trim(outbox: Outbox, committed: int | None) -> Outbox:
+    """The entries whose outputs may not have been flushed yet (at or after the committed offset)."""
+    if committed is None:
+        return list(outbox[-OUTBOX_FALLBACK:])
+    return [(o, msgs) for o, msgs in outbox if o >= committed]

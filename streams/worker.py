@@ -6,7 +6,9 @@ writes whose changelog records never reached Kafka, so they are wiped and rebuil
 
 from __future__ import annotations
 
+import cProfile
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -42,10 +44,19 @@ def run(settings: Settings, name: str = "worker", web_port: int | None = None, l
     streams = create_app(settings, worker_name=name, datadir=datadir, web_port=web_port)
     worker = faust.Worker(streams.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     code = 1
+    profile = os.environ.get("KSCHED_PROFILE")  # a path: write cProfile stats there on exit (benchmarks)
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        profiler.enable()
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
         code = int(exc.code) if isinstance(exc.code, int) else 1
+    finally:
+        streams.close()
+        if profiler is not None and profile:
+            profiler.disable()
+            profiler.dump_stats(profile)
     if code == 0:
         (datadir / CLEAN_MARKER).write_text("ok\n")
     return code

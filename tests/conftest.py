@@ -44,3 +44,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     outcome = yield
     rep = outcome.get_result()
     setattr(item, f"rep_{rep.when}", rep)
+    if rep.when == "call" and rep.failed:
+        from tests.support import LIVE
+
+        for cluster in LIVE:
+            rep.sections.append((f"ksched processes ({cluster.settings.prefix})", cluster.logs()))

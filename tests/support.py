@@ -42,13 +42,14 @@ def settings_for(bootstrap: str, home: Path, **overrides: Any) -> Settings:
 
 
 def env_for(s: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KSCHED_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KSCHED_") or k == "KSCHED_PROFILE"}
     env.update({
         "KSCHED_BOOTSTRAP_SERVERS": s.bootstrap_servers, "KSCHED_PREFIX": s.prefix, "KSCHED_HOME": str(s.home),
         "KSCHED_PARTITIONS": str(s.partitions), "KSCHED_READY_PARTITIONS": str(s.ready_partitions),
         "KSCHED_CONTROL_PARTITIONS": str(s.control_partitions), "KSCHED_HEARTBEAT_S": str(s.heartbeat_s),
         "KSCHED_LEASE_S": str(s.lease_s), "KSCHED_COMMIT_INTERVAL_S": str(s.commit_interval_s),
-        "KSCHED_TICK_INTERVAL_S": str(s.tick_interval_s),
+        "KSCHED_SESSION_TIMEOUT_S": str(s.session_timeout_s),
+        "KSCHED_TICK_INTERVAL_S": str(s.tick_interval_s), "KSCHED_LOOKAHEAD_S": str(s.lookahead_s),
     })
     if s.artifact_url:
         env["KSCHED_ARTIFACTS"] = s.artifact_url
@@ -86,6 +87,9 @@ class Proc:
             return ""
 
 
+LIVE: list[Cluster] = []  # clusters whose process logs are printed when a test fails
+
+
 @dataclass
 class Cluster:
     """A private ksched installation (its own topic prefix) on the shared test broker."""
@@ -96,6 +100,7 @@ class Cluster:
     def __post_init__(self) -> None:
         self.settings.home.mkdir(parents=True, exist_ok=True)
         ensure_topics(self.settings)
+        LIVE.append(self)
 
     @property
     def env(self) -> dict[str, str]:
@@ -152,6 +157,8 @@ class Cluster:
     def stop(self) -> None:
         for p in reversed(self.procs):
             p.stop()
+        if self in LIVE:
+            LIVE.remove(self)
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ({p.log}) ---\n{p.tail()}" for p in self.procs)

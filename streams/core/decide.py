@@ -53,7 +53,7 @@ from ksched.events import (
 from . import dag
 from .model import Attempt, JobState, Params, Run, Task, split_task_id, task_id
 from .retry import backoff_ms, decide_retry, level_params
-from .schedule import fire_times, iso
+from .schedule import fire_times, iso, next_fire
 from .validate import validate_job
 
 # Where an emitted record goes; the shell maps channels to topics and keys.
@@ -104,18 +104,22 @@ def event_time(event: InboxEvent) -> int:
 def decide(state: JobState | None, event: InboxEvent, now_ms: int | None, params: Params) -> Step:
     ctx = _Ctx(state, now_ms if now_ms is not None else event_time(event), params)
     _HANDLERS[type(event)](ctx, event)
+    # Views first, then forget old finished runs: a run that finished in this step must publish its
+    # final views even if it is at once among those forgotten.
     ctx.emit_views(state)
+    if ctx.state is not None:
+        _forget_old_runs(ctx)
     return Step(ctx.state, ctx.emits)
 
 
-def next_wakeup(state: JobState | None) -> int | None:
+def next_wakeup(state: JobState | None, params: Params | None = None) -> int | None:
     """The earliest instant a tick must visit this job (a fire time, a lease deadline, a retry)."""
     if state is None:
         return None
     times: list[int] = []
     nf = _next_fire(state)
     if nf is not None and not state.deleted:
-        times.append(nf)
+        times.append(nf - _lookahead(state, params) if nf >= 0 else nf)
     if state.owed_catchup_ms is not None:
         times.append(state.owed_catchup_ms)
     for run in state.runs.values():
@@ -129,12 +133,19 @@ def next_wakeup(state: JobState | None) -> int | None:
     return min(times) if times else None
 
 
+def _lookahead(state: JobState, params: Params | None) -> int:
+    """How early this job's occurrences fire (see `Params.lookahead_ms`)."""
+    if params is None or state.paused or state.spec.schedule.overlap != "allow":
+        return 0
+    return params.lookahead_ms
+
+
 def _next_fire(state: JobState) -> int | None:
     s = state.spec.schedule
     if s.cron is None and s.at_ms is None and state.cursor_ms is None:
         return -1  # a one-off "run now" that has not fired yet
     after = state.cursor_ms if state.cursor_ms is not None else -(2**62)
-    return next(iter(fire_times(s, state.job_id, after)), None)
+    return next_fire(s, state.job_id, after)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +225,7 @@ def _on_submit(ctx: _Ctx, cmd: SubmitJob) -> None:
         if any(r.revision == old.revision for r in _active_runs(old)):
             revisions[old.revision] = old.spec
         # One-off jobs fire once per revision; cron jobs continue from their cursor with the new schedule.
-        cursor = old.cursor_ms if job.schedule.cron else None
+        cursor = (old.cursor_ms if old.cursor_ms is not None else ctx.now) if job.schedule.cron else None
         ctx.state = replace(old, spec=job, revision=old.revision + 1, revisions=revisions, cursor_ms=cursor,
                             owed_catchup_ms=None, updated_at_ms=ctx.now)
     ctx.remember(cmd.command_id)
@@ -240,6 +251,9 @@ def _on_pause(ctx: _Ctx, cmd: PauseJob) -> None:
         return
     ctx.remember(cmd.command_id)
     if not ctx.job.paused:
+        for run in _active_runs(ctx.job):
+            if run.scheduled_for_ms > ctx.now and run.trigger != Trigger.MANUAL:
+                _cancel_run(ctx, run.run_id, "job paused before the run's instant")
         ctx.state = replace(ctx.job, paused=True, updated_at_ms=ctx.now)
         ctx.log(JobChanged(f"{cmd.command_id}/paused", cmd.command_id, cmd.job_id, "PAUSED", ctx.job.revision,
                            ctx.now))
@@ -353,8 +367,9 @@ def _fire_due(ctx: _Ctx) -> None:
     handled = 0
     late_stretch: list[int] = []
     limit = ctx.params.max_occurrences_per_tick
+    horizon = ctx.now + _lookahead(job, ctx.params)
     for t in fire_times(sched, job.job_id, after):
-        if t > ctx.now or handled >= limit:
+        if t > horizon or handled >= limit:
             break
         handled += 1
         ctx.state = replace(ctx.job, cursor_ms=t)
@@ -443,7 +458,6 @@ def _start_run(ctx: _Ctx, run_id: str, trigger: str, scheduled_ms: int) -> None:
     ctx.log(RunTriggered(f"{run_id}/triggered", job.job_id, run_id, job.revision, trigger, scheduled_ms, ctx.now))
     if not queued:
         _advance_run(ctx, run_id)
-    _forget_old_runs(ctx)
 
 
 def _forget_old_runs(ctx: _Ctx) -> None:
@@ -512,7 +526,6 @@ def _advance_run(ctx: _Ctx, run_id: str) -> None:
     ctx.put_run(replace(run, state=outcome, finished_at_ms=ctx.now))
     ctx.log(RunFinished(f"{run_id}/finished", ctx.job.job_id, run_id, outcome, ctx.now))
     _start_queued(ctx)
-    _forget_old_runs(ctx)
 
 
 def _start_queued(ctx: _Ctx) -> None:

@@ -17,10 +17,15 @@ class Params:
     """Knobs of the decisions that are not part of any job (same for live processing and replay)."""
 
     lease_ms: int = 10_000
-    keep_finished_runs: int = 20
+    #: Finished runs kept in the state (for late reports and reruns); older ones live on in the views.
+    keep_finished_runs: int = 5
     #: How many occurrences one tick may handle for one job; the rest wait for the next tick.
     max_occurrences_per_tick: int = 1000
     keep_command_ids: int = 64
+    #: Fire occurrences this long before their instant (executors claim, fetch the binary and hold the
+    #: attempt until the instant). Only for jobs with overlap `allow`, where firing early cannot change
+    #: which occurrences run.
+    lookahead_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

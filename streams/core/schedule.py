@@ -140,40 +140,45 @@ def spread_offset_ms(job_id: str, spread_ms: int) -> int:
     return int.from_bytes(digest[:8], "big") % spread_ms
 
 
-def _nominal_after(cron: Cron, tz: ZoneInfo, after_ms: int) -> Iterator[int]:
-    """Nominal fire instants strictly after `after_ms`, increasing, with the DST rules applied."""
+@lru_cache(maxsize=4096)
+def _matcher(fields6: str) -> croniter:
+    """A parsed expression to reuse: parsing costs far more than stepping (single-threaded use only)."""
+    return croniter(fields6, _EPOCH, second_at_beginning=True)
+
+
+def _nominal_next(cron: Cron, tz: ZoneInfo, after_ms: int) -> int | None:
+    """The first nominal fire instant strictly after `after_ms`, with the DST rules applied."""
     start_local = from_ms(after_ms, tz).replace(tzinfo=None)
+    it = _matcher(cron.fields6)
     # croniter works on naive wall time here, so it never applies DST itself.
-    it = croniter(cron.fields6, start_local - timedelta(seconds=1), second_at_beginning=True)
-    last = after_ms
-    guard = 0
-    while True:
-        naive = it.get_next(datetime)
-        instant = local_to_utc_ms(naive, tz)
-        if instant > last:
-            last = instant
-            guard = 0
-            yield instant
-        else:
-            guard += 1
-            if guard > 100_000:  # a repeated hour of per-second matches is 3,600; stay far above it
-                return
+    it.set_current(start_local - timedelta(seconds=1), force=True)
+    for _ in range(100_000):  # a repeated hour of per-second matches is 3,600; stay far above it
+        instant = local_to_utc_ms(it.get_next(datetime), tz)
+        if instant > after_ms:
+            return instant
+    return None
+
+
+@lru_cache(maxsize=65536)
+def next_fire(schedule: Schedule, job_id: str, after_ms: int) -> int | None:
+    """The first fire instant strictly after `after_ms` (None: the schedule has no more)."""
+    offset = spread_offset_ms(job_id, schedule.spread_ms)
+    if schedule.cron:
+        nominal = _nominal_next(parse_cron(schedule.cron), zone(schedule.timezone), after_ms - offset)
+        return None if nominal is None else nominal + offset
+    if schedule.at_ms is not None and schedule.at_ms + offset > after_ms:
+        return schedule.at_ms + offset
+    return None
 
 
 def fire_times(schedule: Schedule, job_id: str, after_ms: int) -> Iterator[int]:
     """Every fire instant strictly after `after_ms`, in order (endless for cron, at most one for `at`)."""
-    offset = spread_offset_ms(job_id, schedule.spread_ms)
-    if schedule.cron:
-        cron = parse_cron(schedule.cron)
-        tz = zone(schedule.timezone)
-        for nominal in _nominal_after(cron, tz, after_ms - offset):
-            yield nominal + offset
-    elif schedule.at_ms is not None and schedule.at_ms + offset > after_ms:
-        yield schedule.at_ms + offset
-
-
-def next_fire(schedule: Schedule, job_id: str, after_ms: int) -> int | None:
-    return next(iter(fire_times(schedule, job_id, after_ms)), None)
+    t: int | None = after_ms
+    while True:
+        t = next_fire(schedule, job_id, t)
+        if t is None:
+            return
+        yield t
 
 
 def preview(schedule: Schedule, job_id: str, after_ms: int, count: int) -> list[int]:

@@ -37,6 +37,16 @@ def task_view(state: JobState, run: Run, task: Task) -> TaskView:
                     priority, list(spec.depends_on), [attempt_view(a) for a in task.attempts], task.reason)
 
 
+def current_views(state: JobState) -> Iterator[Emit]:
+    """Every view of the job as it is now (after a republished outbox, so no older snapshot wins)."""
+    yield from _catalog_change(None, state) if not state.deleted else iter([Emit(CATALOG, state.job_id, None)])
+    for run in state.runs.values():
+        for task in run.tasks.values():
+            view = task_view(state, run, task)
+            yield Emit(TASKS, view.task_id, view)
+        yield Emit(RUNS, run.run_id, run_view(state, run))
+
+
 def view_changes(before: JobState | None, after: JobState | None) -> Iterator[Emit]:
     if after is None or after is before:
         return

@@ -40,14 +40,6 @@ def cluster(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     c.stop()
 
 
-@pytest.fixture(autouse=True)
-def _logs_on_failure(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[None]:
-    yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        print(cluster.logs())
-
-
 @pytest.fixture
 def jobs_dir(tmp_path: Path) -> Path:
     write_script(tmp_path / "hello.sh", 'echo "hello $KSCHED_TASK_ID attempt $KSCHED_ATTEMPT"\n')

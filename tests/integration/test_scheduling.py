@@ -35,7 +35,8 @@ CODEC = default_codec()
 
 @pytest.fixture(scope="module")
 def cluster(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(settings_for(bootstrap, tmp_path_factory.mktemp("sched"), tick_interval_s=0.0))
+    # No ticker and no look-ahead: occurrences fire exactly when a hand-made tick reaches their instant.
+    c = Cluster(settings_for(bootstrap, tmp_path_factory.mktemp("sched"), tick_interval_s=0.0, lookahead_s=0.0))
     c.streams("w1")
     yield c
     c.stop()

@@ -442,3 +442,53 @@ def test_decide_does_not_modify_the_state_it_is_given(event: object) -> None:
     snapshot = repr(before)
     decide(before, event, T0 + 20 * SEC, Params())  # type: ignore[arg-type]
     assert repr(before) == snapshot
+
+
+# --- look-ahead ------------------------------------------------------------------------------------
+
+
+def lookahead_sim(**schedule: object) -> Sim:
+    sim = Sim(params=Params(lease_ms=10_000, lookahead_ms=5 * SEC))
+    sim.submit(job("j1", "*/10 * * * * *", **schedule))  # type: ignore[arg-type]
+    return sim
+
+
+def test_occurrences_fire_ahead_of_their_instant_by_the_lookahead() -> None:
+    sim = lookahead_sim()
+    assert next_wakeup(sim.state, sim.params) == T0 + 5 * SEC
+    emits = sim.tick(T0 + 5 * SEC)
+    ready = one(emits, TaskReady)
+    assert ready.scheduled_for_ms == T0 + 10 * SEC and ready.at_ms == T0 + 5 * SEC
+    assert sim.tick(T0 + 6 * SEC) == []  # fired once, not again when the instant comes
+
+
+def test_no_lookahead_where_firing_early_could_change_what_runs() -> None:
+    sim = lookahead_sim(overlap="forbid")
+    assert sim.tick(T0 + 5 * SEC) == []
+    assert sim.readies(sim.tick(T0 + 10 * SEC))
+
+
+def test_pausing_cancels_runs_fired_ahead_of_an_instant_not_yet_reached() -> None:
+    sim = lookahead_sim()
+    sim.tick(T0 + 5 * SEC)
+    emits = sim.send(PauseJob("p", "j1", sim.now))
+    assert one(emits, RunFinished).state == "CANCELLED"
+    assert "paused before" in one(emits, TaskSettled).reason
+
+
+def test_every_run_that_finishes_publishes_its_final_views_even_when_it_is_forgotten_at_once() -> None:
+    # Catch-up after an outage: many runs finish at the same partition-clock instant, more than the state
+    # keeps. Each must still publish its final views before it is forgotten.
+    sim = Sim(params=Params(keep_finished_runs=2))
+    sim.submit(job("j1", "* * * * * *", misfire="all"))
+    sim.tick(T0 + 8 * SEC)
+    grants = [one(sim.claim(r), ClaimGranted) for r in sim.readies()]
+    for g in grants:
+        sim.start(g)
+    final_views: dict[str, str] = {}
+    for g in reversed(grants):  # the oldest finish last, so they are the first to be forgotten
+        for e in sim.complete(g):
+            if e.channel == RUNS:
+                final_views[e.key] = e.record.state
+    assert len(final_views) == 8 and set(final_views.values()) == {"SUCCEEDED"}
+    assert sim.state is not None and len([r for r in sim.state.runs.values() if r.state == "SUCCEEDED"]) == 2

@@ -12,7 +12,7 @@ from executor.cache import ArtifactCache
 from executor.sandbox import attempt_env, cap_log, spawn
 from ksched.artifacts import LocalStore
 from ksched.errors import ArtifactError
-from ksched.events import ClaimGranted, FailureReason, TaskReady
+from ksched.events import ClaimGranted, FailureReason, Limits, TaskReady
 from tests.samples import sample
 
 
@@ -115,3 +115,25 @@ def test_big_logs_are_capped_keeping_head_and_tail(tmp_path: Path) -> None:
     data = log.read_bytes()
     assert data.startswith(b"H" * 1000) and data.endswith(b"T" * 1000) and b"bytes of output dropped" in data
     assert len(data) < 4200
+
+
+@pytest.mark.parametrize(("limits", "probe", "expected"), [
+    (Limits(open_files=64), "ulimit -n", "64"),
+    (Limits(cpu_seconds=7, open_files=0), "ulimit -t", "7"),
+    (Limits(memory_mb=512, open_files=0), "ulimit -v", str(512 * 1024)),
+])
+def test_resource_limits_apply_to_the_process(tmp_path: Path, limits: Limits, probe: str, expected: str) -> None:
+    script = tmp_path / "probe.sh"
+    script.write_text(f"#!/bin/sh\n{probe}\n")
+    script.chmod(0o755)
+    proc = spawn(script, [], {"PATH": "/usr/bin:/bin"}, tmp_path / "work", limits)
+    assert proc.popen.wait(10) == 0
+    assert proc.log_path.read_text().strip() == expected
+
+
+def test_a_cpu_hog_is_stopped_by_its_cpu_limit(tmp_path: Path) -> None:
+    script = tmp_path / "hog.sh"
+    script.write_text("#!/bin/sh\nwhile :; do :; done\n")
+    script.chmod(0o755)
+    proc = spawn(script, [], {"PATH": "/usr/bin:/bin"}, tmp_path / "work", Limits(cpu_seconds=1, open_files=0))
+    assert proc.popen.wait(30) != 0  # SIGXCPU, then SIGKILL at the hard limit

@@ -1,0 +1,111 @@
+"""DAG hand-offs: a 100-task chain of no-op tasks (hand-off = parent's process finished -> child's process
+started, p50/p99) and a 1,000-task fan-out/fan-in (time from the run's trigger to the last task's end).
+
+    python -m bench.dag [--chain 100] [--fan 1000] [--slots 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from ksched import kafka
+from ksched.artifacts import open_store
+from ksched.config import Settings
+from ksched.events import (
+    ArtifactRef,
+    JobSpec,
+    RunFinished,
+    RunTriggered,
+    SubmitJob,
+    TaskCompleted,
+    TaskSpec,
+    TaskStarted,
+)
+from ksched.partitioning import partition_for
+from ksched.reader import read_partition
+from schemas.codec import default_codec
+from tests.support import Cluster, write_script
+
+from .common import broker, report, summary
+
+
+def _submit(s: Settings, spec: JobSpec) -> None:
+    p = kafka.producer(s)
+    p.produce(s.topic("inbox"), key=spec.job_id.encode(),
+              value=default_codec().encode(SubmitJob(uuid.uuid4().hex, spec, int(time.time() * 1000))))
+    p.flush(10)
+
+
+def _follow(s: Settings, job_id: str, timeout_s: float) -> tuple[list[object], list[tuple[int, object]]]:
+    """Wait for the job's run to finish; return the inbox reports and the decisions (with timestamps)."""
+    codec = default_codec()
+    part = partition_for(job_id, s.partitions)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        decisions = [(m.timestamp()[1], codec.decode(m.value())) for m in
+                     read_partition(s, s.topic("events"), part, timeout_s=120) if m.key() == job_id.encode()]
+        if any(isinstance(e, RunFinished) for _, e in decisions):
+            reports = [codec.decode(m.value()) for m in read_partition(s, s.topic("inbox"), part, timeout_s=120)
+                       if m.key() == job_id.encode() and m.value() is not None]
+            return reports, decisions
+        time.sleep(2)
+    raise TimeoutError(f"{job_id} did not finish in {timeout_s:.0f}s")
+
+
+def chain(s: Settings, ref: ArtifactRef, n: int) -> dict[str, object]:
+    tasks = [TaskSpec(f"s{i:03d}", ref, depends_on=[f"s{i - 1:03d}"] if i else []) for i in range(n)]
+    _submit(s, JobSpec("chain", tasks))
+    reports, _ = _follow(s, "chain", 600)
+    started = {e.task_id.rsplit("/", 1)[1]: e.started_at_ms for e in reports if isinstance(e, TaskStarted)}
+    finished = {e.task_id.rsplit("/", 1)[1]: e.finished_at_ms for e in reports if isinstance(e, TaskCompleted)}
+    handoffs = [float(started[f"s{i:03d}"] - finished[f"s{i - 1:03d}"]) for i in range(1, n)]
+    total = finished[f"s{n - 1:03d}"] - started["s000"]
+    return {"chain_tasks": n, "handoff_ms": summary(handoffs), "chain_total_s": round(total / 1000, 2)}
+
+
+def fan(s: Settings, ref: ArtifactRef, n: int) -> dict[str, object]:
+    middle = [TaskSpec(f"t{i:04d}", ref, depends_on=["start"]) for i in range(n)]
+    tasks = [TaskSpec("start", ref), *middle, TaskSpec("end", ref, depends_on=[t.name for t in middle])]
+    _submit(s, JobSpec("fan", tasks))
+    reports, decisions = _follow(s, "fan", 1800)
+    triggered = next(ts for ts, e in decisions if isinstance(e, RunTriggered))
+    finished = max(e.finished_at_ms for e in reports if isinstance(e, TaskCompleted))
+    end_started = next(e.started_at_ms for e in reports if isinstance(e, TaskStarted) and e.task_id.endswith("/end"))
+    last_middle = max(e.finished_at_ms for e in reports
+                      if isinstance(e, TaskCompleted) and "/t" in e.task_id)
+    return {"fan_tasks": n + 2, "fan_time_to_finish_s": round((finished - triggered) / 1000, 2),
+            "fan_in_handoff_ms": end_started - last_middle}
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chain", type=int, default=100)
+    ap.add_argument("--fan", type=int, default=1000)
+    ap.add_argument("--slots", type=int, default=16)
+    args = ap.parse_args(argv)
+    with broker() as bootstrap, tempfile.TemporaryDirectory(prefix="ksched-dag-") as tmp:
+        s = Settings(bootstrap_servers=bootstrap, prefix=f"dag{uuid.uuid4().hex[:6]}", home=Path(tmp),
+                     partitions=3, ready_partitions=3, control_partitions=1)
+        cluster = Cluster(s)
+        ref = open_store(s.artifacts).put_file(write_script(Path(tmp) / "noop.sh", "exit 0\n"))
+        cluster.streams("w0")
+        cluster.executor(slots=args.slots)
+        figures: dict[str, object] = {}
+        try:
+            if args.chain:
+                figures.update(chain(s, ref, args.chain))
+                print(f"chain: {figures}", file=sys.stderr)
+            if args.fan:
+                figures.update(fan(s, ref, args.fan))
+        finally:
+            cluster.stop()
+        report("dag", figures)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,127 @@
+"""Firing lag: 10,000 cron jobs registered, 1,000 of them due in the same second.
+
+Lag = scheduled instant -> the executor's process start (TaskStarted.started_at_ms). The path is split
+by the producers' record timestamps: tick produced, TaskReady produced (ready topic), ClaimTask committed
+(inbox), ClaimGranted produced (control), process started.
+
+    python -m bench.firing_lag [--jobs 10000] [--due 1000] [--workers 1] [--executors 2] [--slots 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from ksched import kafka
+from ksched.artifacts import open_store
+from ksched.config import Settings
+from ksched.events import ClaimGranted, ClaimTask, JobSpec, Schedule, SubmitJob, TaskReady, TaskSpec, TaskStarted
+from ksched.reader import read_partition
+from schemas.codec import default_codec
+from tests.support import Cluster, write_script
+
+from .common import broker, report, summary
+
+
+def _records(s: Settings, topic: str, partitions: int) -> list[tuple[int, object]]:
+    codec = default_codec()
+    out = []
+    for p in range(partitions):
+        for m in read_partition(s, topic, p, timeout_s=120):
+            if m.value() is not None:
+                try:
+                    out.append((m.timestamp()[1], codec.decode(m.value())))
+                except Exception:
+                    continue
+    return out
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=10_000)
+    ap.add_argument("--due", type=int, default=1_000)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--executors", type=int, default=2)
+    ap.add_argument("--slots", type=int, default=300)
+    ap.add_argument("--lead", type=float, default=90.0, help="seconds from now to the due instant")
+    args = ap.parse_args(argv)
+    with broker() as bootstrap, tempfile.TemporaryDirectory(prefix="ksched-lag-") as tmp:
+        s = Settings(bootstrap_servers=bootstrap, prefix=f"lag{uuid.uuid4().hex[:6]}", home=Path(tmp),
+                     partitions=6, ready_partitions=6, control_partitions=3)
+        cluster = Cluster(s)
+        binary = write_script(Path(tmp) / "noop.sh", "exit 0\n")
+        ref = open_store(s.artifacts).put_file(binary)
+        for i in range(args.workers):
+            cluster.streams(f"w{i}")
+        for _ in range(args.executors):
+            cluster.executor(slots=args.slots)
+        due = (int(time.time() + args.lead) // 60 + 1) * 60  # a whole minute, at least `lead` s away
+        tm = time.gmtime(due)
+        cron_due = f"{tm.tm_sec} {tm.tm_min} {tm.tm_hour} * * *"
+        codec = default_codec()
+        p = kafka.producer(s, **{"linger.ms": 20})
+        task = TaskSpec("main", ref)
+        t0 = time.monotonic()
+        for i in range(args.jobs):
+            cron = cron_due if i < args.due else "0 0 1 1 *"
+            spec = JobSpec(f"job{i:05d}", [task], Schedule(cron=cron))
+            p.produce(s.topic("inbox"), key=spec.job_id.encode(),
+                      value=codec.encode(SubmitJob(f"c{i}", spec, int(time.time() * 1000))))
+            if i % 1000 == 0:
+                p.poll(0)
+        p.flush(60)
+        print(f"produced {args.jobs} submissions in {time.monotonic() - t0:.1f}s; due at "
+              f"{time.strftime('%H:%M:%S', tm)} UTC, {due - time.time():.0f}s from now", file=sys.stderr)
+        deadline = due + 300
+        started: dict[str, TaskStarted] = {}
+        while time.time() < deadline and len(started) < args.due:
+            time.sleep(5)
+            for _, e in _records(s, s.topic("inbox"), s.partitions):
+                if isinstance(e, TaskStarted):
+                    started.setdefault(e.task_id, e)
+            print(f"  {len(started)}/{args.due} started", file=sys.stderr)
+        cluster.stop()
+        lags = [float(e.started_at_ms - due * 1000) for e in started.values()]
+        stages = _stages(s, due * 1000)
+        report("firing_lag", {
+            "registered_jobs": args.jobs, "due_in_same_second": args.due, "started": len(started),
+            "streams_workers": args.workers, "executors": args.executors, "slots_per_executor": args.slots,
+            "lag_ms": summary(lags), **stages,
+        })
+
+
+def _stages(s: Settings, due_ms: int) -> dict[str, object]:
+    """When each step of each attempt happened, by the record timestamps of its producer."""
+    ready_at: dict[str, int] = {}
+    for prio in ("normal",):
+        for ts, e in _records(s, s.topic(f"ready.{prio}"), s.ready_partitions):
+            if isinstance(e, TaskReady):
+                ready_at.setdefault(e.task_id, ts)
+    claimed_at: dict[str, int] = {}
+    started_at: dict[str, int] = {}
+    for ts, e in _records(s, s.topic("inbox"), s.partitions):
+        if isinstance(e, ClaimTask):
+            claimed_at.setdefault(e.task_id, ts)
+        elif isinstance(e, TaskStarted):
+            started_at.setdefault(e.task_id, e.started_at_ms)
+    granted_at: dict[str, int] = {}
+    for ts, e in _records(s, s.topic("control"), s.control_partitions):
+        if isinstance(e, ClaimGranted):
+            granted_at.setdefault(e.task_id, ts)
+    steps: dict[str, list[float]] = collections.defaultdict(list)
+    for tid, r in ready_at.items():
+        if tid in claimed_at and tid in granted_at and tid in started_at:
+            steps["due_to_ready_ms"].append(r - due_ms)
+            steps["ready_to_claim_committed_ms"].append(claimed_at[tid] - r)
+            steps["claim_to_grant_ms"].append(granted_at[tid] - claimed_at[tid])
+            steps["grant_to_process_start_ms"].append(started_at[tid] - granted_at[tid])
+    return {k: summary(v) for k, v in steps.items()}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

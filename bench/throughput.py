@@ -1,0 +1,173 @@
+"""Sustained end-to-end throughput of no-op tasks with claims, and claim latency.
+
+Submits `--tasks` one-off jobs (each one no-op task) at `--rate` per second straight into the inbox, and
+measures, through the real broker, streams worker(s) and executors:
+  * throughput: tasks completed per second over the busy period (first submission to last completion);
+  * claim latency: TaskReady produced -> the executor's process started (p50/p99);
+  * per-step times from the producers' record timestamps.
+Set KSCHED_PROFILE_DIR to write the streams worker's cProfile there (`python -m pstats`).
+
+    python -m bench.throughput [--tasks 3000] [--rate 1000] [--workers 1] [--executors 2] [--slots 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from ksched import kafka
+from ksched.artifacts import open_store
+from ksched.config import Settings
+from ksched.events import ClaimGranted, ClaimTask, JobSpec, SubmitJob, TaskReady, TaskSpec, TaskStarted
+from ksched.reader import read_partition
+from schemas.codec import default_codec
+from tests.support import Cluster, write_script
+
+from .common import broker, report, summary
+
+
+def records(s: Settings, topic: str, partitions: int) -> list[tuple[int, object]]:
+    codec = default_codec()
+    out = []
+    for p in range(partitions):
+        for m in read_partition(s, topic, p, timeout_s=120):
+            if m.value() is not None:
+                try:
+                    out.append((m.timestamp()[1], codec.decode(m.value())))
+                except Exception:  # dead letters, foreign bytes: not ours to count
+                    continue
+    return out
+
+
+class Completions:
+    """Follows the inbox with one consumer, so watching progress costs little next to the work."""
+
+    def __init__(self, s: Settings) -> None:
+        self.consumer = kafka.consumer(s, group=f"{s.prefix}-bench-{uuid.uuid4().hex[:6]}")
+        self.consumer.subscribe([s.topic("inbox")])
+        self.done: dict[str, int] = {}
+        self.codec = default_codec()
+        self.prefix = self.codec.prefix("ksched.TaskCompleted")
+
+    def poll(self, seconds: float) -> dict[str, int]:
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            for m in self.consumer.consume(1000, timeout=0.2):
+                value = m.value()
+                if m.error() is None and value is not None and value[:10] == self.prefix:
+                    e = self.codec.decode(value)
+                    self.done.setdefault(e.task_id, e.finished_at_ms)
+        return self.done
+
+
+def completed(s: Settings) -> dict[str, int]:
+    c = Completions(s)
+    try:
+        return c.poll(2.0)
+    finally:
+        c.consumer.close()
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", type=int, default=3000)
+    ap.add_argument("--rate", type=float, default=1000.0, help="submissions per second")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--executors", type=int, default=2)
+    ap.add_argument("--slots", type=int, default=32)
+    ap.add_argument("--partitions", type=int, default=6)
+    args = ap.parse_args(argv)
+    profile_dir = os.environ.pop("KSCHED_PROFILE_DIR", "")
+    with broker() as bootstrap, tempfile.TemporaryDirectory(prefix="ksched-tp-") as tmp:
+        s = Settings(bootstrap_servers=bootstrap, prefix=f"tp{uuid.uuid4().hex[:6]}", home=Path(tmp),
+                     partitions=args.partitions, ready_partitions=args.partitions, control_partitions=3)
+        cluster = Cluster(s)
+        ref = open_store(s.artifacts).put_file(write_script(Path(tmp) / "noop.sh", "exit 0\n"))
+        for i in range(args.workers):
+            if profile_dir:
+                os.environ["KSCHED_PROFILE"] = str(Path(profile_dir) / f"streams-w{i}.prof")
+            cluster.streams(f"w{i}")
+            os.environ.pop("KSCHED_PROFILE", None)
+        for _ in range(args.executors):
+            cluster.executor(slots=args.slots)
+        _warm_up(cluster, s, ref)
+        watch = Completions(s)
+        codec = default_codec()
+        p = kafka.producer(s, **{"linger.ms": 5})
+        start = time.time()
+        for i in range(args.tasks):
+            due = start + i / args.rate
+            if (delay := due - time.time()) > 0:
+                time.sleep(delay)
+            spec = JobSpec(f"t{i:06d}", [TaskSpec("main", ref)])
+            p.produce(s.topic("inbox"), key=spec.job_id.encode(),
+                      value=codec.encode(SubmitJob(f"c{i}", spec, int(time.time() * 1000))))
+            p.poll(0)
+            if i % 200 == 0:
+                watch.poll(0.0)
+        p.flush(60)
+        submitted = time.time()
+        done: dict[str, int] = {}
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            done = {k: v for k, v in watch.poll(3.0).items() if k.startswith("t")}
+            print(f"  {len(done)}/{args.tasks} completed", file=sys.stderr)
+            if len(done) >= args.tasks:
+                break
+        cluster.stop()
+        busy_s = (max(done.values()) / 1000 - start) if done else float("nan")
+        report("throughput", {
+            "tasks": args.tasks, "offered_rate_per_s": args.rate, "completed": len(done),
+            "submit_s": round(submitted - start, 2), "busy_s": round(busy_s, 2),
+            "throughput_tasks_per_s": round(len(done) / busy_s, 1) if done else 0.0,
+            "streams_workers": args.workers, "executors": args.executors, "slots": args.slots,
+            "partitions": args.partitions, **_steps(s),
+        })
+
+
+def _warm_up(cluster: Cluster, s: Settings, ref: object) -> None:
+    """One task through the whole path first, so start-up (group joins, recovery) is not measured."""
+    codec = default_codec()
+    p = kafka.producer(s)
+    spec = JobSpec("warmup", [TaskSpec("main", ref)])  # type: ignore[arg-type]
+    p.produce(s.topic("inbox"), key=b"warmup", value=codec.encode(SubmitJob("w", spec, int(time.time() * 1000))))
+    p.flush(10)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(k.startswith("warmup") for k in completed(s)):
+        pass
+
+
+def _steps(s: Settings) -> dict[str, object]:
+    ready: dict[str, int] = {}
+    for ts, e in records(s, s.topic("ready.normal"), s.ready_partitions):
+        if isinstance(e, TaskReady):
+            ready.setdefault(e.task_id, ts)
+    claimed: dict[str, int] = {}
+    started: dict[str, int] = {}
+    for ts, e in records(s, s.topic("inbox"), s.partitions):
+        if isinstance(e, ClaimTask):
+            claimed.setdefault(e.task_id, ts)
+        elif isinstance(e, TaskStarted):
+            started.setdefault(e.task_id, e.started_at_ms)
+    granted: dict[str, int] = {}
+    for ts, e in records(s, s.topic("control"), s.control_partitions):
+        if isinstance(e, ClaimGranted):
+            granted.setdefault(e.task_id, ts)
+    steps: dict[str, list[float]] = collections.defaultdict(list)
+    for tid, r in ready.items():
+        if tid.startswith("t") and tid in claimed and tid in granted and tid in started:
+            steps["claim_latency_ms (ready -> process started)"].append(started[tid] - r)
+            steps["ready_to_claim_committed_ms"].append(claimed[tid] - r)
+            steps["claim_to_grant_ms"].append(granted[tid] - claimed[tid])
+            steps["grant_to_process_start_ms"].append(started[tid] - granted[tid])
+    return {k: summary(v) for k, v in steps.items()}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,151 @@
+"""Audit replay over histories built here (retries, a lapsed lease, a DAG failure) and over tampered ones."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from ksched.config import Settings
+from ksched.events import (
+    AttemptEnded,
+    ClaimGranted,
+    ClaimTask,
+    JobSpec,
+    RetryPolicy,
+    SubmitJob,
+    TaskCompleted,
+    TaskReady,
+    TaskSpec,
+    TaskStarted,
+    Tick,
+)
+from ksched.partitioning import partition_for
+from schemas.codec import default_codec
+from streams.replay import Record, replay
+from tests.samples import job
+from tests.sim import T0
+
+CODEC = default_codec()
+SETTINGS = Settings(prefix="r", partitions=2, lease_s=5.0, lookahead_s=0.0)
+
+
+class History:
+    """Builds an inbox as executors and clients would have written it, and records the decisions."""
+
+    def __init__(self) -> None:
+        self.inbox: list[Record] = []
+        self.now = T0
+
+    def add(self, key: str | None, event: Any, partition: int | None = None) -> None:
+        p = partition if partition is not None else partition_for(key or "", SETTINGS.partitions)
+        offset = sum(1 for r in self.inbox if r.partition == p)
+        self.inbox.append(Record("r.inbox", p, offset, self.now, key.encode() if key else None, CODEC.encode(event)))
+
+    def tick(self, at: int) -> None:
+        self.now = at
+        for p in range(SETTINGS.partitions):
+            self.add(None, Tick(p, at), p)
+
+    def decisions(self) -> list[Any]:
+        return replay(SETTINGS, self.inbox).decisions
+
+    def recorded(self, extra: list[Any] = ()) -> list[Record]:  # type: ignore[assignment]
+        return [Record("r.events", 0, i, self.now, None, CODEC.encode(d))
+                for i, d in enumerate([*self.decisions(), *extra])]
+
+    def run(self, ready: TaskReady, code: int = 0, executor: str = "ex1", finish: bool = True) -> ClaimGranted:
+        self.add(ready.job_id, ClaimTask(f"{ready.task_id}#{ready.attempt}@{executor}", ready.job_id, ready.run_id,
+                                         ready.task_id, ready.attempt, executor, self.now))
+        grant = next(d for d in self.decisions() if isinstance(d, ClaimGranted) and d.task_id == ready.task_id
+                     and d.attempt == ready.attempt)
+        self.add(ready.job_id, TaskStarted(ready.job_id, ready.run_id, ready.task_id, ready.attempt,
+                                           grant.fencing_token, executor, self.now))
+        if finish:
+            self.add(ready.job_id, TaskCompleted(ready.job_id, ready.run_id, ready.task_id, ready.attempt,
+                                                 grant.fencing_token, executor, code, self.now, self.now))
+        return grant
+
+    def readies(self) -> list[TaskReady]:
+        return [d for d in self.decisions() if isinstance(d, TaskReady)]
+
+
+def rich_history() -> History:
+    h = History()
+    h.tick(T0)
+    retrying = replace(job("retry"), tasks=[replace(job("retry").tasks[0],
+                                                    retry=RetryPolicy(max_attempts=3, backoff_ms=1000, jitter=0))])
+    h.add("retry", SubmitJob("c1", retrying, T0))
+    h.add("cron", SubmitJob("c2", job("cron", "*/10 * * * * *"), T0))
+    art = job("x").tasks[0].artifact
+    pipeline = JobSpec("pipe", [TaskSpec("build", art), TaskSpec("test", art, depends_on=["build"]),
+                                TaskSpec("notify", art, depends_on=["build"], trigger_rule="one_failed")])
+    h.add("pipe", SubmitJob("c3", pipeline, T0))
+    first = next(r for r in h.readies() if r.job_id == "retry")
+    h.run(first, code=1)  # fails: retried after a backoff
+    build = next(r for r in h.readies() if r.task_name == "build")
+    h.run(build, code=2)  # the DAG fails; notify runs
+    h.tick(T0 + 1000)
+    second = [r for r in h.readies() if r.job_id == "retry"][-1]
+    assert second.attempt == 2
+    h.run(second, finish=False)  # its executor dies: the lease lapses
+    h.tick(T0 + 7000)
+    h.tick(T0 + 9000)
+    third = [r for r in h.readies() if r.job_id == "retry"][-1]
+    assert third.attempt == 3
+    h.run(third)
+    h.run(next(r for r in h.readies() if r.task_name == "notify"))
+    h.tick(T0 + 10_000)
+    h.run(next(r for r in h.readies() if r.job_id == "cron"))
+    h.tick(T0 + 20_000)
+    return h
+
+
+def test_a_history_with_retries_a_lapsed_lease_and_a_dag_failure_replays_clean() -> None:
+    h = rich_history()
+    result = replay(SETTINGS, h.inbox, h.recorded())
+    assert result.ok, (result.violations, result.missing_from_log, result.not_reproduced)
+    assert result.jobs["retry"].runs[next(iter(result.jobs["retry"].runs))].state == "SUCCEEDED"
+    assert [r.state for r in result.jobs["pipe"].runs.values()] == ["FAILED"]
+    assert sum(1 for d in result.decisions if isinstance(d, AttemptEnded) and d.outcome == "LOST") == 1
+
+
+def test_replaying_twice_gives_identical_state() -> None:
+    h = rich_history()
+    assert replay(SETTINGS, h.inbox).digest() == replay(SETTINGS, list(reversed(h.inbox))).digest()
+
+
+def test_replay_until_an_instant_stops_there() -> None:
+    h = rich_history()
+    early = replay(SETTINGS, h.inbox, until_ms=T0 + 1000)
+    assert all(r.state != "SUCCEEDED" for r in early.jobs["retry"].runs.values())
+
+
+def test_a_doubled_success_in_the_log_fails_the_replay_and_names_the_events() -> None:
+    h = rich_history()
+    real = next(d for d in h.decisions() if isinstance(d, AttemptEnded) and d.outcome == "SUCCEEDED")
+    forged = replace(real, event_id=real.event_id.replace("#", "#9"), attempt=9)
+    result = replay(SETTINGS, h.inbox, h.recorded([forged]))
+    assert not result.ok
+    (violation,) = [v for v in result.violations if v.invariant == "at most one success per task"]
+    assert set(violation.events) == {real.event_id, forged.event_id}
+    assert result.not_reproduced == [forged.event_id]
+
+
+def test_a_process_started_without_a_grant_is_named() -> None:
+    h = rich_history()
+    ready = next(r for r in h.readies() if r.job_id == "cron")
+    h.add("cron", TaskStarted("cron", ready.run_id, ready.task_id, ready.attempt, 999, "rogue", h.now))
+    result = replay(SETTINGS, h.inbox, h.recorded())
+    assert any(v.invariant == "no run without a claim" and "999" in v.detail for v in result.violations)
+
+
+def test_an_occurrence_decided_twice_is_named() -> None:
+    h = rich_history()
+    from ksched.events import RunTriggered
+
+    fired = next(d for d in h.decisions() if isinstance(d, RunTriggered) and d.job_id == "cron")
+    twin = replace(fired, event_id=fired.event_id + "-again")
+    result = replay(SETTINGS, h.inbox, h.recorded([twin]))
+    assert any(v.invariant == "occurrence decided once" for v in result.violations)
+
+
