@@ -31,6 +31,7 @@ from ksched.topics import app_id
 from schemas.codec import default_codec
 
 from .core.model import Params
+from .metrics import Metrics, queue_depths
 from .shell import InboxShell, Message
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class StreamsApp:
     shell: InboxShell
     settings: Settings
     publisher: Publisher
+    metrics: Metrics
 
     def close(self) -> None:
         self.publisher.producer.flush(30)
@@ -147,16 +149,22 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
         broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 5),
         broker_rebalance_timeout=max(20.0, settings.session_timeout_s * 2),
         consumer_group_instance_id=f"{app_id(settings)}-{worker_name}",
+        canonical_url=f"http://127.0.0.1:{web_port or 6066}",
         logging_config=None,
     )
+    metrics = Metrics()
     shell = InboxShell(settings, default_codec(), params or Params(
-        lease_ms=int(settings.lease_s * 1000), lookahead_ms=int(settings.lookahead_s * 1000)))
-    streams = StreamsApp(app, shell, settings, Publisher(settings))
-    _wire(streams, worker_name)
+        lease_ms=int(settings.lease_s * 1000), lookahead_ms=int(settings.lookahead_s * 1000)), hooks=metrics)
+    streams = StreamsApp(app, shell, settings, Publisher(settings), metrics)
+    table = _wire(streams, worker_name)
+    if web_port is not None:
+        from .web import install
+
+        install(app, table, shell, settings, worker_name, metrics)
     return streams
 
 
-def _wire(streams: StreamsApp, worker_name: str) -> None:
+def _wire(streams: StreamsApp, worker_name: str) -> Any:
     app, shell, settings, publisher = streams.app, streams.shell, streams.settings, streams.publisher
     inbox_name = settings.topic("inbox")
     inbox = app.topic(inbox_name, key_type=bytes, value_type=bytes, partitions=settings.partitions)
@@ -188,27 +196,45 @@ def _wire(streams: StreamsApp, worker_name: str) -> None:
     app.on_partitions_assigned.connect(on_assigned)
     app.on_partitions_revoked.connect(on_revoked)
 
-    async def ticker() -> None:
-        """On the leader only: a tick into every inbox partition at each whole interval."""
-        interval = settings.tick_interval_s
-        if interval <= 0:
-            log.warning("ticker disabled (KSCHED_TICK_INTERVAL_S <= 0): time only moves with ticks from elsewhere")
-            return
-        codec = default_codec()
-        while not app.should_stop:
-            now = time.time()
-            boundary = (int(now / interval) + 1) * interval
-            await asyncio.sleep(max(0.0, boundary - now))
-            if not app.is_leader():
-                continue
-            now_ms = round(boundary * 1000)
-            publisher.publish([Message(inbox_name, None, codec.encode(Tick(p, now_ms, worker_name)), p)
-                               for p in range(settings.partitions)])
+    app.task(lambda: _quiet_clients())
+    app.task(lambda: _ticker(streams, worker_name))
+    app.task(lambda: _measure_queues(streams))
+    return table
 
-    async def quiet_clients() -> None:
-        # After the worker has set up logging: the clients' debug records cost a tenth of the CPU otherwise.
-        for name in ("aiokafka", "faust.transport", "faust.topics", "mode.timers"):
-            logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().getEffectiveLevel()))
 
-    app.task(quiet_clients)
-    app.task(ticker)
+async def _ticker(streams: StreamsApp, worker_name: str) -> None:
+    """On the leader only: a tick into every inbox partition at each whole interval."""
+    app, settings = streams.app, streams.settings
+    interval = settings.tick_interval_s
+    if interval <= 0:
+        log.warning("ticker disabled (KSCHED_TICK_INTERVAL_S <= 0): time only moves with ticks from elsewhere")
+        return
+    codec = default_codec()
+    inbox_name = settings.topic("inbox")
+    while not app.should_stop:
+        now = time.time()
+        boundary = (int(now / interval) + 1) * interval
+        await asyncio.sleep(max(0.0, boundary - now))
+        if not app.is_leader():
+            continue
+        now_ms = round(boundary * 1000)
+        streams.publisher.publish([Message(inbox_name, None, codec.encode(Tick(p, now_ms, worker_name)), p)
+                                   for p in range(settings.partitions)])
+
+
+async def _quiet_clients() -> None:
+    # After the worker has set up logging: the clients' debug records cost a tenth of the CPU otherwise.
+    for name in ("aiokafka", "faust.transport", "faust.topics", "mode.timers"):
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().getEffectiveLevel()))
+
+
+async def _measure_queues(streams: StreamsApp) -> None:
+    while not streams.app.should_stop:
+        await asyncio.sleep(10)
+        try:
+            depths = await asyncio.get_running_loop().run_in_executor(None, queue_depths, streams.settings)
+        except Exception as exc:  # a metrics read must not stop the worker
+            log.debug("queue depth not measured: %s", exc)
+            continue
+        for prio, depth in depths.items():
+            streams.metrics.queue_depth.labels(prio).set(depth)

@@ -37,6 +37,7 @@ from .core import decide as core
 from .core.due import DueIndex
 from .core.model import JobState, Params
 from .core.views import current_views
+from .metrics import ShellHooks
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ class InboxShell:
     params: Params = field(default_factory=Params)
     counters: Counters = field(default_factory=Counters)
     state_cache_size: int = 20_000
+    hooks: ShellHooks = field(default_factory=ShellHooks)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -196,6 +198,7 @@ class InboxShell:
             replay_from = offset if committed is None else min(offset, committed)
             out.extend(self._recover_partition(store, partition, replay_from))
         self.counters.processed += 1
+        self.hooks.processed()
         try:
             event = self.codec.decode(value)
         except CodecError as err:
@@ -230,7 +233,9 @@ class InboxShell:
             self.counters.duplicates += 1
             self.due_index(partition).set(job_id, core.next_wakeup(rec.state, self.params))
             return []
-        step = core.decide(rec.state if rec else None, event, self._clock.get(partition), self.params)
+        before = rec.state if rec else None
+        step = core.decide(before, event, self._clock.get(partition), self.params)
+        self.hooks.applied(event, before, step.state, step.emits)
         msgs = [self._message(partition, offset, emit, key, value) for emit in step.emits]
         if step.state is not None:
             outbox = _trim(rec.outbox if rec else [], committed)
@@ -278,6 +283,7 @@ class InboxShell:
     def _dead_letter(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
                      reason: str) -> Message:
         self.counters.dead_lettered += 1
+        self.hooks.dead_lettered()
         log.warning("dead-lettered %s[%d]@%d: %s", self.inbox, partition, offset, reason)
         at = self._clock.get(partition) or 0
         record = DeadLetter(self.inbox, partition, offset, reason, at, key, value)

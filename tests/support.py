@@ -115,8 +115,9 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def streams(self, name: str = "w1") -> Proc:
-        return self._spawn(f"streams-{name}", ["streams", "--name", name])
+    def streams(self, name: str = "w1", web_port: int | None = None) -> Proc:
+        args = ["streams", "--name", name] + (["--web-port", str(web_port)] if web_port else [])
+        return self._spawn(f"streams-{name}", args)
 
     def executor(self, slots: int = 4, executor_id: str | None = None) -> Proc:
         args = ["executor", "--slots", str(slots)]

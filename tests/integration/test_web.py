@@ -1,0 +1,150 @@
+"""The HTTP API with two streams workers (requests for keys the other worker owns are answered by it), the
+metrics endpoint, and the web UI clicked through in a real headless Chromium, from job to log."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ksched.partitioning import partition_for
+from tests.support import REPO, Cluster, eventually, settings_for, write_job, write_script
+
+pytestmark = pytest.mark.broker
+PARTITIONS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+        body = r.read().decode()
+        return json.loads(body) if r.headers.get_content_type() == "application/json" else body
+
+
+def one_job_per_partition() -> list[str]:
+    names: dict[int, str] = {}
+    i = 0
+    while len(names) < PARTITIONS:
+        names.setdefault(partition_for(f"api-{i}", PARTITIONS), f"api-{i}")
+        i += 1
+    return [names[p] for p in range(PARTITIONS)]
+
+
+@pytest.fixture(scope="module")
+def web(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, list[int], Path]]:
+    home = tmp_path_factory.mktemp("web")
+    c = Cluster(settings_for(bootstrap, home / "home", partitions=PARTITIONS))
+    ports = [free_port(), free_port()]
+    c.streams("w1", web_port=ports[0])
+    c.streams("w2", web_port=ports[1])
+    c.executor(slots=4)
+    write_script(home / "hello.sh", 'echo "hello from $KSCHED_TASK_ID"\n')
+    for job_id in one_job_per_partition():
+        r = c.ksched("submit", str(write_job(home, job_id, f"job: {job_id}\nbinary: hello.sh\n")), "--wait",
+                     "--timeout", "120")
+        assert r.returncode == 0, r.stderr
+    yield c, ports, home
+    c.stop()
+
+
+def test_each_job_is_answered_by_the_worker_that_owns_it_whichever_worker_is_asked(web: Any) -> None:
+    cluster, ports, _ = web
+    owners = {}
+    for job_id in one_job_per_partition():
+        eventually(lambda j=job_id: cluster.succeeded_runs(j), 60, what=f"{job_id} ran")
+        answers = [get(port, f"/api/jobs/{job_id}") for port in ports]
+        assert answers[0] == answers[1]
+        assert answers[0]["job_id"] == job_id and answers[0]["revision"] == 1
+        owners[job_id] = answers[0]["served_by"]
+    assert set(owners.values()) == {"w1", "w2"}, owners
+
+
+def test_runs_can_be_filtered_by_state_and_time_and_carry_attempts(web: Any) -> None:
+    _, ports, _ = web
+    job_id = one_job_per_partition()[0]
+    all_runs = eventually(lambda: [r for r in get(ports[1], f"/api/jobs/{job_id}/runs")["runs"]
+                                   if r["state"] == "SUCCEEDED"], 60)
+    (run,) = all_runs
+    (task,) = run["tasks"]
+    assert task["attempts"][0]["exit_code"] == 0 and task["attempts"][0]["started_at_ms"]
+    assert get(ports[0], f"/api/jobs/{job_id}/runs?state=FAILED")["runs"] == []
+    t = run["scheduled_for_ms"]
+    assert len(get(ports[0], f"/api/jobs/{job_id}/runs?since={t}&until={t}")["runs"]) == 1
+    assert get(ports[0], f"/api/jobs/{job_id}/runs?since={t + 1}")["runs"] == []
+    one = get(ports[0], f"/api/runs/{run['run_id']}")
+    assert one["run_id"] == run["run_id"] and one["dependencies"] == {"main": []}
+    log = get(ports[1], f"/api/runs/{run['run_id']}/tasks/main/attempts/1/log")
+    assert f"hello from {run['run_id']}/main" in log
+
+
+def test_history_openapi_and_metrics(web: Any) -> None:
+    _, ports, _ = web
+    job_id = one_job_per_partition()[1]
+    types = [e["type"] for e in get(ports[0], f"/api/jobs/{job_id}/history")["events"]]
+    for expected in ("SubmitJob", "JobAccepted", "RunTriggered", "ClaimTask", "ClaimGranted", "TaskStarted",
+                     "TaskCompleted", "RunFinished"):
+        assert expected in types
+    spec = get(ports[1], "/api/openapi.json")
+    assert spec["openapi"].startswith("3.") and "/api/jobs/{job_id}/runs" in spec["paths"]
+    metrics = get(ports[0], "/metrics") + get(ports[1], "/metrics")
+    for series in ("ksched_firing_lag_seconds_bucket", "ksched_handoff_seconds_bucket", "ksched_running_tasks",
+                   "ksched_retries_total", "ksched_dead_letters_total", "ksched_ready_queue_depth",
+                   "ksched_inbox_records_total"):
+        assert series in metrics
+
+
+def test_the_web_ui_from_job_to_log_in_a_real_browser(web: Any) -> None:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (./dev setup installs it where it can)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    cluster, ports, home = web
+    write_script(home / "step.sh", 'echo "step $KSCHED_TASK_ID"\n[ "$1" = fail ] && exit 4\nexit 0\n')
+    dag = write_job(home, "ui-dag", """
+job: ui-dag
+schedule: "*/3 * * * * *"
+tasks:
+  build: {binary: step.sh}
+  test: {binary: step.sh, depends_on: [build], args: [fail]}
+  deploy: {binary: step.sh, depends_on: [test]}
+  report: {binary: step.sh, depends_on: [test], trigger_rule: all_done}
+""")
+    assert cluster.ksched("submit", str(dag), "--wait").returncode == 0
+    eventually(lambda: [r for r in cluster.status("ui-dag").ordered_runs() if r.state == "FAILED"], 60)
+    shots = REPO / "tests" / "screenshots"
+    shots.mkdir(exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"http://127.0.0.1:{ports[0]}/")
+        page.click("a.job-link[data-job='ui-dag']")
+        page.wait_for_selector("#grid td.cell[data-task='test'][data-state='FAILED']")
+        rows_before = page.locator("#grid tr.run-row").count()
+        # It updates itself: a new cron run appears without reloading the page.
+        page.wait_for_function(f"document.querySelectorAll('#grid tr.run-row').length > {rows_before}",
+                               timeout=30_000)
+        page.screenshot(path=str(shots / "ui-run-grid.png"))
+        page.locator("#grid tr.run-row").last.locator("a.run-link").click()
+        page.wait_for_selector("svg#dag g.node[data-task='deploy'][data-state='UPSTREAM_FAILED']")
+        assert page.locator("svg#dag g.node").count() == 4
+        assert page.locator("svg#dag g.node[data-task='report']").get_attribute("data-state") == "SUCCEEDED"
+        page.screenshot(path=str(shots / "ui-run-dag.png"))
+        page.click("tr.attempt-row[data-task='test'] a.log-link")
+        page.wait_for_selector("pre#log")
+        assert "step " in page.inner_text("pre#log") and "/test" in page.inner_text("pre#log")
+        page.screenshot(path=str(shots / "ui-log.png"))
+        browser.close()
+    assert (shots / "ui-run-dag.png").stat().st_size > 1000
