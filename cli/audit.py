@@ -7,6 +7,7 @@ import base64
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,13 @@ def parse_instant(text: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def save_records(path: Path, inbox: list[Record], events: list[Record]) -> None:
+#: Settings that change decisions; a saved history records them so its replay decides the same way.
+DECISION_SETTINGS = ("partitions", "lease_s", "lookahead_s")
+
+
+def save_records(path: Path, inbox: list[Record], events: list[Record], settings: Settings) -> None:
     with open(path, "w") as f:
+        f.write(json.dumps({"settings": {k: getattr(settings, k) for k in DECISION_SETTINGS}}) + "\n")
         for topic, r in [*(("inbox", r) for r in inbox), *(("events", r) for r in events)]:
             f.write(json.dumps({"topic": topic, "partition": r.partition,
                                 "offset": r.offset, "timestamp_ms": r.timestamp_ms,
@@ -41,16 +47,19 @@ def save_records(path: Path, inbox: list[Record], events: list[Record]) -> None:
                     + "\n")
 
 
-def load_records(path: Path) -> tuple[list[Record], list[Record]]:
+def load_records(path: Path, settings: Settings) -> tuple[list[Record], list[Record], Settings]:
     inbox: list[Record] = []
     events: list[Record] = []
     for line in path.read_text().splitlines():
         d = json.loads(line)
+        if "settings" in d:
+            settings = replace(settings, **{k: v for k, v in d["settings"].items() if k in DECISION_SETTINGS})
+            continue
         rec = Record(d["topic"], d["partition"], d["offset"], d["timestamp_ms"],
                      base64.b64decode(d["key"]) if d["key"] is not None else None,
                      base64.b64decode(d["value"]) if d["value"] is not None else None)
         (inbox if d["topic"] == "inbox" else events).append(rec)
-    return inbox, events
+    return inbox, events, settings
 
 
 def _report(result: ReplayResult, as_json: bool) -> str:
@@ -89,12 +98,16 @@ def _report(result: ReplayResult, as_json: bool) -> str:
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     until = parse_instant(args.until) if args.until else None
     if args.from_file:
-        inbox, events = load_records(Path(args.from_file))
+        inbox, events, settings = load_records(Path(args.from_file), settings)
     else:
         inbox = list(topic_records(settings, settings.topic("inbox")))
         events = list(topic_records(settings, settings.topic("events")))
+        partitions = len({r.partition for r in inbox if r.partition is not None})
+        if inbox and partitions > settings.partitions:
+            return err(f"{settings.topic('inbox')} has {partitions} partitions but KSCHED_PARTITIONS is "
+                       f"{settings.partitions}; replay with the settings the workers run with")
     if args.save:
-        save_records(Path(args.save), inbox, events)
+        save_records(Path(args.save), inbox, events, settings)
     result = replay(settings, inbox, events, until_ms=until)
     print(_report(result, args.json))
     return 0 if result.ok else 1

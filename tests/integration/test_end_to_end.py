@@ -194,3 +194,19 @@ def test_a_java_client_submits_a_job_with_only_the_avsc_files_and_the_documented
     assert st.definition is not None and st.definition.job.description == "submitted from Java"
     logs = cluster.ksched("logs", st.ordered_runs()[0].run_id).stdout
     assert "from-java" in logs or "hello" in logs
+
+
+def test_replaying_this_installations_inbox_reproduces_its_decision_log(cluster: Cluster) -> None:
+    # Last in the module: the history now holds retries, a cancel, lifecycle commands, dead letters, a
+    # forwarded record and a Java-submitted job.
+    # The last decisions of the earlier tests may still be on their way to the log: wait for agreement.
+    runs: list[subprocess.CompletedProcess[str]] = []
+
+    def agrees() -> bool:
+        runs.append(cluster.ksched("replay", timeout=180))
+        return runs[-1].returncode == 0
+    try:
+        eventually(agrees, 60, interval=2, what="replay agrees with the log")
+    except AssertionError:
+        raise AssertionError(runs[-1].stdout[-3000:] + runs[-1].stderr[-2000:]) from None
+    assert "all invariants hold" in runs[-1].stdout
