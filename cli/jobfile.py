@@ -24,14 +24,17 @@ from typing import Any
 import yaml
 
 from ksched.errors import JobSpecError
-from ksched.events import ArtifactRef, JobSpec, RetryPolicy, Schedule, TaskSpec
+from ksched.events import ArtifactRef, JobSpec, Level, Limits, RetryPolicy, Schedule, TaskSpec
 from streams.core.validate import DIGEST, validate_job
 
 JOB_FIELDS = {
     "job", "description", "schedule", "at", "timezone", "misfire", "misfire_grace", "catchup_window", "overlap",
     "spread", "max_active_runs", "tasks",
 }
-TASK_FIELDS = {"binary", "args", "env", "priority", "timeout", "retries", "labels", "depends_on", "trigger_rule"}
+TASK_FIELDS = {"binary", "args", "env", "priority", "timeout", "retries", "labels", "depends_on", "trigger_rule",
+               "levels", "limits"}
+LEVEL_FIELDS = {"priority", "timeout"}
+LIMIT_FIELDS = {"cpu", "memory", "open_files", "processes", "log_bytes"}
 RETRY_FIELDS = {"max_attempts", "backoff", "max_backoff", "multiplier", "jitter", "no_retry_exit_codes"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
@@ -141,6 +144,38 @@ def _retry(data: dict[str, Any], where: str) -> RetryPolicy:
     )
 
 
+def _levels(data: dict[str, Any], where: str) -> list[Level]:
+    """`levels: [{priority: normal, timeout: 5m}, ...]`: where an attempt goes after each timeout."""
+    raw = _typed(data, "levels", list, where, [])
+    levels = []
+    for i, item in enumerate(raw):
+        w = f"{where}levels[{i}]."
+        if not isinstance(item, dict):
+            raise JobSpecError(f"{where}levels[{i}]", "expected a mapping with priority and timeout")
+        _check_fields(item, LEVEL_FIELDS, w)
+        if "timeout" not in item:
+            raise JobSpecError(f"{w}timeout", "missing: each level needs its own timeout")
+        levels.append(Level(_typed(item, "priority", str, w, "normal"), parse_duration(item["timeout"], f"{w}timeout")))
+    return levels
+
+
+def _limits(data: dict[str, Any], where: str) -> Limits:
+    """`limits: {cpu: 60s, memory: 512, open_files: 1024, processes: 64, log_bytes: 1048576}` (memory in MiB)."""
+    raw = _typed(data, "limits", dict, where, None)
+    if raw is None:
+        return Limits()
+    w = f"{where}limits."
+    _check_fields(raw, LIMIT_FIELDS, w)
+    d = Limits()
+    return Limits(
+        cpu_seconds=parse_duration(raw["cpu"], f"{w}cpu") // 1000 if "cpu" in raw else d.cpu_seconds,
+        memory_mb=_typed(raw, "memory", int, w, d.memory_mb),
+        open_files=_typed(raw, "open_files", int, w, d.open_files),
+        processes=_typed(raw, "processes", int, w, d.processes),
+        log_bytes=_typed(raw, "log_bytes", int, w, d.log_bytes),
+    )
+
+
 _PLACEHOLDER = ArtifactRef("sha256:" + "0" * 64, "", 0)
 
 
@@ -167,6 +202,8 @@ def _task(name: str, data: dict[str, Any], where: str, base: Path) -> tuple[Task
         depends_on=_string_list(data, "depends_on", where),
         trigger_rule=_typed(data, "trigger_rule", str, where, "all_success"),
         labels=_string_map(data, "labels", where),
+        levels=_levels(data, where),
+        limits=_limits(data, where),
     )
     return spec, bin_ref
 

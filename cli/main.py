@@ -54,7 +54,9 @@ def _executor(args: argparse.Namespace, settings: config.Settings) -> int:
 
     ensure_topics(settings)
     ex = Executor(settings, open_store(settings.artifacts, settings.s3_endpoint_url),
-                  ExecutorConfig(slots=args.slots, staging=args.staging), executor_id=args.id)
+                  ExecutorConfig(slots=args.slots, staging=args.staging, prefetch=args.prefetch,
+                                 max_artifact_bytes=args.max_artifact_bytes),
+                  executor_id=args.id)
 
     def stop(signum: int, frame: Any) -> None:
         ex.stop()
@@ -146,7 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--slots", type=int, default=4, help="processes run at once")
     sp.add_argument("--staging", type=int, default=1024,
                     help="attempts fired ahead of their instant held until they start")
+    sp.add_argument("--prefetch", type=int, default=-1,
+                    help="claims beyond the free slots, to hide the claim round trip (-1: as many as slots; "
+                         "0: strict priority order, at some throughput)")
     sp.add_argument("--id", default=None, help="executor id (default: host-pid-random)")
+    sp.add_argument("--max-artifact-bytes", type=int, default=512 * 1024 * 1024,
+                    help="refuse artifacts larger than this (the task fails with ARTIFACT_TOO_LARGE)")
     sp = add("demo", _demo, "start a local broker, a streams worker and an executor, and run example jobs")
     sp.add_argument("--keep-running", action="store_true", help="leave everything running at the end")
     sp.add_argument("--reuse", action="store_true", help="keep the demo's broker data from an earlier run")

@@ -32,6 +32,7 @@ from .cache import ArtifactCache
 from .sandbox import Process, attempt_env, spawn
 
 log = logging.getLogger(__name__)
+_RANK = {"high": 0, "normal": 1, "low": 2}
 
 
 @dataclass
@@ -74,7 +75,8 @@ class Runtime:
     keep_workdirs: bool = False
     fetchers: int = 4
     _heap: list[tuple[float, int, Attempt]] = field(default_factory=list)
-    _waiting: deque[Attempt] = field(default_factory=deque)
+    #: Due attempts waiting for a slot: highest priority first, then the earliest instant.
+    _waiting: list[tuple[int, float, int, Attempt]] = field(default_factory=list)
     _running: int = 0
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _cond: threading.Condition = field(default_factory=threading.Condition)
@@ -152,16 +154,20 @@ class Runtime:
                 now = time.time()
                 if self._sweep:
                     self._sweep = False
-                    self._waiting.extendleft(e[2] for e in self._heap if e[2].ending)
+                    startable = [e[2] for e in self._heap if e[2].ending]
+                    startable += [w[3] for w in self._waiting if w[3].ending]
                     self._heap = [e for e in self._heap if not e[2].ending]
+                    self._waiting = [w for w in self._waiting if not w[3].ending]
                     heapq.heapify(self._heap)
+                    heapq.heapify(self._waiting)
+                else:
+                    startable = []
                 while self._heap and self._heap[0][0] <= now:
-                    attempt = heapq.heappop(self._heap)[2]
+                    start_at, seq, attempt = heapq.heappop(self._heap)
                     attempt.staged = False
-                    self._waiting.append(attempt)
-                startable = []
-                while self._waiting and (self._running < self.slots or self._waiting[0].ending):
-                    attempt = self._waiting.popleft()
+                    heapq.heappush(self._waiting, (_RANK.get(attempt.ready.priority, 1), start_at, seq, attempt))
+                while self._waiting and self._running < self.slots:
+                    attempt = heapq.heappop(self._waiting)[3]
                     if not attempt.ending:
                         self._running += 1
                     startable.append(attempt)

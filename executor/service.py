@@ -118,6 +118,7 @@ class Executor:
         self._attempts: dict[str, Attempt] = {}
         self._buffers: dict[tuple[str, int], deque[tuple[Message, TaskReady | None]]] = {}
         self._paused: set[tuple[str, int]] = set()
+        self._settle_until = 0.0
         self._stop = threading.Event()
         self.ready_topics = [ready_topic(settings, p) for p in PRIORITIES]
         self._reports = kafka.producer(settings)
@@ -182,6 +183,9 @@ class Executor:
     # --- claiming -------------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        # Fetch from every newly assigned partition before choosing, so the first claims already see
+        # the high-priority work that is waiting, not just whichever partition answered first.
+        self._settle_until = time.monotonic() + 0.3
         log.debug("assigned %s", partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -201,7 +205,8 @@ class Executor:
         buffered = self._buffered()
         timeout = 0.01 if buffered else 0.1
         self._flow_control()
-        msgs = self._consumer.consume(num_messages=max(1, 2 * self.config.slots), timeout=timeout)
+        # Drain what has been fetched (flow control bounds it), so the choice sees every priority.
+        msgs = self._consumer.consume(num_messages=1000, timeout=timeout)
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -209,7 +214,7 @@ class Executor:
                     log.warning("ready topic error: %s", err)
                 continue
             self._buffers.setdefault(_tp(m), deque()).append((m, self._decode_ready(m)))
-        if self._buffered() and (free_now > 0 or free_staged > 0):
+        if self._buffered() and (free_now > 0 or free_staged > 0) and time.monotonic() >= self._settle_until:
             taken = self._take(free_now, free_staged)
             if taken:
                 self._claim(taken)

@@ -119,8 +119,8 @@ class Cluster:
         args = ["streams", "--name", name] + (["--web-port", str(web_port)] if web_port else [])
         return self._spawn(f"streams-{name}", args)
 
-    def executor(self, slots: int = 4, executor_id: str | None = None) -> Proc:
-        args = ["executor", "--slots", str(slots)]
+    def executor(self, slots: int = 4, executor_id: str | None = None, *extra: str) -> Proc:
+        args = ["executor", "--slots", str(slots), *extra]
         if executor_id:
             args += ["--id", executor_id]
         return self._spawn(f"executor-{executor_id or len(self.procs)}", args)

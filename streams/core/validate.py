@@ -77,6 +77,14 @@ def _validate_task(t: TaskSpec, prefix: str) -> None:
         )
     if t.timeout_ms < 0:
         raise JobSpecError(f"{prefix}timeout", "must not be negative")
+    for i, level in enumerate(t.levels):
+        if level.priority not in PRIORITIES:
+            raise JobSpecError(f"{prefix}levels[{i}].priority", f"unknown priority {level.priority!r}")
+        if level.timeout_ms <= 0:
+            raise JobSpecError(f"{prefix}levels[{i}].timeout", "must be positive")
+    lim = t.limits
+    if min(lim.cpu_seconds, lim.memory_mb, lim.open_files, lim.processes, lim.log_bytes) < 0:
+        raise JobSpecError(f"{prefix}limits", "limits must not be negative")
     r = t.retry
     if r.max_attempts < 1:
         raise JobSpecError(f"{prefix}retries.max_attempts", "must be at least 1")

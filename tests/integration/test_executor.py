@@ -1,0 +1,181 @@
+"""Executors against the real broker: artifacts on a real S3-compatible server, a timeout that kills a whole
+process tree, promotion to a higher level after a timeout, high priority served first, and bad artifacts."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ksched import kafka
+from ksched.artifacts import open_store
+from ksched.events import ArtifactRef, JobSpec, SubmitJob, TaskReady, TaskSpec
+from schemas.codec import default_codec
+from tests.s3server import make_bucket, s3_env, s3_server
+from tests.support import Cluster, eventually, settings_for, write_job, write_script
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture(scope="module")
+def s3(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    for k, v in s3_env().items():
+        os.environ.setdefault(k, v)
+    with s3_server() as endpoint:
+        bucket = f"ksched-{uuid.uuid4().hex[:8]}"
+        make_bucket(endpoint, bucket)
+        c = Cluster(settings_for(bootstrap, tmp_path_factory.mktemp("s3"), artifact_url=f"s3://{bucket}/art",
+                                 s3_endpoint_url=endpoint))
+        c.streams("w1")
+        c.executor(slots=4)
+        yield c
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(settings_for(bootstrap, tmp_path_factory.mktemp("exec")))
+    c.streams("w1")
+    yield c
+    c.stop()
+
+
+def submit(cluster: Cluster, path: Path) -> None:
+    r = cluster.ksched("submit", str(path), "--wait", "--timeout", "90")
+    assert r.returncode == 0, r.stderr
+
+
+def task(cluster: Cluster, job: str):  # type: ignore[no-untyped-def]
+    st = cluster.status(job)
+    return next(iter(next(iter(st.tasks.values())).values())) if st.tasks else None
+
+
+def test_binaries_and_logs_live_in_s3_and_the_executor_verifies_and_runs_them(s3: Cluster, tmp_path: Path) -> None:
+    big = tmp_path / "big.sh"
+    big.write_bytes(b"#!/bin/sh\necho big binary ran\nexit 0\n" + b"#" * (3 * 1024 * 1024))
+    big.chmod(0o755)
+    submit(s3, write_job(tmp_path, "s3job", "job: s3job\nbinary: big.sh\n"))
+    run_id = eventually(lambda: s3.succeeded_runs("s3job"), 90, what="the S3-hosted job runs")[0]
+    assert "big binary ran" in s3.ksched("logs", run_id).stdout
+    store = open_store(s3.settings.artifacts, s3.settings.s3_endpoint_url)
+    assert store.url.startswith("s3://")
+    t = task(s3, "s3job")
+    assert t is not None and store.read_log(t.attempts[0].log_ref).startswith(b"big binary ran")
+
+
+def test_a_timeout_kills_the_whole_process_tree(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.executor(slots=4)
+    pidfile = tmp_path / "grandchild.pid"
+    write_script(tmp_path / "tree.sh", f"sleep 300 &\necho $! > {pidfile}\nwait\n")
+    submit(cluster, write_job(tmp_path, "tree", "job: tree\nbinary: tree.sh\ntimeout: 1s\n"))
+    eventually(lambda: (t := task(cluster, "tree")) is not None and t.state == "FAILED", 60, what="timed out")
+    t = task(cluster, "tree")
+    assert t is not None and "TIMEOUT" in t.attempts[0].reason
+    grandchild = int(pidfile.read_text())
+
+    def gone() -> bool:
+        try:
+            os.kill(grandchild, 0)
+            return Path(f"/proc/{grandchild}/stat").read_text().split()[2] == "Z"
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+    eventually(gone, 20, what="the grandchild is killed too")
+
+
+def test_a_timed_out_task_moves_up_a_level_with_a_longer_timeout(cluster: Cluster, tmp_path: Path) -> None:
+    write_script(tmp_path / "slowish.sh", "sleep 2\necho done\n")
+    submit(cluster, write_job(tmp_path, "levels", """
+job: levels
+binary: slowish.sh
+priority: low
+timeout: 1s
+retries: {max_attempts: 3, backoff: 100ms}
+levels: [{priority: normal, timeout: 10s}]
+"""))
+    eventually(lambda: cluster.succeeded_runs("levels"), 60, what="it succeeds on the second level")
+    t = task(cluster, "levels")
+    assert t is not None and [a.outcome for a in t.attempts] == ["TIMED_OUT", "SUCCEEDED"]
+    readies = [e for k, e in cluster.records("events") if k == b"levels" and isinstance(e, TaskReady)]
+    assert [(r.attempt, r.priority, r.timeout_ms) for r in readies] == [(1, "low", 1000), (2, "normal", 10_000)]
+
+
+@pytest.fixture
+def lone(bootstrap: str, tmp_path: Path) -> Iterator[Cluster]:
+    """A streams worker and, until the test starts one, no executor."""
+    c = Cluster(settings_for(bootstrap, tmp_path / "home"))
+    c.streams("w1")
+    yield c
+    c.stop()
+
+
+def test_high_priority_is_served_before_normal_and_low(lone: Cluster, tmp_path: Path) -> None:
+    cluster = lone
+    ledger = tmp_path / "order"
+    write_script(tmp_path / "mark.sh", f'echo "$1" >> {ledger}\nsleep 0.3\n')
+    ref = open_store(cluster.settings.artifacts).put_file(tmp_path / "mark.sh")
+    codec = default_codec()
+    producer = kafka.producer(cluster.settings)
+
+    def submit_raw(name: str, priority: str) -> None:
+        spec = JobSpec(name, [TaskSpec("main", ref, args=[name], priority=priority)])
+        producer.produce(cluster.settings.topic("inbox"), key=name.encode(),
+                         value=codec.encode(SubmitJob(uuid.uuid4().hex, spec, int(time.time() * 1000))))
+
+    # Everything is ready before the only executor of this test starts, so it chooses among all of it.
+    for i in range(4):
+        submit_raw(f"prio-low-{i}", "low")
+        submit_raw(f"prio-normal-{i}", "normal")
+    submit_raw("prio-high-0", "high")
+    producer.flush(10)
+    eventually(lambda: len([e for _, e in cluster.records("ready.low")]) >= 4
+               and len([e for _, e in cluster.records("ready.high")]) >= 1, 60, what="all ready")
+    # No prefetch: with claims ahead of free slots, two claimed together may be granted in either order.
+    cluster.executor(1, "prio-ex", "--prefetch", "0")
+    eventually(lambda: ledger.exists() and len(ledger.read_text().split()) >= 9, 120, what="all ran")
+    order = [n for n in ledger.read_text().split() if n.startswith("prio-")]
+    rank = {"high": 0, "normal": 1, "low": 2}
+    levels = [rank[n.split("-")[1]] for n in order]
+    assert levels == sorted(levels), order
+
+
+@pytest.fixture
+def picky(bootstrap: str, tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(settings_for(bootstrap, tmp_path / "home"))
+    c.streams("w1")
+    c.executor(2, "picky", "--max-artifact-bytes", "100000")
+    yield c
+    c.stop()
+
+
+def test_bad_artifacts_fail_the_task_with_a_clear_reason_and_the_executor_keeps_going(
+        picky: Cluster, tmp_path: Path) -> None:
+    store = open_store(picky.settings.artifacts)
+    good = store.put_file(write_script(tmp_path / "fine.sh", "exit 0\n"))
+    tampered = store.put_file(write_script(tmp_path / "tamper.sh", "echo original\n"))
+    store._path(tampered.digest).write_bytes(b"#!/bin/sh\necho evil\n")  # type: ignore[attr-defined]
+    big = store.put_file(write_script(tmp_path / "huge.sh", "exit 0\n" + "#" * 600_000))
+    (tmp_path / "notes.txt").write_text("not a program\n")
+    text = store.put_file(tmp_path / "notes.txt")
+    missing = ArtifactRef("sha256:" + "7" * 64, "ghost.sh", 10)
+    codec = default_codec()
+    producer = kafka.producer(picky.settings)
+    cases = {"bad-missing": missing, "bad-tampered": tampered, "bad-huge": big, "bad-text": text,
+             "bad-fine": good}
+    for name, ref in cases.items():
+        spec = JobSpec(name, [TaskSpec("main", ref)])
+        producer.produce(picky.settings.topic("inbox"), key=name.encode(),
+                         value=codec.encode(SubmitJob(uuid.uuid4().hex, spec, int(time.time() * 1000))))
+    producer.flush(10)
+    eventually(lambda: all((t := task(picky, n)) is not None and t.state in ("FAILED", "SUCCEEDED")
+                           for n in cases), 90, what="all settled")
+    reasons = {n: task(picky, n).attempts[0].reason for n in cases}
+    assert "ARTIFACT_MISSING" in reasons["bad-missing"]
+    assert "DIGEST_MISMATCH" in reasons["bad-tampered"]
+    assert "ARTIFACT_TOO_LARGE" in reasons["bad-huge"]
+    assert "NOT_EXECUTABLE" in reasons["bad-text"]
+    assert task(picky, "bad-fine").state == "SUCCEEDED"  # the executor kept going
+    assert all(task(picky, n).attempt == 1 for n in cases)  # bad artifacts are not retried
