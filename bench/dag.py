@@ -12,17 +12,21 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from ksched import kafka
 from ksched.artifacts import open_store
 from ksched.config import Settings
 from ksched.events import (
     ArtifactRef,
+    ClaimGranted,
+    ClaimTask,
     JobSpec,
     RunFinished,
     RunTriggered,
     SubmitJob,
     TaskCompleted,
+    TaskReady,
     TaskSpec,
     TaskStarted,
 )
@@ -41,8 +45,8 @@ def _submit(s: Settings, spec: JobSpec) -> None:
     p.flush(10)
 
 
-def _follow(s: Settings, job_id: str, timeout_s: float) -> tuple[list[object], list[tuple[int, object]]]:
-    """Wait for the job's run to finish; return the inbox reports and the decisions (with timestamps)."""
+def _follow(s: Settings, job_id: str, timeout_s: float) -> tuple[list[Any], list[tuple[int, Any]]]:
+    """Wait for the job's run to finish; return the inbox reports (timestamped) and the decisions."""
     codec = default_codec()
     part = partition_for(job_id, s.partitions)
     deadline = time.time() + timeout_s
@@ -50,7 +54,8 @@ def _follow(s: Settings, job_id: str, timeout_s: float) -> tuple[list[object], l
         decisions = [(m.timestamp()[1], codec.decode(m.value())) for m in
                      read_partition(s, s.topic("events"), part, timeout_s=120) if m.key() == job_id.encode()]
         if any(isinstance(e, RunFinished) for _, e in decisions):
-            reports = [codec.decode(m.value()) for m in read_partition(s, s.topic("inbox"), part, timeout_s=120)
+            reports = [(m.timestamp()[1], codec.decode(m.value()))
+                       for m in read_partition(s, s.topic("inbox"), part, timeout_s=120)
                        if m.key() == job_id.encode() and m.value() is not None]
             return reports, decisions
         time.sleep(2)
@@ -60,12 +65,28 @@ def _follow(s: Settings, job_id: str, timeout_s: float) -> tuple[list[object], l
 def chain(s: Settings, ref: ArtifactRef, n: int) -> dict[str, object]:
     tasks = [TaskSpec(f"s{i:03d}", ref, depends_on=[f"s{i - 1:03d}"] if i else []) for i in range(n)]
     _submit(s, JobSpec("chain", tasks))
-    reports, _ = _follow(s, "chain", 600)
-    started = {e.task_id.rsplit("/", 1)[1]: e.started_at_ms for e in reports if isinstance(e, TaskStarted)}
-    finished = {e.task_id.rsplit("/", 1)[1]: e.finished_at_ms for e in reports if isinstance(e, TaskCompleted)}
+    reports, decisions = _follow(s, "chain", 600)
+    name = lambda tid: tid.rsplit("/", 1)[1]  # noqa: E731
+    started = {name(e.task_id): e.started_at_ms for _, e in reports if isinstance(e, TaskStarted)}
+    finished = {name(e.task_id): e.finished_at_ms for _, e in reports if isinstance(e, TaskCompleted)}
+    completed_ts = {name(e.task_id): ts for ts, e in reports if isinstance(e, TaskCompleted)}
+    claimed_ts = {name(e.task_id): ts for ts, e in reports if isinstance(e, ClaimTask)}
+    ready_ts = {name(e.task_id): ts for ts, e in decisions if isinstance(e, TaskReady)}
+    granted_ts = {name(e.task_id): ts for ts, e in decisions if isinstance(e, ClaimGranted)}
     handoffs = [float(started[f"s{i:03d}"] - finished[f"s{i - 1:03d}"]) for i in range(1, n)]
+    steps: dict[str, list[float]] = {k: [] for k in (
+        "parent_exit_to_completion_produced_ms", "completion_to_child_ready_ms", "ready_to_claim_committed_ms",
+        "claim_to_grant_ms", "grant_to_process_start_ms")}
+    for i in range(1, n):
+        parent, child = f"s{i - 1:03d}", f"s{i:03d}"
+        steps["parent_exit_to_completion_produced_ms"].append(completed_ts[parent] - finished[parent])
+        steps["completion_to_child_ready_ms"].append(ready_ts[child] - completed_ts[parent])
+        steps["ready_to_claim_committed_ms"].append(claimed_ts[child] - ready_ts[child])
+        steps["claim_to_grant_ms"].append(granted_ts[child] - claimed_ts[child])
+        steps["grant_to_process_start_ms"].append(started[child] - granted_ts[child])
     total = finished[f"s{n - 1:03d}"] - started["s000"]
-    return {"chain_tasks": n, "handoff_ms": summary(handoffs), "chain_total_s": round(total / 1000, 2)}
+    return {"chain_tasks": n, "handoff_ms": summary(handoffs), "chain_total_s": round(total / 1000, 2),
+            "handoff_steps": {k: summary(v) for k, v in steps.items()}}
 
 
 def fan(s: Settings, ref: ArtifactRef, n: int) -> dict[str, object]:
@@ -74,9 +95,10 @@ def fan(s: Settings, ref: ArtifactRef, n: int) -> dict[str, object]:
     _submit(s, JobSpec("fan", tasks))
     reports, decisions = _follow(s, "fan", 1800)
     triggered = next(ts for ts, e in decisions if isinstance(e, RunTriggered))
-    finished = max(e.finished_at_ms for e in reports if isinstance(e, TaskCompleted))
-    end_started = next(e.started_at_ms for e in reports if isinstance(e, TaskStarted) and e.task_id.endswith("/end"))
-    last_middle = max(e.finished_at_ms for e in reports
+    finished = max(e.finished_at_ms for _, e in reports if isinstance(e, TaskCompleted))
+    end_started = next(e.started_at_ms for _, e in reports
+                       if isinstance(e, TaskStarted) and e.task_id.endswith("/end"))
+    last_middle = max(e.finished_at_ms for _, e in reports
                       if isinstance(e, TaskCompleted) and "/t" in e.task_id)
     return {"fan_tasks": n + 2, "fan_time_to_finish_s": round((finished - triggered) / 1000, 2),
             "fan_in_handoff_ms": end_started - last_middle}

@@ -88,7 +88,7 @@ def main(argv: list[str]) -> None:
         cluster.stop()
         lags = [float(e.started_at_ms - due * 1000) for e in started.values()]
         stages = _stages(s, due * 1000)
-        report("firing_lag", {
+        report(f"firing_lag_{args.due}", {
             "registered_jobs": args.jobs, "due_in_same_second": args.due, "started": len(started),
             "streams_workers": args.workers, "executors": args.executors, "slots_per_executor": args.slots,
             "lag_ms": summary(lags), **stages,

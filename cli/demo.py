@@ -26,6 +26,7 @@ from ksched.topics import ensure_topics
 from . import render
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+UI_PORT = 6066
 
 
 def say(msg: str) -> None:
@@ -95,6 +96,7 @@ def _show(settings: Settings) -> None:
         _ksched(settings, "logs", runs[-1].run_id, check=False)
 
 
+
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
     for c in children:
         if c.poll() is None:
@@ -116,10 +118,11 @@ def run_demo(settings: Settings, keep_running: bool = False, fresh: bool = True)
         logs = settings.home / "logs"
         logs.mkdir(exist_ok=True)
         children += [
-            _child(settings, ["streams", "--name", "demo"], logs / "streams.log"),
+            _child(settings, ["streams", "--name", "demo", "--web-port", str(UI_PORT)], logs / "streams.log"),
             _child(settings, ["executor", "--slots", "4"], logs / "executor.log"),
         ]
         say(f"streams worker (pid {children[0].pid}) and executor (pid {children[1].pid}) started; logs: {logs}")
+        say(f"web UI and API: http://127.0.0.1:{UI_PORT}/")
         for name in ("cron.yaml", "oneoff.yaml"):
             say(f"$ ksched submit examples/{name}")
             _ksched(settings, "submit", str(EXAMPLES / name))
@@ -134,7 +137,11 @@ def run_demo(settings: Settings, keep_running: bool = False, fresh: bool = True)
             with contextlib.suppress(KeyboardInterrupt):
                 while all(c.poll() is None for c in children):
                     time.sleep(1)
-        return 0 if ok else 1
+        _stop(children)
+        say("$ ksched replay   (the workers have stopped: rebuild the state from the inbox, check the invariants "
+            "and compare with the decision log)")
+        proved = subprocess.run([sys.executable, "-m", "cli.main", "replay"], env=_env(settings), check=False)
+        return 0 if ok and proved.returncode == 0 else 1
     finally:
         _stop(children)
         if own_broker:

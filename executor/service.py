@@ -205,8 +205,10 @@ class Executor:
         buffered = self._buffered()
         timeout = 0.01 if buffered else 0.1
         self._flow_control()
-        # Drain what has been fetched (flow control bounds it), so the choice sees every priority.
-        msgs = self._consumer.consume(num_messages=1000, timeout=timeout)
+        # Wait for the first record only (consume() would wait for a full batch), then drain what has been
+        # fetched without waiting (flow control bounds it), so the choice sees every priority.
+        first = self._consumer.poll(timeout)
+        msgs = [first, *self._consumer.consume(num_messages=1000, timeout=0)] if first is not None else []
         for m in msgs:
             err = m.error()
             if err is not None:
