@@ -22,12 +22,12 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ksched.config import Settings
 from ksched.errors import CodecError
-from ksched.events import INBOX_TYPES, DeadLetter, Tick
+from ksched.events import INBOX_TYPES, DeadLetter, JobSpec, Tick
 from ksched.partitioning import partition_for
 from ksched.records import from_data, to_compact_data
 from ksched.topics import ready_topic
@@ -35,7 +35,7 @@ from schemas.codec import Codec
 
 from .core import decide as core
 from .core.due import DueIndex
-from .core.model import JobState, Params
+from .core.model import JobState, Params, Run, Task
 from .core.views import current_views
 from .metrics import ShellHooks
 
@@ -88,10 +88,52 @@ def _unb64(s: str | None) -> bytes | None:
     return None if s is None else base64.b64decode(s)
 
 
+_SEP = (",", ":")
+#: JSON of recently encoded tasks, by identity. Tasks are immutable and an unchanged task keeps its identity
+#: from one state to the next, so a 1,000-task run re-encodes only what changed. The entry holds the task,
+#: so its id cannot be reused while cached.
+_JSON: OrderedDict[int, tuple[Any, str]] = OrderedDict()
+_JSON_SIZE = 200_000
+_NO_SPEC = JobSpec("", [])
+
+
+def _cached_json(obj: Task | JobSpec) -> str:
+    hit = _JSON.get(id(obj))
+    if hit is not None and hit[0] is obj:
+        return hit[1]
+    text = json.dumps(to_compact_data(obj), separators=_SEP)
+    _JSON[id(obj)] = (obj, text)
+    if len(_JSON) > _JSON_SIZE:
+        for _ in range(_JSON_SIZE // 10):
+            _JSON.popitem(last=False)
+    return text
+
+
+def _with(head: dict[str, Any] | str, name: str, body: str) -> str:
+    """`head` (a dict, or an object already as JSON) with one more member whose value is already JSON."""
+    text = head if isinstance(head, str) else json.dumps(head, separators=_SEP)
+    return f'{text[:-1]}{"," if len(text) > 2 else ""}"{name}":{body}}}'
+
+
+def _run_json(run: Run) -> str:
+    head = to_compact_data(replace(run, tasks={}))
+    head.pop("tasks", None)
+    tasks = ",".join(f"{json.dumps(n)}:{_cached_json(t)}" for n, t in run.tasks.items())
+    return _with(head, "tasks", "{" + tasks + "}")
+
+
 def encode_record(rec: JobRecord) -> bytes:
     outbox = [[o, [[m.topic, _b64(m.key), _b64(m.value), m.partition] for m in msgs]] for o, msgs in rec.outbox]
-    return json.dumps({"o": rec.applied, "s": to_compact_data(rec.state), "x": outbox},
-                      separators=(",", ":")).encode()
+    st = rec.state
+    state = to_compact_data(replace(st, runs={}, spec=_NO_SPEC, revisions={}))
+    del state["spec"]
+    runs = ",".join(f"{json.dumps(rid)}:{_run_json(r)}" for rid, r in st.runs.items())
+    revisions = ",".join(f'"{rev}":{_cached_json(spec)}' for rev, spec in st.revisions.items())
+    body = _with(_with(state, "spec", _cached_json(st.spec)), "runs", "{" + runs + "}")
+    if revisions:
+        body = _with(body, "revisions", "{" + revisions + "}")
+    head = json.dumps({"o": rec.applied, "x": outbox}, separators=_SEP)
+    return f'{head[:-1]},"s":{body}}}'.encode()
 
 
 def decode_record(raw: bytes) -> JobRecord:

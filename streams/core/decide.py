@@ -51,7 +51,7 @@ from ksched.events import (
 )
 
 from . import dag
-from .model import Attempt, JobState, Params, Run, Task, split_task_id, task_id
+from .model import Attempt, JobState, Params, Run, Task, children_of, split_task_id, task_id, tasks_by_name
 from .retry import backoff_ms, decide_retry, level_params
 from .schedule import fire_times, iso, next_fire
 from .validate import validate_job
@@ -157,6 +157,8 @@ class _Ctx:
     now: int
     params: Params
     emits: list[Emit] = field(default_factory=list)
+    #: Tasks whose state changed in this step, by run, not yet looked at for their children's sake.
+    changed: dict[str, set[str]] = field(default_factory=dict)
 
     @property
     def job(self) -> JobState:
@@ -173,6 +175,7 @@ class _Ctx:
         self.state = replace(self.job, runs={**self.job.runs, run.run_id: run})
 
     def put_task(self, run_id: str, task: Task) -> Run:
+        self.changed.setdefault(run_id, set()).add(task.name)
         run = self.job.runs[run_id]
         run = replace(run, tasks={**run.tasks, task.name: task})
         self.put_run(run)
@@ -325,7 +328,7 @@ def _on_rerun(ctx: _Ctx, cmd: RerunTasks) -> None:
         tasks[name] = replace(old, state=TaskState.WAITING, level=0, lease_deadline_ms=None, retry_at_ms=None,
                               cancel_requested=False, reason="")
     ctx.put_run(replace(run, state=RunState.RUNNING, tasks=tasks, finished_at_ms=None, cancel_reason=""))
-    _advance_run(ctx, run.run_id)
+    _advance_run(ctx, run.run_id, everything=True)
 
 
 # --- time ------------------------------------------------------------------------------------
@@ -457,7 +460,7 @@ def _start_run(ctx: _Ctx, run_id: str, trigger: str, scheduled_ms: int) -> None:
     ctx.put_run(run)
     ctx.log(RunTriggered(f"{run_id}/triggered", job.job_id, run_id, job.revision, trigger, scheduled_ms, ctx.now))
     if not queued:
-        _advance_run(ctx, run_id)
+        _advance_run(ctx, run_id, everything=True)
 
 
 def _forget_old_runs(ctx: _Ctx) -> None:
@@ -505,20 +508,26 @@ def _settle(ctx: _Ctx, run_id: str, task: Task, state: str, reason: str) -> None
     ctx.log(TaskSettled(f"{tid}/{state.lower()}", ctx.job.job_id, run_id, tid, state, reason, ctx.now))
 
 
-def _advance_run(ctx: _Ctx, run_id: str) -> None:
-    """Make ready what can start, settle what never will, and end the run when nothing can progress."""
+def _advance_run(ctx: _Ctx, run_id: str, everything: bool = False) -> None:
+    """Make ready what can start, settle what never will, and end the run when nothing can progress.
+
+    Only the children of tasks that changed are looked at, unless `everything` (a run that starts)."""
     run = ctx.job.runs[run_id]
+    changed = ctx.changed.pop(run_id, set())
     if run.state != RunState.RUNNING:
         return
     if not run.cancel_reason:
-        specs = ctx.job.spec_for(run.revision).tasks
-        for name, new in dag.settle_waiting(specs, run.tasks).items():
+        spec = ctx.job.spec_for(run.revision)
+        settled = dag.settle_waiting(spec.tasks, run.tasks, tasks_by_name(spec), children_of(spec),
+                                     None if everything else sorted(changed))
+        for name, new in settled.items():
             task = ctx.job.runs[run_id].tasks[name]
             if new == TaskState.READY:
                 _make_ready(ctx, run_id, task)
             else:
                 _settle(ctx, run_id, task, new, "upstream failed" if new == TaskState.UPSTREAM_FAILED else
                         "trigger rule not met")
+    ctx.changed.pop(run_id, None)  # what settling changed was already propagated
     run = ctx.job.runs[run_id]
     outcome = dag.run_outcome(run.tasks, cancelled=bool(run.cancel_reason))
     if outcome is None:
@@ -537,7 +546,7 @@ def _start_queued(ctx: _Ctx) -> None:
         if limit > 0 and running >= limit:
             return
         ctx.put_run(replace(run, state=RunState.RUNNING))
-        _advance_run(ctx, run.run_id)
+        _advance_run(ctx, run.run_id, everything=True)
 
 
 def _cancel_run(ctx: _Ctx, run_id: str, reason: str) -> None:

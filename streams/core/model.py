@@ -104,10 +104,35 @@ class JobState:
         return self.spec if revision == self.revision else self.revisions.get(revision, self.spec)
 
     def task_spec(self, run: Run, name: str) -> TaskSpec:
-        for t in self.spec_for(run.revision).tasks:
-            if t.name == name:
-                return t
-        raise KeyError(name)
+        return tasks_by_name(self.spec_for(run.revision))[name]
+
+
+_INDEX: dict[int, tuple[JobSpec, dict[str, TaskSpec], dict[str, list[str]]]] = {}
+
+
+def _index(spec: JobSpec) -> tuple[JobSpec, dict[str, TaskSpec], dict[str, list[str]]]:
+    """Per job definition: its tasks by name and each task's children. Memoized by identity (definitions are
+    immutable), so large DAGs are not rescanned on every event."""
+    hit = _INDEX.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit
+    children: dict[str, list[str]] = {t.name: [] for t in spec.tasks}
+    for t in spec.tasks:
+        for d in t.depends_on:
+            children.setdefault(d, []).append(t.name)
+    if len(_INDEX) > 4096:
+        _INDEX.clear()
+    entry = (spec, {t.name: t for t in spec.tasks}, children)
+    _INDEX[id(spec)] = entry
+    return entry
+
+
+def tasks_by_name(spec: JobSpec) -> dict[str, TaskSpec]:
+    return _index(spec)[1]
+
+
+def children_of(spec: JobSpec) -> dict[str, list[str]]:
+    return _index(spec)[2]
 
 
 def task_id(run_id: str, name: str) -> str:

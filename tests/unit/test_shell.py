@@ -183,3 +183,17 @@ def test_recovery_ignores_the_stores_own_bookkeeping_keys() -> None:
     fresh = make()
     fresh.assigned({p})
     assert fresh.process(store, p, 1, None, CODEC.encode(Tick(p, T0 + 1000)))
+
+
+def test_job_records_round_trip_including_earlier_revisions_and_the_outbox() -> None:
+    from dataclasses import replace
+
+    from tests.sim import Sim
+
+    sim = Sim()
+    sim.submit(job("rt", "*/10 * * * * *"))
+    sim.tick(T0 + 10_000)
+    state = replace(sim.state, revisions={1: sim.state.spec}, revision=2)  # type: ignore[arg-type]
+    rec = JobRecord(7, state, [(7, [Message("t.events", b"k", b"\x00v", 1), Message("t.x", None, None)])])
+    for _ in range(2):  # the second time from the encoder's cache
+        assert decode_record(encode_record(rec)) == rec
