@@ -35,6 +35,7 @@ from ksched.events import (
 )
 from ksched.partitioning import partition_for
 from ksched.reader import find_run, job_status, read_partition
+from ksched.topics import POOL_LABEL, ensure_topics
 from schemas.codec import default_codec
 from streams.core.schedule import preview
 
@@ -130,6 +131,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
                     raise JobSpecError("binary", f"artifact {b.digest} is not in {store.url} (ksched upload it)")
                 refs[b.task] = ArtifactRef(b.digest, b.digest[7:19], store.size(b.digest))
         spec: JobSpec = jf.with_artifacts(refs)
+        pools = tuple(sorted({t.labels[POOL_LABEL] for t in spec.tasks if POOL_LABEL in t.labels}))
+        if pools:
+            ensure_topics(settings, pools=pools)
     except JobSpecError as exc:
         return err(f"{path}: {exc}")
     command_id = new_command_id()

@@ -52,10 +52,10 @@ def _executor(args: argparse.Namespace, settings: config.Settings) -> int:
     from ksched.artifacts import open_store
     from ksched.topics import ensure_topics
 
-    ensure_topics(settings)
+    ensure_topics(settings, pools=(args.pool,) if args.pool else ())
     ex = Executor(settings, open_store(settings.artifacts, settings.s3_endpoint_url),
                   ExecutorConfig(slots=args.slots, staging=args.staging, prefetch=args.prefetch,
-                                 max_artifact_bytes=args.max_artifact_bytes),
+                                 max_artifact_bytes=args.max_artifact_bytes, pool=args.pool),
                   executor_id=args.id)
 
     def stop(signum: int, frame: Any) -> None:
@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="claims beyond the free slots, to hide the claim round trip (-1: as many as slots; "
                          "0: strict priority order, at some throughput)")
     sp.add_argument("--id", default=None, help="executor id (default: host-pid-random)")
+    sp.add_argument("--pool", default="", help="take only tasks labelled pool: NAME (e.g. bigger machines)")
     sp.add_argument("--max-artifact-bytes", type=int, default=512 * 1024 * 1024,
                     help="refuse artifacts larger than this (the task fails with ARTIFACT_TOO_LARGE)")
     sp = add("demo", _demo, "start a local broker, a streams worker and an executor, and run example jobs")

@@ -84,6 +84,8 @@ class ExecutorConfig:
     claim_timeout_s: float = 30.0
     max_artifact_bytes: int = 512 * 1024 * 1024
     log_limit_bytes: int = 1024 * 1024
+    #: The pool of executors this one belongs to: it takes only tasks labelled `pool: <name>` ("": unlabelled).
+    pool: str = ""
     workdir: Path | None = None
     keep_workdirs: bool = False
 
@@ -120,11 +122,12 @@ class Executor:
         self._paused: set[tuple[str, int]] = set()
         self._settle_until = 0.0
         self._stop = threading.Event()
-        self.ready_topics = [ready_topic(settings, p) for p in PRIORITIES]
+        self.ready_topics = [ready_topic(settings, p, self.config.pool) for p in PRIORITIES]
         self._reports = kafka.producer(settings)
         self._claims = kafka.producer(settings, **{"transactional.id": f"{settings.prefix}-executor-{self.id}",
                                                    "transaction.timeout.ms": 60000})
-        self._consumer = kafka.consumer(settings, group=f"{settings.prefix}-executors",
+        group = f"{settings.prefix}-executors" + (f"-{self.config.pool}" if self.config.pool else "")
+        self._consumer = kafka.consumer(settings, group=group,
                                         **{"partition.assignment.strategy": "cooperative-sticky",
                                            "fetch.wait.max.ms": 20,
                                            "session.timeout.ms": int(max(6.0, settings.session_timeout_s) * 1000),

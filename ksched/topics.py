@@ -28,8 +28,21 @@ class TopicSpec:
     copartitioned: bool = False
 
 
-def ready_topic(settings: Settings, priority: str) -> str:
-    return settings.topic(f"ready.{priority}")
+#: The task label that routes a task to a pool of executors (e.g. bigger machines).
+POOL_LABEL = "pool"
+
+
+def ready_topic(settings: Settings, priority: str, pool: str = "") -> str:
+    """The ready topic of a priority: `<prefix>.ready.<priority>`, or `<prefix>.ready.<pool>.<priority>`."""
+    return settings.topic(f"ready.{pool}.{priority}" if pool else f"ready.{priority}")
+
+
+def pool_topic_specs(s: Settings, pool: str) -> list[TopicSpec]:
+    where = f" in executor pool {pool}" if pool else ""
+    return [TopicSpec(ready_topic(s, prio, pool), s.ready_partitions, "task id",
+                      f"attempts ready to run at priority {prio}{where}",
+                      {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)})
+            for prio in ("high", "normal", "low")]
 
 
 def app_id(settings: Settings) -> str:
@@ -62,21 +75,17 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
                   "records that could not be decoded or were invalid, with the reason and the original bytes",
                   {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}),
     ]
-    for prio in ("high", "normal", "low"):
-        specs.append(TopicSpec(ready_topic(s, prio), s.ready_partitions, "task id",
-                               f"attempts ready to run at priority {prio}",
-                               {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}))
-    return specs
+    return specs + pool_topic_specs(s, "")
 
 
-def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
-    """Create missing topics; check co-partitioned counts. Returns the names created."""
+def ensure_topics(settings: Settings, timeout_s: float = 30.0, pools: tuple[str, ...] = ()) -> list[str]:
+    """Create missing topics (and those of executor `pools`); check co-partitioned counts. Returns those created."""
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, "log_level": 3})
     existing = admin.list_topics(timeout=timeout_s).topics
-    specs = topic_specs(settings)
+    specs = topic_specs(settings) + [sp for pool in pools for sp in pool_topic_specs(settings, pool)]
     for spec in specs:
         md = existing.get(spec.name)
         if md is not None and md.error is None and spec.copartitioned and len(md.partitions) != spec.partitions:

@@ -27,7 +27,7 @@ from ksched import kafka
 from ksched.config import Settings
 from ksched.errors import KschedError
 from ksched.events import Tick
-from ksched.topics import app_id
+from ksched.topics import app_id, ensure_topics, topic_specs
 from schemas.codec import default_codec
 
 from .core.model import Params
@@ -90,6 +90,15 @@ class Publisher:
 
     def __post_init__(self) -> None:
         self.producer = kafka.producer(self.settings, **{"linger.ms": 2, "batch.num.messages": 2000})
+        # Topics known to exist (the worker created them at start). A task of a new executor pool needs the
+        # pool's ready topics: they are created on first use rather than failing every later commit.
+        self.known = {spec.name for spec in topic_specs(self.settings)}
+
+    def _ensure(self, topic: str) -> None:
+        ready = self.settings.topic("ready.")
+        parts = topic[len(ready):].split(".") if topic.startswith(ready) else []
+        ensure_topics(self.settings, pools=(parts[0],) if len(parts) == 2 else ())
+        self.known.add(topic)
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -97,6 +106,8 @@ class Publisher:
 
     def publish(self, messages: list[Message]) -> None:
         for m in messages:
+            if m.topic not in self.known:
+                self._ensure(m.topic)
             if m.partition is None:
                 self.producer.produce(m.topic, m.value, m.key, on_delivery=self._delivered)
             else:

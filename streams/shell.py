@@ -30,7 +30,7 @@ from ksched.errors import CodecError
 from ksched.events import INBOX_TYPES, DeadLetter, JobSpec, Tick
 from ksched.partitioning import partition_for
 from ksched.records import from_data, to_compact_data
-from ksched.topics import ready_topic
+from ksched.topics import POOL_LABEL, ready_topic
 from schemas.codec import Codec
 
 from .core import decide as core
@@ -312,7 +312,8 @@ class InboxShell:
     def _message(self, partition: int, offset: int, emit: core.Emit, key: bytes | None,
                  value: bytes | None) -> Message:
         if emit.channel == core.READY:
-            return Message(ready_topic(self.settings, emit.record.priority), emit.key.encode(),
+            pool = emit.record.labels.get(POOL_LABEL, "")
+            return Message(ready_topic(self.settings, emit.record.priority, pool), emit.key.encode(),
                            self.codec.encode(emit.record))
         if emit.channel == core.CONTROL:
             return Message(self._topics[core.CONTROL], emit.key.encode(), self.codec.encode(emit.record))

@@ -14,6 +14,7 @@ from .schedule import parse_cron, zone
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+POOL = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 MAX_TASKS = 2000
 
 
@@ -77,6 +78,16 @@ def _validate_task(t: TaskSpec, prefix: str) -> None:
         )
     if t.timeout_ms < 0:
         raise JobSpecError(f"{prefix}timeout", "must not be negative")
+    _validate_extras(t, prefix)
+    r = t.retry
+    if r.max_attempts < 1:
+        raise JobSpecError(f"{prefix}retries.max_attempts", "must be at least 1")
+    if r.backoff_ms < 0 or r.backoff_max_ms < 0 or r.multiplier < 1.0 or not 0.0 <= r.jitter <= 1.0:
+        raise JobSpecError(f"{prefix}retries", "backoff must be >= 0, multiplier >= 1 and jitter in [0, 1]")
+
+
+def _validate_extras(t: TaskSpec, prefix: str) -> None:
+    """Levels, limits and the pool label."""
     for i, level in enumerate(t.levels):
         if level.priority not in PRIORITIES:
             raise JobSpecError(f"{prefix}levels[{i}].priority", f"unknown priority {level.priority!r}")
@@ -85,8 +96,7 @@ def _validate_task(t: TaskSpec, prefix: str) -> None:
     lim = t.limits
     if min(lim.cpu_seconds, lim.memory_mb, lim.open_files, lim.processes, lim.log_bytes) < 0:
         raise JobSpecError(f"{prefix}limits", "limits must not be negative")
-    r = t.retry
-    if r.max_attempts < 1:
-        raise JobSpecError(f"{prefix}retries.max_attempts", "must be at least 1")
-    if r.backoff_ms < 0 or r.backoff_max_ms < 0 or r.multiplier < 1.0 or not 0.0 <= r.jitter <= 1.0:
-        raise JobSpecError(f"{prefix}retries", "backoff must be >= 0, multiplier >= 1 and jitter in [0, 1]")
+    pool = t.labels.get("pool")
+    if pool is not None and not POOL.match(pool):
+        raise JobSpecError(f"{prefix}labels.pool",
+                           f"invalid pool name {pool!r}: lowercase letters, digits and '-' (max 32)")

@@ -179,3 +179,17 @@ def test_bad_artifacts_fail_the_task_with_a_clear_reason_and_the_executor_keeps_
     assert "NOT_EXECUTABLE" in reasons["bad-text"]
     assert task(picky, "bad-fine").state == "SUCCEEDED"  # the executor kept going
     assert all(task(picky, n).attempt == 1 for n in cases)  # bad artifacts are not retried
+
+
+def test_a_task_labelled_with_a_pool_runs_only_on_that_pools_executors(lone: Cluster, tmp_path: Path) -> None:
+    cluster = lone
+    cluster.executor(2, "small-ex")
+    cluster.executor(2, "big-ex", "--pool", "big")
+    write_script(tmp_path / "where.sh", "exit 0\n")
+    submit(cluster, write_job(tmp_path, "small", "job: on-small\nbinary: where.sh\n"))
+    submit(cluster, write_job(tmp_path, "big", "job: on-big\nbinary: where.sh\nlabels: {pool: big}\n"))
+    for job in ("on-small", "on-big"):
+        eventually(lambda j=job: cluster.succeeded_runs(j), 60, what=f"{job} ran")
+    assert task(cluster, "on-small").attempts[0].executor_id == "small-ex"
+    assert task(cluster, "on-big").attempts[0].executor_id == "big-ex"
+    assert any(isinstance(e, TaskReady) for _, e in cluster.records("ready.big.normal"))
