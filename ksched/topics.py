@@ -15,6 +15,8 @@ from ksched.config import Settings
 from ksched.errors import ConfigError
 
 DAY_MS = 86_400_000
+#: The largest job record (state and outbox) the changelog takes; a 2,000-task DAG run fits, compressed.
+MAX_STATE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(s.topic("tasks"), s.partitions, "task id (partition: the job's)", "task views with attempts",
                   compact, True),
         TopicSpec(changelog_topic(s), s.partitions, "job id; 0x01-prefixed partition records",
-                  "the streams app's table of job states (Faust changelog)", {"cleanup.policy": "compact"}, True),
+                  "the streams app's table of job states (Faust changelog)",
+                  {"cleanup.policy": "compact", "max.message.bytes": str(MAX_STATE_BYTES)}, True),
         TopicSpec(s.topic("control"), s.control_partitions, "executor id",
                   "claim grants, rejections and cancel requests for executors",
                   {"cleanup.policy": "delete", "retention.ms": str(DAY_MS)}),

@@ -27,7 +27,7 @@ from ksched import kafka
 from ksched.config import Settings
 from ksched.errors import KschedError
 from ksched.events import Tick
-from ksched.topics import app_id, ensure_topics, topic_specs
+from ksched.topics import MAX_STATE_BYTES, app_id, ensure_topics, topic_specs
 from schemas.codec import default_codec
 
 from .core.model import Params
@@ -150,6 +150,9 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
         table_standby_replicas=0,
         producer_acks=-1,
         producer_linger=0.001,
+        # Job records of big DAG runs are large and very compressible JSON.
+        producer_compression_type="lz4",
+        producer_max_request_size=MAX_STATE_BYTES,
         web_enabled=web_port is not None,
         web_port=web_port or 6066,
         web_host="127.0.0.1",

@@ -281,8 +281,10 @@ class InboxShell:
         msgs = [self._message(partition, offset, emit, key, value) for emit in step.emits]
         if step.state is not None:
             outbox = _trim(rec.outbox if rec else [], committed)
-            if msgs:
-                outbox.append((offset, msgs))
+            # Views are not kept: after a crash the job's current views are published instead.
+            kept = [m for m in msgs if m.topic not in self._view_topics]
+            if kept:
+                outbox.append((offset, kept))
             new = JobRecord(offset, step.state, outbox)
             store.put(job_id.encode(), encode_record(new))  # state and outputs in one record, atomically
             self._remember(partition, job_id, new)
