@@ -99,7 +99,8 @@ class Stats:
     finished: int = 0
     txn_aborts: int = 0
     transactions: int = 0
-    claim_txn_ms: list[float] = field(default_factory=list)
+    #: The last claim transactions' durations (bounded: an executor runs for months).
+    claim_txn_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
 
 class Executor:
@@ -199,9 +200,6 @@ class Executor:
 
     def _buffered(self) -> int:
         return sum(len(q) for q in self._buffers.values())
-
-    def free_slots(self) -> int:
-        return self.capacity()[0]
 
     def _ready_step(self) -> None:
         free_now, free_staged = self.capacity()

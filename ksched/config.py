@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ksched.errors import ConfigError
@@ -71,9 +71,6 @@ class Settings:
 
     def topic(self, name: str) -> str:
         return f"{self.prefix}.{name}"
-
-    def with_overrides(self, **kwargs: object) -> Settings:
-        return replace(self, **kwargs)  # type: ignore[arg-type]
 
 
 def load(env: dict[str, str] | None = None) -> Settings:

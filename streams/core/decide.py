@@ -364,7 +364,7 @@ def _fire_due(ctx: _Ctx) -> None:
     if sched.cron is None and sched.at_ms is None:
         if job.cursor_ms is None:  # one-off, run now
             ctx.state = replace(job, cursor_ms=ctx.now)
-            _fire(ctx, ctx.now, Trigger.ONCE, "")
+            _fire(ctx, ctx.now, Trigger.ONCE)
         return
     after = job.cursor_ms if job.cursor_ms is not None else -(2**62)
     handled = 0
@@ -381,9 +381,9 @@ def _fire_due(ctx: _Ctx) -> None:
             ctx.log(OccurrenceSkipped(f"{_occ(ctx, t)}/skipped", job.job_id, t, "PAUSED", ctx.now))
         elif not late:
             _settle_owed(ctx, late_stretch)
-            _fire(ctx, t, Trigger.CRON if sched.cron else Trigger.ONCE, "")
+            _fire(ctx, t, Trigger.CRON if sched.cron else Trigger.ONCE)
         elif sched.misfire == "all" and ctx.now - t <= sched.catchup_window_ms:
-            _fire(ctx, t, Trigger.CATCHUP, "")
+            _fire(ctx, t, Trigger.CATCHUP)
         elif sched.misfire == "once":
             late_stretch.append(t)
         else:
@@ -416,7 +416,7 @@ def _settle_owed(ctx: _Ctx, stretch: list[int]) -> None:
     for t in instants[:-1]:
         _missed_once(ctx, t)
     ctx.state = replace(ctx.job, owed_catchup_ms=None)
-    _fire(ctx, instants[-1], Trigger.CATCHUP, "")
+    _fire(ctx, instants[-1], Trigger.CATCHUP)
 
 
 def _missed_once(ctx: _Ctx, t: int) -> None:
@@ -428,7 +428,7 @@ def _occ(ctx: _Ctx, t: int) -> str:
     return f"{ctx.job.job_id}@{iso(t)}"
 
 
-def _fire(ctx: _Ctx, scheduled_ms: int, trigger: str, _why: str) -> None:
+def _fire(ctx: _Ctx, scheduled_ms: int, trigger: str) -> None:
     """An occurrence is due: apply the overlap policy, then start its run."""
     job = ctx.job
     run_id = _occ(ctx, scheduled_ms)
