@@ -8,8 +8,8 @@ import sys
 
 BENCHES = {
     "tick_cost": [],
-    "firing_lag": [],
-    "firing_lag_100": ["--due", "100"],
+    "firing_lag": ["--slots", "600"],
+    "firing_lag_100": ["--due", "100", "--slots", "600"],
     "throughput": [],
     "dag": [],
 }

@@ -50,3 +50,43 @@ def broker() -> Iterator[str]:
             yield info.bootstrap
         finally:
             devbroker.down(Path(d) / "broker")
+
+
+class Follower:
+    """Follows a topic with one consumer from its start, decoding only records of one schema."""
+
+    def __init__(self, settings: Any, schema: str, topic: str = "inbox") -> None:
+        from ksched import kafka
+        from schemas.codec import default_codec
+
+        self.codec = default_codec()
+        self.prefix = self.codec.prefix(schema)
+        self.consumer = kafka.consumer(settings, group=f"{settings.prefix}-bench-{time.time_ns()}")
+        self.consumer.subscribe([settings.topic(topic)])
+
+    def poll(self, seconds: float) -> list[Any]:
+        out = []
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            for m in self.consumer.consume(1000, timeout=0.2):
+                value = m.value()
+                if m.error() is None and value is not None and value[:10] == self.prefix:
+                    out.append(self.codec.decode(value))
+        return out
+
+
+def timestamped(settings: Any, topic: str, partitions: int) -> list[tuple[int, Any]]:
+    """Every decodable record of a topic with its producer timestamp (for splitting latencies into steps)."""
+    from ksched.reader import read_partition
+    from schemas.codec import default_codec
+
+    codec = default_codec()
+    out = []
+    for p in range(partitions):
+        for m in read_partition(settings, topic, p, timeout_s=120):
+            if m.value() is not None:
+                try:
+                    out.append((m.timestamp()[1], codec.decode(m.value())))
+                except Exception:  # ticks of other runs, dead letters: not ours to count
+                    continue
+    return out

@@ -25,53 +25,18 @@ from ksched import kafka
 from ksched.artifacts import open_store
 from ksched.config import Settings
 from ksched.events import ClaimGranted, ClaimTask, JobSpec, SubmitJob, TaskReady, TaskSpec, TaskStarted
-from ksched.reader import read_partition
 from schemas.codec import default_codec
 from tests.support import Cluster, write_script
 
-from .common import broker, report, summary
-
-
-def records(s: Settings, topic: str, partitions: int) -> list[tuple[int, object]]:
-    codec = default_codec()
-    out = []
-    for p in range(partitions):
-        for m in read_partition(s, topic, p, timeout_s=120):
-            if m.value() is not None:
-                try:
-                    out.append((m.timestamp()[1], codec.decode(m.value())))
-                except Exception:  # dead letters, foreign bytes: not ours to count
-                    continue
-    return out
-
-
-class Completions:
-    """Follows the inbox with one consumer, so watching progress costs little next to the work."""
-
-    def __init__(self, s: Settings) -> None:
-        self.consumer = kafka.consumer(s, group=f"{s.prefix}-bench-{uuid.uuid4().hex[:6]}")
-        self.consumer.subscribe([s.topic("inbox")])
-        self.done: dict[str, int] = {}
-        self.codec = default_codec()
-        self.prefix = self.codec.prefix("ksched.TaskCompleted")
-
-    def poll(self, seconds: float) -> dict[str, int]:
-        deadline = time.time() + seconds
-        while time.time() < deadline:
-            for m in self.consumer.consume(1000, timeout=0.2):
-                value = m.value()
-                if m.error() is None and value is not None and value[:10] == self.prefix:
-                    e = self.codec.decode(value)
-                    self.done.setdefault(e.task_id, e.finished_at_ms)
-        return self.done
+from .common import Follower, broker, report, summary, timestamped
 
 
 def completed(s: Settings) -> dict[str, int]:
-    c = Completions(s)
+    follower = Follower(s, "ksched.TaskCompleted")
     try:
-        return c.poll(2.0)
+        return {e.task_id: e.finished_at_ms for e in follower.poll(2.0)}
     finally:
-        c.consumer.close()
+        follower.consumer.close()
 
 
 def main(argv: list[str]) -> None:
@@ -97,7 +62,8 @@ def main(argv: list[str]) -> None:
         for _ in range(args.executors):
             cluster.executor(slots=args.slots)
         _warm_up(cluster, s, ref)
-        watch = Completions(s)
+        watch = Follower(s, "ksched.TaskCompleted")
+        done: dict[str, int] = {}
         codec = default_codec()
         p = kafka.producer(s, **{"linger.ms": 5})
         start = time.time()
@@ -110,13 +76,12 @@ def main(argv: list[str]) -> None:
                       value=codec.encode(SubmitJob(f"c{i}", spec, int(time.time() * 1000))))
             p.poll(0)
             if i % 200 == 0:
-                watch.poll(0.0)
+                done.update({e.task_id: e.finished_at_ms for e in watch.poll(0.0) if e.task_id.startswith("t")})
         p.flush(60)
         submitted = time.time()
-        done: dict[str, int] = {}
         deadline = time.time() + 600
         while time.time() < deadline:
-            done = {k: v for k, v in watch.poll(3.0).items() if k.startswith("t")}
+            done.update({e.task_id: e.finished_at_ms for e in watch.poll(3.0) if e.task_id.startswith("t")})
             print(f"  {len(done)}/{args.tasks} completed", file=sys.stderr)
             if len(done) >= args.tasks:
                 break
@@ -145,18 +110,18 @@ def _warm_up(cluster: Cluster, s: Settings, ref: object) -> None:
 
 def _steps(s: Settings) -> dict[str, object]:
     ready: dict[str, int] = {}
-    for ts, e in records(s, s.topic("ready.normal"), s.ready_partitions):
+    for ts, e in timestamped(s, s.topic("ready.normal"), s.ready_partitions):
         if isinstance(e, TaskReady):
             ready.setdefault(e.task_id, ts)
     claimed: dict[str, int] = {}
     started: dict[str, int] = {}
-    for ts, e in records(s, s.topic("inbox"), s.partitions):
+    for ts, e in timestamped(s, s.topic("inbox"), s.partitions):
         if isinstance(e, ClaimTask):
             claimed.setdefault(e.task_id, ts)
         elif isinstance(e, TaskStarted):
             started.setdefault(e.task_id, e.started_at_ms)
     granted: dict[str, int] = {}
-    for ts, e in records(s, s.topic("control"), s.control_partitions):
+    for ts, e in timestamped(s, s.topic("control"), s.control_partitions):
         if isinstance(e, ClaimGranted):
             granted.setdefault(e.task_id, ts)
     steps: dict[str, list[float]] = collections.defaultdict(list)

@@ -15,8 +15,8 @@ from ksched.events import ClaimTask, SubmitJob, TaskCompleted, TaskReady, TaskSt
 from ksched.partitioning import partition_for
 from schemas.codec import default_codec
 from streams.core import decide as core
+from streams.replay import MemoryStore
 from streams.shell import InboxShell, decode_state
-from tests.memstore import MemoryStore
 from tests.samples import job
 
 from .common import report, summary

@@ -9,8 +9,8 @@ from ksched.events import ClaimTask, DeadLetter, JobAccepted, SubmitJob, TaskRea
 from ksched.partitioning import partition_for
 from schemas.codec import default_codec
 from streams import shell as shell_mod
+from streams.replay import MemoryStore
 from streams.shell import InboxShell, JobRecord, Message, decode_record, encode_record
-from tests.memstore import MemoryStore
 from tests.samples import job
 from tests.sim import T0
 
