@@ -20,8 +20,8 @@ from pathlib import Path
 
 from ksched import devbroker
 from ksched.config import Settings
-from ksched.reader import job_status
-from ksched.topics import ensure_topics
+from ksched.reader import group_progress, job_status
+from ksched.topics import app_id, ensure_topics
 
 from . import render
 
@@ -97,6 +97,22 @@ def _show(settings: Settings) -> None:
 
 
 
+def _stop_executor_then_worker(settings: Settings, children: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the executor first and let the worker decide what it reported on its way out (its staged attempts
+    come back as cancelled), so the decision log the replay compares with is complete."""
+    worker, executor = children
+    _stop([executor])
+    inbox = settings.topic("inbox")
+    ends = {p: end for p, (_, end) in group_progress(settings, inbox, app_id(settings)).items()}
+    deadline = time.monotonic() + 20
+    while worker.poll() is None and time.monotonic() < deadline:
+        done = group_progress(settings, inbox, app_id(settings))
+        if all(done.get(p, (0, 0))[0] >= end for p, end in ends.items()):
+            break
+        time.sleep(0.5)
+    _stop([worker])
+
+
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
     for c in children:
         if c.poll() is None:
@@ -137,7 +153,7 @@ def run_demo(settings: Settings, keep_running: bool = False, fresh: bool = True)
             with contextlib.suppress(KeyboardInterrupt):
                 while all(c.poll() is None for c in children):
                     time.sleep(1)
-        _stop(children)
+        _stop_executor_then_worker(settings, children)
         say("$ ksched replay   (the workers have stopped: rebuild the state from the inbox, check the invariants "
             "and compare with the decision log)")
         proved = subprocess.run([sys.executable, "-m", "cli.main", "replay"], env=_env(settings), check=False)

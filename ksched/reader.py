@@ -116,6 +116,27 @@ def topic_records(settings: Settings, topic: str, timeout_s: float = 60.0) -> It
             yield Record(topic, p, int(m.offset() or 0), int(m.timestamp()[1]), m.key(), m.value())
 
 
+def group_progress(settings: Settings, topic: str, group: str,
+                   timeout_s: float = 15.0) -> dict[int, tuple[int, int]]:
+    """Per partition of `topic`: (the offset `group` has committed, 0 if none; the partition's end offset).
+
+    Reads with OffsetFetch and ListOffsets only: the reader never joins the group, so its members are not disturbed.
+    """
+    c = kafka.consumer(settings, group=group)
+    try:
+        md = c.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        partitions = sorted(md.partitions) if md is not None and md.error is None else []
+        if not partitions:
+            return {}
+        found = c.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout_s)
+        return {tp.partition: (max(int(tp.offset), 0),
+                               int(c.get_watermark_offsets(TopicPartition(topic, tp.partition),
+                                                           timeout=timeout_s)[1]))
+                for tp in found}
+    finally:
+        c.close()
+
+
 def job_history(settings: Settings, job_id: str, codec: Codec | None = None) -> list[tuple[int, str, Any]]:
     """The job's inbox records and decisions, as (timestamp, topic, event), in time order."""
     codec = codec or default_codec()

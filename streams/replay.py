@@ -36,7 +36,7 @@ from schemas.codec import Codec, default_codec
 
 from .core.model import JobState, Params
 from .core.schedule import fire_times
-from .shell import InboxShell, Message
+from .shell import InboxShell
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,8 @@ class ReplayResult:
     missing_from_log: list[str]
     not_reproduced: list[str]
     records: int
+    pending_records: int = 0
+    pending_decisions: int = 0
 
     @property
     def ok(self) -> bool:
@@ -95,36 +97,53 @@ class ReplayResult:
 
 
 def replay(settings: Settings, inbox: Iterable[Record], recorded: Iterable[Record] | None = None,
-           params: Params | None = None, until_ms: int | None = None, codec: Codec | None = None) -> ReplayResult:
-    """Fold the inbox (partition by partition, in offset order) through the shell; check what happened."""
+           params: Params | None = None, until_ms: int | None = None, codec: Codec | None = None,
+           decided: dict[int, int] | None = None) -> ReplayResult:
+    """Fold the inbox (partition by partition, in offset order) through the shell; check what happened.
+
+    `decided` maps an inbox partition to the workers' committed offset on it, when known. Records at or after
+    it may not have been decided yet (workers stopped or behind), so the decisions replayed from them are not
+    required to be in the log yet; they are counted as pending instead.
+    """
     codec = codec or default_codec()
     shell = InboxShell(settings, codec, params or Params(lease_ms=int(settings.lease_s * 1000),
                                                          lookahead_ms=int(settings.lookahead_s * 1000)))
     stores: dict[int, MemoryStore] = collections.defaultdict(MemoryStore)
-    outputs: list[Message] = []
+    decisions: list[Any] = []
     reports: list[Any] = []
-    count = 0
+    settled_ids: set[str] = set()
+    pending_ids: set[str] = set()
+    settled_stores: dict[int, MemoryStore] = {}  # each partition's state as of the committed offset
+    count = pending_records = 0
+    events_topic = settings.topic("events")
     for rec in sorted(inbox, key=lambda r: (r.partition, r.offset)):
         if until_ms is not None and rec.timestamp_ms > until_ms:
             continue
         count += 1
-        outputs += shell.process(stores[rec.partition], rec.partition, rec.offset, rec.key, rec.value)
+        is_pending = decided is not None and rec.offset >= decided.get(rec.partition, 0)
+        if is_pending and rec.partition not in settled_stores:
+            settled_stores[rec.partition] = MemoryStore(dict(stores[rec.partition].data))
+        produced = shell.process(stores[rec.partition], rec.partition, rec.offset, rec.key, rec.value)
+        made = [d for d in (_decode(codec, m.value) for m in produced if m.topic == events_topic) if d is not None]
+        decisions += made
+        pending_records += is_pending
+        (pending_ids if is_pending else settled_ids).update(d.event_id for d in made)
         event = _decode(codec, rec.value)
         if event is not None:
             reports.append(event)
-    events_topic = settings.topic("events")
-    decisions = [d for d in (_decode(codec, m.value) for m in outputs if m.topic == events_topic) if d is not None]
     jobs = _states(stores)
     log = [d for d in (_decode(codec, r.value) for r in recorded or []) if d is not None]
     if until_ms is not None:
         log = [d for d in log if getattr(d, "at_ms", 0) <= until_ms]
     checked = log if recorded is not None else decisions
-    violations = check_invariants(checked, reports, jobs)
-    replayed_ids = {d.event_id for d in decisions}
+    settled_jobs = _states({**stores, **settled_stores}) if recorded is not None else jobs
+    violations = check_invariants(checked, reports, settled_jobs)
+    replayed_ids = settled_ids | pending_ids
     logged_ids = {d.event_id for d in log}
-    missing = sorted(replayed_ids - logged_ids) if recorded is not None else []
+    pending = pending_ids - settled_ids - logged_ids
+    missing = sorted(settled_ids - logged_ids) if recorded is not None else []
     extra = sorted(logged_ids - replayed_ids) if recorded is not None else []
-    return ReplayResult(jobs, decisions, violations, missing, extra, count)
+    return ReplayResult(jobs, decisions, violations, missing, extra, count, pending_records, len(pending))
 
 
 def _decode(codec: Codec, value: bytes | None) -> Any | None:

@@ -149,3 +149,21 @@ def test_an_occurrence_decided_twice_is_named() -> None:
     assert any(v.invariant == "occurrence decided once" for v in result.violations)
 
 
+
+
+def test_decisions_of_records_past_the_committed_offsets_may_still_be_missing_from_the_log() -> None:
+    """Workers stopped after the last records arrived: their decisions are pending, not a divergence."""
+    h = rich_history()
+    logged = h.recorded()
+    cron = partition_for("cron", SETTINGS.partitions)
+    cut = sum(1 for r in h.inbox if r.partition == cron)
+    h.add("cron", TaskCompleted("cron", "x", "x", 1, 1, "ex1", 0, h.now, h.now))  # a stale report: decides nothing
+    h.tick(T0 + 30_000)  # fires the cron job, but no worker decided it
+    assert len(h.decisions()) > len(replay(SETTINGS, h.inbox[:-2]).decisions)
+    everything = replay(SETTINGS, h.inbox, logged)
+    assert everything.missing_from_log and not everything.ok
+    decided = {p: sum(1 for r in h.inbox if r.partition == p) for p in range(SETTINGS.partitions)}
+    decided[cron] = cut
+    pending = replay(SETTINGS, h.inbox, logged, decided=decided)
+    assert pending.ok, pending.missing_from_log
+    assert pending.pending_records == 2 and pending.pending_decisions > 0
