@@ -77,10 +77,10 @@ def parse_duration(value: Any, field: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
-def _check_fields(data: dict[str, Any], allowed: set[str], where: str) -> None:
+def _check_fields(data: dict[str, Any], allowed: set[str], where: str, hints: set[str] | None = None) -> None:
     for key in data:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            close = difflib.get_close_matches(str(key), sorted(hints or allowed), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise JobSpecError(f"{where}{key}", f"unknown field{hint}")
 
@@ -233,7 +233,7 @@ def parse_job(text: str, base: Path, source: str = "job file") -> JobFile:
     if not isinstance(data, dict):
         raise JobSpecError("", f"{source} must be a mapping of fields")
     job_only = {k: v for k, v in data.items() if k not in TASK_FIELDS}
-    _check_fields(job_only, JOB_FIELDS, "")
+    _check_fields(job_only, JOB_FIELDS, "", JOB_FIELDS | TASK_FIELDS)
     job_id = _typed(data, "job", str, "")
     if not job_id:
         raise JobSpecError("job", "missing: the job's id")

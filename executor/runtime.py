@@ -41,7 +41,7 @@ class Attempt:
     grant: ClaimGranted
     staged: bool = False  # fired ahead of its instant and not yet started
     process: Process | None = None
-    ending: str = ""  # "", FailureReason.TIMEOUT or FailureReason.CANCELLED
+    ending: str = ""  # "", or the FailureReason it is being stopped for (TIMEOUT, CANCELLED, EXECUTOR_STOPPED)
     ending_message: str = ""
     killer: threading.Thread | None = None
     workdir: Path | None = None

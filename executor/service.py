@@ -174,8 +174,8 @@ class Executor:
     def _shutdown(self) -> None:
         with self._lock:
             attempts = list(self._attempts.values())
-        for a in attempts:
-            self.runtime.end_early(a, FailureReason.CANCELLED, "executor shutting down")
+        for a in attempts:  # handed back: the scheduler re-offers them (unstarted ones do not use up a retry)
+            self.runtime.end_early(a, FailureReason.EXECUTOR_STOPPED, f"executor {self.id} is shutting down")
         self.runtime.drain(self.config.grace_s + 2)
         self.runtime.stop()
         with contextlib.suppress(Exception):
@@ -377,7 +377,8 @@ class Executor:
         r, g = attempt.ready, attempt.grant
         log_ref = self._upload_log(attempt.key, ended.log_path) if ended.log_path is not None else ""
         if ended.reason:
-            retryable = ended.reason == FailureReason.TIMEOUT and ended.started_at_ms is not None
+            retryable = ended.reason == FailureReason.EXECUTOR_STOPPED or (
+                ended.reason == FailureReason.TIMEOUT and ended.started_at_ms is not None)
             self._report_failed(attempt, ended.reason, ended.message, retryable=retryable,
                                 started=ended.started_at_ms, exit_code=ended.exit_code, log_ref=log_ref,
                                 finished=ended.finished_at_ms)

@@ -53,7 +53,8 @@ class Outcome:
     FAILED = "FAILED"  # the process exited non-zero
     TIMED_OUT = "TIMED_OUT"
     CANCELLED = "CANCELLED"
-    LOST = "LOST"  # the lease lapsed: the executor died or was cut off
+    LOST = "LOST"  # the lease lapsed (the executor died or was cut off), or its executor stopped while it ran
+    RELEASED = "RELEASED"  # handed back unstarted by an executor that stopped; not counted as an attempt
     ERROR = "ERROR"  # the process could not be started (artifact missing, digest mismatch, ...)
 
 
@@ -67,6 +68,7 @@ class FailureReason:
     NOT_EXECUTABLE = "NOT_EXECUTABLE"
     ARTIFACT_TOO_LARGE = "ARTIFACT_TOO_LARGE"
     SPAWN_ERROR = "SPAWN_ERROR"
+    EXECUTOR_STOPPED = "EXECUTOR_STOPPED"  # the executor is shutting down: the attempt is handed back
 
 
 class Trigger:

@@ -701,6 +701,8 @@ def _on_failed(ctx: _Ctx, rep: TaskFailed) -> None:
     att = replace(att, started_at_ms=att.started_at_ms or rep.started_at_ms, log_ref=rep.log_ref)
     task = task.with_attempt(att)
     outcome = _FAILURE_OUTCOME.get(rep.reason, Outcome.ERROR)
+    if rep.reason == FailureReason.EXECUTOR_STOPPED:
+        outcome = Outcome.LOST if att.started_at_ms is not None else Outcome.RELEASED
     _end_attempt(ctx, run.run_id, task, outcome, rep.exit_code, f"{rep.reason}: {rep.message}",
                  retryable=rep.retryable, finished_at_ms=rep.finished_at_ms)
 
@@ -725,9 +727,10 @@ def _end_attempt(
         _settle(ctx, run_id, task, TaskState.SUCCEEDED, reason)
     else:
         spec = ctx.job.task_spec(run, task.name)
-        verdict = decide_retry(spec, att.number, outcome, exit_code, retryable, task.level)
+        made = sum(1 for a in task.attempts if a.outcome != Outcome.RELEASED)
+        verdict = decide_retry(spec, made, outcome, exit_code, retryable, task.level)
         if verdict.retry:
-            delay = backoff_ms(spec, att.number, f"{tid}#{att.number}")
+            delay = 0 if outcome == Outcome.RELEASED else backoff_ms(spec, made, f"{tid}#{att.number}")
             task = replace(task, state=TaskState.RETRY_WAIT, retry_at_ms=ctx.now + delay, level=verdict.level)
             ctx.put_task(run_id, task)
             priority, timeout_ms = level_params(spec, verdict.level)

@@ -40,6 +40,8 @@ def decide_retry(
         return RetryDecision(False, "succeeded", level)
     if outcome == Outcome.CANCELLED:
         return RetryDecision(False, "cancelled", level)
+    if outcome == Outcome.RELEASED:
+        return RetryDecision(True, "handed back unstarted by a stopping executor", level)
     if outcome not in RETRYABLE_OUTCOMES or not retryable:
         return RetryDecision(False, "not retryable", level)
     if exit_code is not None and exit_code in spec.retry.no_retry_exit_codes:

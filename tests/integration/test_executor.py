@@ -193,3 +193,37 @@ def test_a_task_labelled_with_a_pool_runs_only_on_that_pools_executors(lone: Clu
     assert task(cluster, "on-small").attempts[0].executor_id == "small-ex"
     assert task(cluster, "on-big").attempts[0].executor_id == "big-ex"
     assert any(isinstance(e, TaskReady) for _, e in cluster.records("ready.big.normal"))
+
+
+def test_a_stopping_executor_hands_its_attempts_back_and_another_runs_them(bootstrap: str, tmp_path: Path) -> None:
+    """SIGTERM (a rolling restart): a staged attempt is released without using a retry, a running one is lost and
+    retried; neither run is cancelled, and both succeed on the executor that takes over."""
+    cluster = Cluster(settings_for(bootstrap, tmp_path / "home", lookahead_s=40.0))
+    cluster.streams("w1")
+    try:
+        _hand_back(cluster, tmp_path)
+    finally:
+        cluster.stop()
+
+
+def _hand_back(cluster: Cluster, tmp_path: Path) -> None:
+    first = cluster.executor(2, "stopping-ex")
+    flag = tmp_path / "second-time"
+    write_script(tmp_path / "long.sh", f'if [ -e {flag} ]; then exit 0; fi\ntouch {flag}\nsleep 60\n')
+    write_script(tmp_path / "later.sh", "exit 0\n")
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 20))  # staged at once
+    long_job = "job: handed-long\nbinary: long.sh\nretries: {max_attempts: 2, backoff: 0s}\n"
+    submit(cluster, write_job(tmp_path, "long", long_job))
+    submit(cluster, write_job(tmp_path, "later", f"job: handed-later\nbinary: later.sh\nat: {at}\n"))
+    eventually(lambda: (t := task(cluster, "handed-long")) is not None and t.state == "RUNNING"
+               and (u := task(cluster, "handed-later")) is not None and u.state == "CLAIMED", 60,
+               what="one attempt running, one staged")
+    first.stop()
+    cluster.executor(2, "second-ex")
+    for job in ("handed-long", "handed-later"):
+        eventually(lambda j=job: cluster.succeeded_runs(j), 90, what=f"{job} succeeded on the second executor")
+    long, later = task(cluster, "handed-long"), task(cluster, "handed-later")
+    assert [(a.outcome, a.executor_id) for a in long.attempts] == [("LOST", "stopping-ex"),
+                                                                    ("SUCCEEDED", "second-ex")]
+    assert [(a.outcome, a.executor_id) for a in later.attempts] == [("RELEASED", "stopping-ex"),
+                                                                     ("SUCCEEDED", "second-ex")]

@@ -348,6 +348,34 @@ def test_exit_codes_that_are_not_retried_fail_the_task_at_once() -> None:
     assert one(sim.emits, RunFinished).state == "FAILED"
 
 
+def test_an_attempt_handed_back_unstarted_by_a_stopping_executor_runs_again_at_once_without_using_a_retry() -> None:
+    sim = Sim()
+    spec = job("j1")
+    spec = replace(spec, tasks=[replace(spec.tasks[0], retry=RetryPolicy(max_attempts=1, backoff_ms=60 * SEC))])
+    grant = one(sim.claim(one(sim.submit(spec), TaskReady)), ClaimGranted)
+    emits = sim.fail(grant, FailureReason.EXECUTOR_STOPPED)
+    assert one(emits, AttemptEnded).outcome == Outcome.RELEASED
+    assert one(emits, RetryScheduled).delay_ms == 0
+    again = one(emits, TaskReady)
+    assert again.attempt == 2
+    # The one attempt the policy allows: it fails, and that is final.
+    assert sim.run(again, exit_code=1).fencing_token > grant.fencing_token
+    assert one(sim.emits, RunFinished).state == "FAILED"
+    assert "gave up after 1 attempt(s)" in sim.logged(TaskSettled)[-1].reason
+
+
+def test_an_attempt_its_stopping_executor_killed_while_running_is_lost_and_counts() -> None:
+    sim = Sim()
+    spec = job("j1")
+    spec = replace(spec, tasks=[replace(spec.tasks[0], retry=RetryPolicy(max_attempts=2, backoff_ms=0))])
+    grant = one(sim.claim(one(sim.submit(spec), TaskReady)), ClaimGranted)
+    sim.start(grant)
+    emits = sim.fail(grant, FailureReason.EXECUTOR_STOPPED)
+    assert one(emits, AttemptEnded).outcome == Outcome.LOST
+    sim.run(one(emits, TaskReady), exit_code=1)
+    assert "gave up after 2 attempt(s)" in sim.logged(TaskSettled)[-1].reason
+
+
 def test_an_artifact_problem_is_not_retried() -> None:
     sim = Sim()
     spec = job("j1")

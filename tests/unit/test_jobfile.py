@@ -52,6 +52,7 @@ tasks:
         ("job: j\nbinary: run.sh\nargs: hello\n", "args: expected list, got str 'hello'"),
         ("job: j\nbinary: run.sh\nmax_active_runs: lots\n", "max_active_runs: expected int"),
         ("job: j\nschedul: '* * * * *'\nbinary: run.sh\n", "schedul: unknown field (did you mean 'schedule'?)"),
+        ("job: j\nbinary: run.sh\nretry: {max_attempts: 2}\n", "retry: unknown field (did you mean 'retries'?)"),
         ("job: j\nbinary: run.sh\nretries: {max_attempt: 2}\n", "retries.max_attempt: unknown field"),
         ("job: j\nbinary: run.sh\ntimezone: Nowhere/Land\n", "timezone: unknown IANA time zone"),
         ("job: j\nbinary: run.sh\npriority: urgent\n", "priority: unknown priority 'urgent'"),
