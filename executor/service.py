@@ -51,6 +51,8 @@ from .cache import ArtifactCache
 from .runtime import Attempt, Ended, Runtime
 from .sandbox import Process, cap_log
 
+TAKEN_MEMORY = 100_000
+
 log = logging.getLogger(__name__)
 
 
@@ -119,6 +121,9 @@ class Executor:
         self._lock = threading.Lock()
         self._pending: dict[str, Pending] = {}
         self._attempts: dict[str, Attempt] = {}
+        # Attempts this executor has taken on, most recent last: a grant for one of them again (the scheduler
+        # re-deciding after a crash) must not start it twice. Bounded; old attempts are long settled.
+        self._taken: dict[str, None] = {}
         self._buffers: dict[tuple[str, int], deque[tuple[Message, TaskReady | None]]] = {}
         self._paused: set[tuple[str, int]] = set()
         self._settle_until = 0.0
@@ -275,9 +280,12 @@ class Executor:
             first.setdefault(key, offset)
             if ready is None:
                 continue  # undecodable: its offset is committed with the batch, so it is not seen again
-            claim_id = f"{ready.task_id}#{ready.attempt}@{self.id}"
+            # Unique per claim: an answer to an earlier claim of the same attempt (re-sent by a scheduler that
+            # re-decided it after a crash) can never be taken for the answer to this one.
+            claim_id = f"{ready.task_id}#{ready.attempt}@{self.id}/{uuid.uuid4().hex[:12]}"
             batch.append(Pending(ready, claim_id, time.monotonic(), staged))
-        with self._lock:
+        with self._lock:  # an attempt this executor already took on is not claimed again (a re-sent ready record)
+            batch = [p for p in batch if f"{p.ready.task_id}#{p.ready.attempt}" not in self._taken]
             for p in batch:
                 self._pending[p.claim_id] = p
         t0 = time.perf_counter()
@@ -350,10 +358,13 @@ class Executor:
         key = f"{grant.task_id}#{grant.attempt}"
         with self._lock:
             pending = self._pending.pop(grant.claim_id, None)
-            if pending is None or key in self._attempts:
-                return  # not ours any more, or a repeated grant for an attempt already under way
+            if pending is None or key in self._taken:
+                return  # not ours any more, or a repeated grant for an attempt this executor already took on
             attempt = Attempt(pending.ready, grant, staged=pending.staged)
             self._attempts[key] = attempt
+            self._taken[key] = None
+            if len(self._taken) > TAKEN_MEMORY:
+                del self._taken[next(iter(self._taken))]
             self.stats.granted += 1
         self.runtime.submit(attempt)
 

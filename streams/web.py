@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from .core.views import run_view, task_view
 from .metrics import Metrics
 from .shell import InboxShell, decode_record
 
+log = logging.getLogger(__name__)
 UI_DIR = Path(__file__).resolve().parent / "ui"
 OPENAPI = Path(__file__).resolve().parent / "openapi.json"
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
@@ -57,7 +59,8 @@ class Api:
             return await self.app.router.route_req(self.table.name, job_id, view.web, request)
         except SameNode:
             return await local()
-        except Exception:  # the owner is unknown (rebalancing) or unreachable: say so, do not guess
+        except Exception as exc:  # the owner is unknown (rebalancing) or unreachable: say so, do not guess
+            log.warning("cannot route the request for %r to its owner: %r", job_id, exc)
             return view.json({"error": f"the owner of {job_id!r} is not available; try again"}, status=503)
 
     def _state(self, job_id: str) -> JobState | None:

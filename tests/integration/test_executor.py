@@ -13,7 +13,8 @@ import pytest
 
 from ksched import kafka
 from ksched.artifacts import open_store
-from ksched.events import ArtifactRef, JobSpec, SubmitJob, TaskReady, TaskSpec
+from ksched.events import ArtifactRef, ClaimTask, JobSpec, SubmitJob, TaskReady, TaskSpec
+from ksched.reader import group_progress, read_partition
 from schemas.codec import default_codec
 from tests.s3server import make_bucket, s3_env, s3_server
 from tests.support import Cluster, eventually, settings_for, write_job, write_script
@@ -227,3 +228,32 @@ def _hand_back(cluster: Cluster, tmp_path: Path) -> None:
                                                                     ("SUCCEEDED", "second-ex")]
     assert [(a.outcome, a.executor_id) for a in later.attempts] == [("RELEASED", "stopping-ex"),
                                                                      ("SUCCEEDED", "second-ex")]
+
+
+def test_a_ready_record_delivered_again_after_its_attempt_ran_is_not_claimed_again(lone: Cluster,
+                                                                                      tmp_path: Path) -> None:
+    """A streams worker that crashed can decide a task ready again (the same record, the same id) after its
+    attempt already ran; the executor that ran it neither claims nor starts it again."""
+    cluster = lone
+    cluster.executor(2, "dup-ex")
+    write_script(tmp_path / "once.sh", "exit 0\n")
+    submit(cluster, write_job(tmp_path, "once", "job: dup-ready\nbinary: once.sh\n"))
+    eventually(lambda: cluster.succeeded_runs("dup-ready"), 60, what="ran once")
+    topic = cluster.settings.topic("ready.normal")
+    codec = default_codec()
+    (orig,) = [m for p in range(cluster.settings.ready_partitions) for m in read_partition(cluster.settings, topic, p)
+               if codec.decode(m.value()).job_id == "dup-ready"]
+    producer = kafka.producer(cluster.settings)
+    delivered: list[int] = []
+    producer.produce(topic, key=orig.key(), value=orig.value(), partition=orig.partition(),
+                     on_delivery=lambda err, m: delivered.append(int(m.offset())))
+    producer.flush(10)
+    # The executor commits its consumed offsets in the same transaction as its claims: once the offset is past
+    # the copy, any claim it made for the copy is visible too.
+    group = f"{cluster.settings.prefix}-executors"
+    (copied,) = delivered
+    eventually(lambda: group_progress(cluster.settings, topic, group)[orig.partition()][0] > copied, 60,
+               what="the executor consumed the copy")
+    claims = [e for k, e in cluster.records("inbox") if k == b"dup-ready" and isinstance(e, ClaimTask)]
+    assert len(claims) == 1, claims
+    assert [a.outcome for a in task(cluster, "dup-ready").attempts] == ["SUCCEEDED"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,9 +29,17 @@ def free_port() -> int:
 
 
 def get(port: int, path: str) -> Any:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
-        body = r.read().decode()
-        return json.loads(body) if r.headers.get_content_type() == "application/json" else body
+    """GET and decode; a 503 (the key's owner is unknown while the workers rebalance) is retried, as told."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+                body = r.read().decode()
+                return json.loads(body) if r.headers.get_content_type() == "application/json" else body
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def one_job_per_partition() -> list[str]:
