@@ -99,7 +99,7 @@ def _show(settings: Settings) -> None:
 
 def _stop_executor_then_worker(settings: Settings, children: list[subprocess.Popen[bytes]]) -> None:
     """Stop the executor first and let the worker decide what it reported on its way out (its staged attempts
-    come back as cancelled), so the decision log the replay compares with is complete."""
+    are handed back), so the decision log the replay compares with is complete."""
     worker, executor = children
     _stop([executor])
     inbox = settings.topic("inbox")
