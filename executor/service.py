@@ -52,6 +52,7 @@ from .runtime import Attempt, Ended, Runtime
 from .sandbox import Process, cap_log
 
 TAKEN_MEMORY = 100_000
+GRANT_WAIT_ON_STOP_S = 3.0  # how long a stopping executor waits for the answers to its open claims
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,9 @@ class Executor:
         self._buffers: dict[tuple[str, int], deque[tuple[Message, TaskReady | None]]] = {}
         self._paused: set[tuple[str, int]] = set()
         self._settle_until = 0.0
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # stop claiming
+        self._closed = threading.Event()  # stop listening for answers too (set last, when shutting down)
+        self._draining = False  # stopping: a grant that still arrives is handed straight back
         self.ready_topics = [ready_topic(settings, p, self.config.pool) for p in PRIORITIES]
         self._reports = kafka.producer(settings)
         self._claims = kafka.producer(settings, **{"transactional.id": f"{settings.prefix}-executor-{self.id}",
@@ -160,7 +163,7 @@ class Executor:
                                grace_s=self.config.grace_s, keep_workdirs=self.config.keep_workdirs)
         self._claims.init_transactions(30)
         self._assign_control()
-        self._spawn_thread(self._control_loop, "control")
+        self._control_thread = self._spawn_thread(self._control_loop, "control")
         self._spawn_thread(self._supervise, "supervisor")
         self._consumer.subscribe(self.ready_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_revoke)
@@ -177,12 +180,22 @@ class Executor:
         return t
 
     def _shutdown(self) -> None:
+        # Let the answers to open claims arrive, so granted attempts are handed back rather than left to a lease.
+        deadline = time.monotonic() + GRANT_WAIT_ON_STOP_S
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending:
+                    break
+            time.sleep(0.02)
         with self._lock:
+            self._draining = True
             attempts = list(self._attempts.values())
         for a in attempts:  # handed back: the scheduler re-offers them (unstarted ones do not use up a retry)
             self.runtime.end_early(a, FailureReason.EXECUTOR_STOPPED, f"executor {self.id} is shutting down")
         self.runtime.drain(self.config.grace_s + 2)
         self.runtime.stop()
+        self._closed.set()
+        self._control_thread.join(5)
         with contextlib.suppress(Exception):
             self._consumer.close()
         with contextlib.suppress(Exception):
@@ -334,7 +347,7 @@ class Executor:
         self._control.assign([TopicPartition(topic, partition, high if high >= 0 else OFFSET_END)])
 
     def _control_loop(self) -> None:
-        while not self._stop.is_set():
+        while not self._closed.is_set():
             m = self._control.poll(0.1)
             if m is None or m.error() is not None:
                 continue
@@ -361,6 +374,10 @@ class Executor:
             if pending is None or key in self._taken:
                 return  # not ours any more, or a repeated grant for an attempt this executor already took on
             attempt = Attempt(pending.ready, grant, staged=pending.staged)
+            if self._draining:
+                self._report_failed(attempt, FailureReason.EXECUTOR_STOPPED, f"executor {self.id} is shutting down",
+                                    retryable=True, started=None, exit_code=None)
+                return
             self._attempts[key] = attempt
             self._taken[key] = None
             if len(self._taken) > TAKEN_MEMORY:
