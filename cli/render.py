@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from ksched.reader import JobStatus
@@ -54,16 +55,22 @@ def describe_job(st: JobStatus) -> str:
     return f"job {d.job_id}: {d.job.kind}, {when}, revision {d.revision}, {state}"
 
 
-def status_text(st: JobStatus) -> str:
+def status_text(st: JobStatus, now_ms: int | None = None) -> str:
+    """The job and its runs as a table. A run an executor claimed ahead of its instant reads STAGED."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     rows: list[list[str]] = []
+    staged = False
     for r in st.ordered_runs():
         tasks = st.tasks.get(r.run_id, {})
         single = len(tasks) <= 1
         for t in tasks.values() if tasks else []:
             a = t.attempts[-1] if t.attempts else None
+            state = t.state if not single or r.state in ("RUNNING", "QUEUED") else r.state
+            if state == "CLAIMED" and r.scheduled_for_ms > now_ms and (a is None or a.started_at_ms is None):
+                state, staged = "STAGED", True
             rows.append([
                 r.run_id if single else f"{r.run_id} {t.name}",
-                t.state if not single or r.state in ("RUNNING", "QUEUED") else r.state,
+                state,
                 ts(r.scheduled_for_ms),
                 ts(a.started_at_ms if a else None),
                 ts(a.finished_at_ms if a else None),
@@ -75,7 +82,10 @@ def status_text(st: JobStatus) -> str:
     head = describe_job(st)
     if not rows:
         return head + "\n(no runs yet)"
-    return head + "\n" + table(rows, ["RUN", "STATE", "SCHEDULED (UTC)", "STARTED", "FINISHED", "EXIT", "ATTEMPTS"])
+    out = head + "\n" + table(rows, ["RUN", "STATE", "SCHEDULED (UTC)", "STARTED", "FINISHED", "EXIT", "ATTEMPTS"])
+    if staged:
+        out += "\nSTAGED: claimed by an executor ahead of its instant, with its binary fetched; it starts on time"
+    return out
 
 
 CELL = {
