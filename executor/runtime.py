@@ -2,7 +2,8 @@
 
 * fetchers (a small pool) get each granted attempt's artifact into the cache;
 * the starter thread holds staged attempts until their instant (a heap) and starts them while slots
-  are free, oldest first;
+  are free, highest priority first; an attempt staged well ahead gets its process created at once, held
+  before its binary (see `sandbox.spawn(hold=True)`), so at the instant it only has to be let go;
 * the reaper thread waits on every running process at once (pidfds in a selector) and hands each ended
   one to the finishers (a small pool: log upload, then the report).
 A thousand attempts due in the same second start as fast as processes can be forked.
@@ -45,6 +46,7 @@ class Attempt:
     ending_message: str = ""
     killer: threading.Thread | None = None
     workdir: Path | None = None
+    held: Process | None = None  # created ahead of its instant, waiting to be released
 
     @property
     def key(self) -> str:
@@ -74,6 +76,10 @@ class Runtime:
     grace_s: float = 5.0
     keep_workdirs: bool = False
     fetchers: int = 4
+    #: Attempts due at least this far ahead get their process created at once, held until the instant.
+    hold_ahead_s: float = 0.5
+    max_held: int = 1000
+    _held: int = 0
     _heap: list[tuple[float, int, Attempt]] = field(default_factory=list)
     #: Due attempts waiting for a slot: highest priority first, then the earliest instant.
     _waiting: list[tuple[int, float, int, Attempt]] = field(default_factory=list)
@@ -142,9 +148,30 @@ class Runtime:
                               finished_at_ms=_now_ms()))
             return
         start_at = attempt.ready.scheduled_for_ms / 1000
+        if start_at - time.time() >= self.hold_ahead_s:
+            self._hold(attempt)
         with self._cond:
             heapq.heappush(self._heap, (start_at, next(self._seq), attempt))
             self._cond.notify()
+
+    def _hold(self, attempt: Attempt) -> None:
+        """Create the staged attempt's process now, blocked before its binary: at the instant, one write."""
+        with self._cond:
+            if self._held >= self.max_held or attempt.ending:
+                return
+            self._held += 1
+        try:
+            attempt.workdir = self.workroot / attempt.key.replace("/", "_")
+            attempt.held = spawn(self.cache.get(attempt.ready.artifact), list(attempt.ready.args),
+                                 attempt_env(attempt.ready, attempt.grant, attempt.workdir), attempt.workdir,
+                                 attempt.ready.limits, hold=True)
+        except (OSError, ArtifactError) as err:  # it is started the usual way at its instant
+            log.warning("could not create the process of %s ahead: %s", attempt.key, err)
+            self._unhold()
+
+    def _unhold(self) -> None:
+        with self._cond:
+            self._held -= 1
 
     # --- start ----------------------------------------------------------------------------------
 
@@ -175,20 +202,36 @@ class Runtime:
                     timeout = max(0.0, self._heap[0][0] - now) if self._heap else None
                     self._cond.wait(timeout)
                     continue
+            # Held processes first: a burst due at one instant is let go with one write each, before any of
+            # the reporting that follows a start.
+            released: dict[int, Process | None] = {}
             for attempt in startable:
-                self._start(attempt)
+                if attempt.held is not None and not attempt.ending:
+                    held, attempt.held = attempt.held, None
+                    self._unhold()
+                    released[id(attempt)] = self._release_held(held)
+            for attempt in startable:
+                self._start(attempt, released.get(id(attempt)))
 
-    def _start(self, attempt: Attempt) -> None:
-        if attempt.ending:  # cancelled while staged or waiting for a slot
+    def _start(self, attempt: Attempt, released: Process | None = None) -> None:
+        """Start `attempt` (or finish starting it: `released` is its held process, already let go)."""
+        held, attempt.held = attempt.held, None
+        if held is not None:
+            self._unhold()
+        if attempt.ending and released is None:  # cancelled while staged or waiting for a slot
+            if held is not None:
+                held.discard()
             self._ended(Ended(attempt, attempt.ending, attempt.ending_message, finished_at_ms=_now_ms()))
             return
         workdir = self.workroot / attempt.key.replace("/", "_")
         attempt.workdir = workdir
         try:
-            binary = self.cache.get(attempt.ready.artifact)
-            workdir.mkdir(parents=True, exist_ok=True)
-            proc = spawn(binary, list(attempt.ready.args), attempt_env(attempt.ready, attempt.grant, workdir),
-                         workdir, attempt.ready.limits)
+            proc = released or (self._release_held(held) if held is not None else None)
+            if proc is None:
+                binary = self.cache.get(attempt.ready.artifact)
+                workdir.mkdir(parents=True, exist_ok=True)
+                proc = spawn(binary, list(attempt.ready.args), attempt_env(attempt.ready, attempt.grant, workdir),
+                             workdir, attempt.ready.limits)
         except (OSError, ArtifactError) as err:
             self._release()
             reason = err.reason if isinstance(err, ArtifactError) else FailureReason.SPAWN_ERROR
@@ -204,6 +247,16 @@ class Runtime:
             self.end_early(attempt, cancelled, attempt.ending_message)
         self._new.append((attempt, proc))
         self._wake()
+
+    @staticmethod
+    def _release_held(held: Process) -> Process | None:
+        try:
+            held.release()
+            return held
+        except OSError as err:  # it died while held (killed from outside): start it the usual way
+            log.warning("a held process was gone at its instant (%s); starting a new one", err)
+            held.discard()
+            return None
 
     def _release(self) -> None:
         with self._cond:

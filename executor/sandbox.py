@@ -52,10 +52,31 @@ class Process:
     popen: subprocess.Popen[bytes]
     log_path: Path
     started_at_ms: int
+    gate: int | None = None  # held: the write end of the pipe its shim waits on before it execs the binary
 
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    def release(self) -> None:
+        """Let a held process exec its binary now. Raises OSError if it is gone (nothing then runs)."""
+        gate, self.gate = self.gate, None
+        if gate is None:
+            return
+        try:
+            os.write(gate, GO)
+        finally:
+            os.close(gate)
+        self.started_at_ms = int(time.time() * 1000)
+
+    def discard(self) -> None:
+        """Kill a held process that will not be released, and reap it."""
+        if self.gate is not None:
+            os.close(self.gate)
+            self.gate = None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
 
     def kill_tree(self, grace_s: float) -> None:
         """SIGTERM the whole process group, then SIGKILL what is left after `grace_s`."""
@@ -94,24 +115,45 @@ def limit_args(limits: Limits) -> list[str]:
     return opts
 
 
-def spawn(binary: Path, args: list[str], env: dict[str, str], workdir: Path, limits: Limits | None = None
-          ) -> Process:
-    """Start the attempt. Raises OSError if it cannot be started."""
+GO = b"go\n"
+# The shim a held process runs until it is released: it execs the binary only on the go word, so a gate that
+# closes any other way (the executor died or discarded it) runs nothing.
+_SHIM = 'IFS= read -r word && [ "$word" = go ] && exec "$@" </dev/null; exit 111'
+
+
+def spawn(binary: Path, args: list[str], env: dict[str, str], workdir: Path, limits: Limits | None = None,
+          hold: bool = False) -> Process:
+    """Start the attempt, or with `hold` create its sandboxed process now and let it exec the binary only when
+    released (so an attempt due at an instant starts with one write, not a fork and three execs).
+    Raises OSError if it cannot be started."""
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     log_path = workdir / "output.log"
     argv = [str(binary), *args]
+    gate_r = gate_w = -1
+    if hold:
+        gate_r, gate_w = os.pipe()
+        os.set_inheritable(gate_w, False)
+        argv = ["/bin/sh", "-c", _SHIM, "ksched-held", *argv]  # the gate is its stdin until released
     if _SETPRIV:
         # The process is killed if the executor dies, so a dead executor leaves no orphan running.
         argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
     opts = limit_args(limits) if limits is not None else []
     if opts and _PRLIMIT:
         argv = [_PRLIMIT, *opts, "--", *argv]
-    with open(log_path, "wb") as out:
-        popen = subprocess.Popen(
-            argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True,
-        )
-    return Process(popen, log_path, int(time.time() * 1000))
+    try:
+        with open(log_path, "wb") as out:
+            popen = subprocess.Popen(
+                argv, cwd=workdir, env=env, stdin=gate_r if hold else subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+            )
+    except OSError:
+        if hold:
+            os.close(gate_w)
+        raise
+    finally:
+        if hold:
+            os.close(gate_r)
+    return Process(popen, log_path, int(time.time() * 1000), gate_w if hold else None)
 
 
 def cap_log(path: Path, limit: int) -> None:

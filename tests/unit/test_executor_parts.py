@@ -137,3 +137,33 @@ def test_a_cpu_hog_is_stopped_by_its_cpu_limit(tmp_path: Path) -> None:
     script.chmod(0o755)
     proc = spawn(script, [], {"PATH": "/usr/bin:/bin"}, tmp_path / "work", Limits(cpu_seconds=1, open_files=0))
     assert proc.popen.wait(30) != 0  # SIGXCPU, then SIGKILL at the hard limit
+
+
+def test_a_held_process_runs_its_binary_only_when_released_with_its_limits_and_args(tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    script = tmp_path / "probe.sh"
+    script.write_text(f'#!/bin/sh\necho "$1 $2" > {ran}\nulimit -n\nls /proc/$$/fd\nreadlink /proc/$$/fd/0\n')
+    script.chmod(0o755)
+    proc = spawn(script, ["a b", "$HOME"], {"PATH": "/usr/bin:/bin"}, tmp_path / "work", Limits(open_files=64),
+                 hold=True)
+    assert proc.popen.poll() is None and not ran.exists()  # created, blocked before the binary
+    proc.release()
+    assert proc.popen.wait(10) == 0
+    assert ran.read_text() == "a b $HOME\n"  # arguments pass through untouched
+    lines = proc.log_path.read_text().split()
+    assert lines[0] == "64"  # its limits
+    assert lines[-1] == "/dev/null" and "3" not in lines[1:-1]  # stdin is /dev/null again; no fd of the gate
+
+
+def test_a_held_process_that_is_discarded_or_loses_its_executor_runs_nothing(tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    script = tmp_path / "mark.sh"
+    script.write_text(f"#!/bin/sh\ntouch {ran}\n")
+    script.chmod(0o755)
+    discarded = spawn(script, [], {"PATH": "/usr/bin:/bin"}, tmp_path / "w1", hold=True)
+    discarded.discard()
+    orphaned = spawn(script, [], {"PATH": "/usr/bin:/bin"}, tmp_path / "w2", hold=True)
+    assert orphaned.gate is not None
+    os.close(orphaned.gate)  # what the executor's death does to the gate
+    assert orphaned.popen.wait(10) == 111
+    assert discarded.popen.returncode is not None and not ran.exists()
