@@ -665,7 +665,7 @@ def _on_started(ctx: _Ctx, rep: TaskStarted) -> None:
     if task.state == TaskState.RUNNING:
         return  # duplicate
     task = replace(task.with_attempt(replace(att, started_at_ms=rep.started_at_ms)), state=TaskState.RUNNING,
-                   lease_deadline_ms=ctx.now + ctx.params.lease_ms)
+                   lease_deadline_ms=_lease_from(ctx, rep.started_at_ms))
     ctx.put_task(run.run_id, task)
 
 
@@ -674,7 +674,19 @@ def _on_heartbeat(ctx: _Ctx, rep: TaskHeartbeat) -> None:
     if cur is None:
         return
     run, task, _ = cur
-    ctx.put_task(run.run_id, replace(task, lease_deadline_ms=ctx.now + ctx.params.lease_ms))
+    ctx.put_task(run.run_id, replace(task, lease_deadline_ms=_lease_from(ctx, rep.at_ms)))
+
+
+#: How far ahead of the partition clock an executor's report may renew a lease from (see `_lease_from`).
+REPORT_AHEAD_MAX_MS = 300_000
+
+
+def _lease_from(ctx: _Ctx, reported_ms: int) -> int:
+    """A lease renewed by an executor's report: from the later of the partition clock and the report's own
+    time (at most REPORT_AHEAD_MAX_MS ahead, against a wrong clock). While a worker catches up after an outage
+    its clock is stale, so reports sent during the outage must not be renewed from that stale clock: the
+    first fresh tick would find every lease lapsed."""
+    return max(ctx.now, min(reported_ms, ctx.now + REPORT_AHEAD_MAX_MS)) + ctx.params.lease_ms
 
 
 def _on_completed(ctx: _Ctx, rep: TaskCompleted) -> None:

@@ -29,6 +29,7 @@ from ksched.events import (
     RunFinished,
     RunTriggered,
     SubmitJob,
+    TaskHeartbeat,
     TaskReady,
     TaskSettled,
     Tick,
@@ -276,6 +277,25 @@ def test_a_lapsed_lease_is_retried_as_a_new_attempt_with_a_higher_fencing_token(
     assert retry.attempt == 2
     grant2 = one(sim.claim(retry, "ex2"), ClaimGranted)
     assert grant2.fencing_token > grant.fencing_token
+
+
+def test_heartbeats_sent_while_the_scheduler_was_down_keep_the_lease_when_it_catches_up() -> None:
+    """The worker was down 20 s: on restart it reads the heartbeats sent meanwhile with its clock still at the
+    last tick before the outage; they renew the lease from their own time, so the first fresh tick finds the
+    attempt alive, not lost."""
+    sim = Sim()
+    ready = one(sim.submit(job("j1")), TaskReady)
+    grant = one(sim.claim(ready), ClaimGranted)
+    sim.start(grant)
+    outage_start = sim.now
+    for s in range(1, 21):  # heartbeats every second of the outage, read after it with the stale clock
+        sim.send(TaskHeartbeat(grant.job_id, grant.run_id, grant.task_id, grant.attempt, grant.fencing_token,
+                               grant.executor_id, outage_start + s * SEC))
+    assert sim.now == outage_start
+    emits = sim.tick(outage_start + 20 * SEC)
+    assert not sim.logged(AttemptEnded, emits)
+    emits = sim.tick(outage_start + 31 * SEC)  # then a real silence of more than a lease
+    assert one(emits, AttemptEnded).outcome == Outcome.LOST
 
 
 def test_a_late_completion_from_an_older_attempt_is_ignored_and_recorded() -> None:
