@@ -247,6 +247,9 @@ class Tick:
     partition: int
     now_ms: int
     ticker: str = ""
+    #: Set by the streams worker (never by a ticker) when this tick moved the partition clock by more than
+    #: `Params.resume_gap_ms`: the scheduler was away, so executors are given a lease from now to be heard.
+    resumed_from_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -263,8 +263,15 @@ class InboxShell:
         if now != clock:
             self._clock[partition] = now
             store.put(CLOCK_KEY, str(now).encode())
+        horizon = now
+        if clock is not None and now - clock > self.params.resume_gap_ms:
+            # The scheduler was away: the reports sent meanwhile were read with a stale clock, and grants made
+            # while catching up reached their executors only now. Every job with a lease that would lapse
+            # within a lease from now is visited, and its leases renewed rather than lapsed.
+            tick = replace(tick, resumed_from_ms=clock)
+            horizon = now + self.params.lease_ms
         msgs: list[Message] = []
-        for job_id in self.due_index(partition).pop_due(now):
+        for job_id in self.due_index(partition).pop_due(horizon):
             msgs += self._apply(store, partition, offset, job_id, tick, None, None, committed)
         return msgs
 

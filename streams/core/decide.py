@@ -339,14 +339,16 @@ def _on_tick(ctx: _Ctx, tick: Tick) -> None:
         return
     for run in _active_runs(ctx.job):
         for task in list(run.tasks.values()):
-            _tick_task(ctx, run.run_id, task)
+            _tick_task(ctx, run.run_id, task, resumed=tick.resumed_from_ms is not None)
     _fire_due(ctx)
 
 
-def _tick_task(ctx: _Ctx, run_id: str, task: Task) -> None:
+def _tick_task(ctx: _Ctx, run_id: str, task: Task, resumed: bool = False) -> None:
     if task.state in (TaskState.CLAIMED, TaskState.RUNNING):
-        if task.lease_deadline_ms is None:
-            ctx.put_task(run_id, replace(task, lease_deadline_ms=ctx.now + ctx.params.lease_ms))
+        renewed = ctx.now + ctx.params.lease_ms
+        if task.lease_deadline_ms is None or (resumed and task.lease_deadline_ms < renewed):
+            # After the scheduler was away, executors get a lease from now to be heard before any lapses.
+            ctx.put_task(run_id, replace(task, lease_deadline_ms=renewed))
         elif task.lease_deadline_ms <= ctx.now:
             att = task.attempt
             assert att is not None

@@ -17,6 +17,9 @@ class Params:
     """Knobs of the decisions that are not part of any job (same for live processing and replay)."""
 
     lease_ms: int = 10_000
+    #: A tick that moves the partition clock further than this means the scheduler was away (a worker down,
+    #: no ticker): leases are then renewed from that tick instead of lapsing on it.
+    resume_gap_ms: int = 3_000
     #: Finished runs kept in the state (for late reports and reruns); older ones live on in the views.
     keep_finished_runs: int = 5
     #: How many occurrences one tick may handle for one job; the rest wait for the next tick.

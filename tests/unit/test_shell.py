@@ -197,3 +197,33 @@ def test_job_records_round_trip_including_earlier_revisions_and_the_outbox() -> 
     rec = JobRecord(7, state, [(7, [Message("t.events", b"k", b"\x00v", 1), Message("t.x", None, None)])])
     for _ in range(2):  # the second time from the encoder's cache
         assert decode_record(encode_record(rec)) == rec
+
+
+def test_after_a_gap_in_ticks_leases_are_renewed_instead_of_lapsing() -> None:
+    """The worker was down (no ticks for 20 s) while an executor ran its attempt and heartbeated; the first
+    tick after the gap renews the lease, and only a later silence of a whole lease loses the attempt."""
+    from ksched.events import AttemptEnded, ClaimGranted, TaskHeartbeat, TaskStarted
+
+    sh, store = make(), MemoryStore()
+    p, raw = submit("leased")
+    offsets = iter(range(100))
+    out = sh.process(store, p, next(offsets), b"leased", raw)
+    ready = next(e for e in decoded(out, "t.events") if isinstance(e, TaskReady))
+    claim = ClaimTask("c#1", "leased", ready.run_id, ready.task_id, 1, "ex1", T0)
+    out = sh.process(store, p, next(offsets), b"leased", CODEC.encode(claim))
+    grant = next(e for e in decoded(out, "t.events") if isinstance(e, ClaimGranted))
+    sh.process(store, p, next(offsets), b"leased", CODEC.encode(
+        TaskStarted("leased", ready.run_id, ready.task_id, 1, grant.fencing_token, "ex1", T0)))
+    sh.process(store, p, next(offsets), None, CODEC.encode(Tick(p, T0)))
+
+    def tick(at: int) -> list[object]:
+        return [e for e in decoded(sh.process(store, p, next(offsets), None, CODEC.encode(Tick(p, at))), "t.events")
+                if isinstance(e, AttemptEnded)]
+
+    assert tick(T0 + 20_000) == []  # 20 s without ticks: a lease is 10 s, but the scheduler was the one away
+    hb = TaskHeartbeat("leased", ready.run_id, ready.task_id, 1, grant.fencing_token, "ex1", T0 + 21_000)
+    sh.process(store, p, next(offsets), b"leased", CODEC.encode(hb))
+    for s in range(21, 31):
+        assert tick(T0 + s * 1000) == []
+    lapsed = [e for s in range(31, 33) for e in tick(T0 + s * 1000)]  # then ticking on, with no heartbeat
+    assert [e.outcome for e in lapsed] == ["LOST"]  # type: ignore[attr-defined]
