@@ -88,6 +88,7 @@ class Runtime:
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _stop: threading.Event = field(default_factory=threading.Event)
     _sweep: bool = False  # a staged attempt was cancelled: take it out of the heap now
+    _starting: int = 0  # attempts taken off the heap that the starter is still starting (or ending)
 
     def __post_init__(self) -> None:
         self._fetch = ThreadPoolExecutor(self.fetchers, thread_name_prefix="fetch")
@@ -129,11 +130,17 @@ class Runtime:
         self._fetch.shutdown(wait=False, cancel_futures=True)
 
     def drain(self, timeout_s: float) -> None:
-        """Wait (bounded) for running processes to be reaped and reported."""
+        """Wait (bounded) for running processes to be reaped and reported, and for attempts being ended
+        before they started (staged, held or waiting for a slot) to be reported too."""
         deadline = time.monotonic() + timeout_s
-        while self._running and time.monotonic() < deadline:
+        while self._unsettled() and time.monotonic() < deadline:
             time.sleep(0.05)
         self._finish.shutdown(wait=True)
+
+    def _unsettled(self) -> bool:
+        with self._cond:
+            return bool(self._running or self._sweep or self._starting
+                        or any(e[2].ending for e in self._heap) or any(w[3].ending for w in self._waiting))
 
     # --- fetch ----------------------------------------------------------------------------------
 
@@ -152,6 +159,7 @@ class Runtime:
             self._hold(attempt)
         with self._cond:
             heapq.heappush(self._heap, (start_at, next(self._seq), attempt))
+            self._sweep = self._sweep or bool(attempt.ending)  # ended while its binary was being fetched
             self._cond.notify()
 
     def _hold(self, attempt: Attempt) -> None:
@@ -202,6 +210,7 @@ class Runtime:
                     timeout = max(0.0, self._heap[0][0] - now) if self._heap else None
                     self._cond.wait(timeout)
                     continue
+                self._starting = len(startable)
             # Held processes first: a burst due at one instant is let go with one write each, before any of
             # the reporting that follows a start.
             released: dict[int, Process | None] = {}
@@ -212,6 +221,8 @@ class Runtime:
                     released[id(attempt)] = self._release_held(held)
             for attempt in startable:
                 self._start(attempt, released.get(id(attempt)))
+            with self._cond:
+                self._starting = 0
 
     def _start(self, attempt: Attempt, released: Process | None = None) -> None:
         """Start `attempt` (or finish starting it: `released` is its held process, already let go)."""

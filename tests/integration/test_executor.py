@@ -257,3 +257,22 @@ def test_a_ready_record_delivered_again_after_its_attempt_ran_is_not_claimed_aga
     claims = [e for k, e in cluster.records("inbox") if k == b"dup-ready" and isinstance(e, ClaimTask)]
     assert len(claims) == 1, claims
     assert [a.outcome for a in task(cluster, "dup-ready").attempts] == ["SUCCEEDED"]
+
+
+def test_an_executor_with_only_staged_attempts_hands_them_back_when_stopped(bootstrap: str, tmp_path: Path) -> None:
+    """Nothing running to wait for: the staged attempt (its process created and held) is still reported."""
+    cluster = Cluster(settings_for(bootstrap, tmp_path / "home", lookahead_s=60.0))
+    cluster.streams("w1")
+    try:
+        ex = cluster.executor(2, "staging-ex")
+        write_script(tmp_path / "later.sh", "exit 0\n")
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 50))
+        submit(cluster, write_job(tmp_path, "later", f"job: staged-only\nbinary: later.sh\nat: {at}\n"))
+        eventually(lambda: (t := task(cluster, "staged-only")) is not None and t.state == "CLAIMED", 60,
+                   what="the attempt staged")
+        ex.stop()
+        eventually(lambda: [a.outcome for a in task(cluster, "staged-only").attempts][:1] == ["RELEASED"], 60,
+                   what="the staged attempt handed back")
+        assert task(cluster, "staged-only").state == "READY"  # offered again, its run not cancelled
+    finally:
+        cluster.stop()
