@@ -55,7 +55,8 @@ def _executor(args: argparse.Namespace, settings: config.Settings) -> int:
     ensure_topics(settings, pools=(args.pool,) if args.pool else ())
     ex = Executor(settings, open_store(settings.artifacts, settings.s3_endpoint_url),
                   ExecutorConfig(slots=args.slots, staging=args.staging, prefetch=args.prefetch,
-                                 max_artifact_bytes=args.max_artifact_bytes, pool=args.pool),
+                                 max_artifact_bytes=args.max_artifact_bytes, pool=args.pool,
+                                 claim_timeout_s=args.claim_timeout),
                   executor_id=args.id)
 
     def stop(signum: int, frame: Any) -> None:
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "0: strict priority order, at some throughput)")
     sp.add_argument("--id", default=None, help="executor id (default: host-pid-random)")
     sp.add_argument("--pool", default="", help="take only tasks labelled pool: NAME (e.g. bigger machines)")
+    sp.add_argument("--claim-timeout", type=float, default=30.0,
+                    help="seconds a claim waits for the scheduler's answer before its slot is used otherwise")
     sp.add_argument("--max-artifact-bytes", type=int, default=512 * 1024 * 1024,
                     help="refuse artifacts larger than this (the task fails with ARTIFACT_TOO_LARGE)")
     sp = add("demo", _demo, "start a local broker, a streams worker and an executor, and run example jobs")

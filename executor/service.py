@@ -52,6 +52,7 @@ from .runtime import Attempt, Ended, Runtime
 from .sandbox import Process, cap_log
 
 TAKEN_MEMORY = 100_000
+ABANDONED_MEMORY = 10_000
 GRANT_WAIT_ON_STOP_S = 3.0  # how long a stopping executor waits for the answers to its open claims
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class Pending:
     claim_id: str
     since: float
     staged: bool  # fired ahead of its instant: it waits in the staging area, not in a slot
+    committed: bool = False  # the claim's transaction committed: the scheduler will read it
+    renewed: float = 0.0  # when the claim was last sent or renewed (monotonic)
 
 
 @dataclass
@@ -83,7 +86,8 @@ class ExecutorConfig:
     #: while a claim waits for the scheduler's answer.
     prefetch: int = -1
     grace_s: float = 5.0
-    #: How long a claim may wait for the scheduler's answer before its slot is given back.
+    #: How long a claim may wait for the scheduler's answer before its slot is given back (a grant that comes
+    #: later is handed back unstarted, as CLAIM_ABANDONED).
     claim_timeout_s: float = 30.0
     max_artifact_bytes: int = 512 * 1024 * 1024
     log_limit_bytes: int = 1024 * 1024
@@ -101,6 +105,8 @@ class Stats:
     started: int = 0
     finished: int = 0
     txn_aborts: int = 0
+    renewals: int = 0  # claims renewed while waiting for a slow scheduler's answer
+    abandoned: int = 0  # claims given up on after claim_timeout_s
     transactions: int = 0
     #: The last claim transactions' durations (bounded: an executor runs for months).
     claim_txn_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
@@ -121,6 +127,9 @@ class Executor:
         self.stats = Stats()
         self._lock = threading.Lock()
         self._pending: dict[str, Pending] = {}
+        # Claims given up on (no answer within claim_timeout_s), oldest first: a grant that still comes for one
+        # is handed back at once rather than left to lapse as LOST. Bounded.
+        self._abandoned: dict[str, Pending] = {}
         self._attempts: dict[str, Attempt] = {}
         # Attempts this executor has taken on, most recent last: a grant for one of them again (the scheduler
         # re-deciding after a crash) must not start it twice. Bounded; old attempts are long settled.
@@ -315,6 +324,9 @@ class Executor:
         except KafkaException as exc:
             self._claim_failed(exc, batch, first)
             return
+        with self._lock:
+            for p in batch:
+                p.committed, p.renewed = True, time.monotonic()
         self.stats.transactions += 1
         self.stats.claimed += len(batch)
         self.stats.claim_txn_ms.append((time.perf_counter() - t0) * 1000)
@@ -362,6 +374,7 @@ class Executor:
                 self._on_grant(event)
             elif isinstance(event, ClaimRejected):
                 with self._lock:
+                    self._abandoned.pop(event.claim_id, None)
                     if self._pending.pop(event.claim_id, None) is not None:
                         self.stats.rejected += 1
             elif isinstance(event, CancelRequested):
@@ -371,19 +384,34 @@ class Executor:
         key = f"{grant.task_id}#{grant.attempt}"
         with self._lock:
             pending = self._pending.pop(grant.claim_id, None)
-            if pending is None or key in self._taken:
-                return  # not ours any more, or a repeated grant for an attempt this executor already took on
+            abandoned = self._abandoned.pop(grant.claim_id, None) if pending is None else None
+            if key in self._taken:
+                return  # a repeated grant for an attempt this executor already took on
+            if abandoned is not None:
+                self._took(key)
+                waited = time.monotonic() - abandoned.since
+                self._report_failed(Attempt(abandoned.ready, grant, staged=abandoned.staged),
+                                    FailureReason.CLAIM_ABANDONED,
+                                    f"executor {self.id} gave up waiting for this grant after {waited:.0f} s",
+                                    retryable=True, started=None, exit_code=None)
+                return
+            if pending is None:
+                return  # not an answer to a claim of ours
             attempt = Attempt(pending.ready, grant, staged=pending.staged)
             if self._draining:
                 self._report_failed(attempt, FailureReason.EXECUTOR_STOPPED, f"executor {self.id} is shutting down",
                                     retryable=True, started=None, exit_code=None)
                 return
             self._attempts[key] = attempt
-            self._taken[key] = None
-            if len(self._taken) > TAKEN_MEMORY:
-                del self._taken[next(iter(self._taken))]
+            self._took(key)
             self.stats.granted += 1
         self.runtime.submit(attempt)
+
+    def _took(self, key: str) -> None:
+        """Remember that this executor took attempt `key` on (under the lock)."""
+        self._taken[key] = None
+        if len(self._taken) > TAKEN_MEMORY:
+            del self._taken[next(iter(self._taken))]
 
     def _on_cancel(self, req: CancelRequested) -> None:
         with self._lock:
@@ -440,14 +468,26 @@ class Executor:
 
     def _supervise(self) -> None:
         next_beat = time.monotonic() + self.settings.heartbeat_s
+        # A claim answered within half a lease is never renewed; one waiting longer is, every half lease.
+        renew_every = self.settings.lease_s / 2
         while not self._stop.wait(0.05):
             now = time.monotonic()
             with self._lock:
                 attempts = list(self._attempts.values())
                 stale = [c for c, p in self._pending.items() if now - p.since > self.config.claim_timeout_s]
                 for c in stale:
-                    del self._pending[c]
+                    self._abandoned[c] = self._pending.pop(c)
+                    self.stats.abandoned += 1
+                    if len(self._abandoned) > ABANDONED_MEMORY:
+                        del self._abandoned[next(iter(self._abandoned))]
+                renew = [p for p in self._pending.values() if p.committed and now - p.renewed >= renew_every]
+                for p in renew:
+                    p.renewed = now
             wall = now_ms()
+            for p in renew:  # a scheduler this slow to answer must not let the grant lapse meanwhile
+                self.stats.renewals += 1
+                self._send(ClaimTask(p.claim_id, p.ready.job_id, p.ready.run_id, p.ready.task_id, p.ready.attempt,
+                                     self.id, wall, renewal=True))
             for a in attempts:
                 proc = a.process
                 if proc is not None and a.ready.timeout_ms and wall - proc.started_at_ms > a.ready.timeout_ms:

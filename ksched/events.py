@@ -69,6 +69,9 @@ class FailureReason:
     ARTIFACT_TOO_LARGE = "ARTIFACT_TOO_LARGE"
     SPAWN_ERROR = "SPAWN_ERROR"
     EXECUTOR_STOPPED = "EXECUTOR_STOPPED"  # the executor is shutting down: the attempt is handed back
+    #: The executor had given up waiting for the answer to its claim (and used the slot otherwise) when the grant
+    #: came: the attempt is handed back unstarted.
+    CLAIM_ABANDONED = "CLAIM_ABANDONED"
 
 
 class Trigger:
@@ -262,6 +265,9 @@ class ClaimTask:
     attempt: int
     executor_id: str
     at_ms: int
+    #: Not a new claim: the executor is still waiting for the answer to `claim_id` (the scheduler lags) and asks
+    #: that a grant to it keep its lease from `at_ms`. A renewal never wins a task by itself.
+    renewal: bool = False
 
 
 @dataclass(frozen=True, slots=True)

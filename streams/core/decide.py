@@ -584,6 +584,9 @@ def _locate(ctx: _Ctx, tid: str) -> tuple[Run, Task] | None:
 
 def _on_claim(ctx: _Ctx, claim: ClaimTask) -> None:
     found = _locate(ctx, claim.task_id)
+    if claim.renewal:
+        _on_claim_renewal(ctx, found, claim)
+        return
 
     def reject(reason: str) -> None:
         rej = ClaimRejected(f"{claim.claim_id}/rejected", claim.job_id, claim.task_id, claim.attempt,
@@ -608,6 +611,22 @@ def _on_claim(ctx: _Ctx, claim: ClaimTask) -> None:
     else:
         holder = f" by {att.executor_id}" if att.executor_id else ""
         reject(f"task is {task.state.lower()}{holder}")
+
+
+def _on_claim_renewal(ctx: _Ctx, found: tuple[Run, Task] | None, claim: ClaimTask) -> None:
+    """An executor still waiting for the answer to its claim: a grant it has not received yet keeps its lease.
+    A worker lagging more than a lease behind its inbox would otherwise decide a grant, then read the ticks
+    that piled up behind the claim and lapse the grant before reading the executor's start report. Anything
+    else (the claim lost, or its answer already taken up) needs nothing: the answer is on its way."""
+    if found is None:
+        return
+    run, task = found
+    att = task.attempt
+    if (task.state == TaskState.CLAIMED and att is not None and att.claim_id == claim.claim_id
+            and att.number == claim.attempt):
+        renewed = _lease_from(ctx, claim.at_ms)
+        if task.lease_deadline_ms is None or renewed > task.lease_deadline_ms:
+            ctx.put_task(run.run_id, replace(task, lease_deadline_ms=renewed))
 
 
 def _grant(ctx: _Ctx, run: Run, task: Task, att: Attempt, claim: ClaimTask) -> None:
@@ -715,7 +734,7 @@ def _on_failed(ctx: _Ctx, rep: TaskFailed) -> None:
     att = replace(att, started_at_ms=att.started_at_ms or rep.started_at_ms, log_ref=rep.log_ref)
     task = task.with_attempt(att)
     outcome = _FAILURE_OUTCOME.get(rep.reason, Outcome.ERROR)
-    if rep.reason == FailureReason.EXECUTOR_STOPPED:
+    if rep.reason in (FailureReason.EXECUTOR_STOPPED, FailureReason.CLAIM_ABANDONED):
         outcome = Outcome.LOST if att.started_at_ms is not None else Outcome.RELEASED
     _end_attempt(ctx, run.run_id, task, outcome, rep.exit_code, f"{rep.reason}: {rep.message}",
                  retryable=rep.retryable, finished_at_ms=rep.finished_at_ms)

@@ -4,6 +4,7 @@ process tree, promotion to a higher level after a timeout, high priority served 
 from __future__ import annotations
 
 import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 
 from ksched import kafka
 from ksched.artifacts import open_store
-from ksched.events import ArtifactRef, ClaimTask, JobSpec, SubmitJob, TaskReady, TaskSpec
+from ksched.events import ArtifactRef, ClaimTask, JobSpec, SubmitJob, TaskReady, TaskSpec, Tick
 from ksched.reader import group_progress, read_partition
 from schemas.codec import default_codec
 from tests.s3server import make_bucket, s3_env, s3_server
@@ -274,5 +275,83 @@ def test_an_executor_with_only_staged_attempts_hands_them_back_when_stopped(boot
         eventually(lambda: [a.outcome for a in task(cluster, "staged-only").attempts][:1] == ["RELEASED"], 60,
                    what="the staged attempt handed back")
         assert task(cluster, "staged-only").state == "READY"  # offered again, its run not cancelled
+    finally:
+        cluster.stop()
+
+
+def _claim_while_the_scheduler_is_frozen(bootstrap: str, tmp_path: Path, job: str, *executor_args: str,
+                                         lease_s: float, frozen_s: float, renewals: int) -> Cluster:
+    """Freeze the streams worker once `job` is ready, start an executor (it claims; no answer comes), tick
+    the inbox as a live ticker elsewhere would for `frozen_s` after the claim (and until the executor renewed
+    it `renewals` times), then thaw the worker. The returned cluster is stopped by the caller."""
+    settings = settings_for(bootstrap, tmp_path / "home", lease_s=lease_s, session_timeout_s=45.0)
+    cluster = Cluster(settings)
+    worker = cluster.streams("w1")
+    frozen = False
+    try:
+        write_script(tmp_path / "once.sh", "exit 0\n")
+        submit(cluster, write_job(tmp_path, job, f"job: {job}\nbinary: once.sh\n"))
+        eventually(lambda: (t := task(cluster, job)) is not None and t.state == "READY", 60, what="ready")
+        os.kill(worker.popen.pid, signal.SIGSTOP)
+        frozen = True
+        cluster.executor(2, "patient-ex", *executor_args)
+        codec, inbox = default_codec(), settings.topic("inbox")
+        ticker = kafka.producer(settings)
+
+        def claims() -> list[ClaimTask]:
+            return [e for k, e in cluster.records("inbox") if k == job.encode() and isinstance(e, ClaimTask)]
+
+        def waiting() -> bool:
+            sent = claims()
+            return not sent or time.time() * 1000 < sent[0].at_ms + frozen_s * 1000 or sum(
+                c.renewal for c in sent) < renewals
+
+        while waiting():
+            for p in range(settings.partitions):
+                ticker.produce(inbox, value=codec.encode(Tick(p, int(time.time() * 1000), "test")), partition=p)
+            ticker.flush(10)
+            time.sleep(0.5)
+        sent = claims()
+        assert {c.claim_id for c in sent} == {sent[0].claim_id} and not sent[0].renewal
+        assert sum(c.renewal for c in sent) >= renewals and (renewals or not any(c.renewal for c in sent))
+    except BaseException:
+        cluster.stop()
+        raise
+    finally:
+        if frozen:
+            os.kill(worker.popen.pid, signal.SIGCONT)
+    return cluster
+
+
+def _finished_attempts(cluster: Cluster, job: str) -> list[tuple[str, str]]:
+    eventually(lambda: set(cluster.run_states(job).values()) & {"SUCCEEDED", "FAILED"}, 90, what="the run finished")
+    return [(a.outcome, a.executor_id) for a in task(cluster, job).attempts]
+
+
+def test_a_grant_decided_by_a_lagging_scheduler_does_not_lapse_before_its_executor_is_heard(
+        bootstrap: str, tmp_path: Path) -> None:
+    """The streams worker is frozen while an executor's claim waits for its answer and ticks pile up behind the
+    claim. Thawed, the worker grants the claim at its stale clock and then reads several leases' worth of
+    ticks before the executor's start report. The executor's renewals, interleaved with those ticks, keep the
+    grant: the attempt runs once and is not lost."""
+    cluster = _claim_while_the_scheduler_is_frozen(bootstrap, tmp_path, "lagged", lease_s=4.0, frozen_s=14.0,
+                                                   renewals=3)
+    try:
+        assert _finished_attempts(cluster, "lagged") == [("SUCCEEDED", "patient-ex")]
+    finally:
+        cluster.stop()
+
+
+def test_a_grant_that_comes_after_its_executor_gave_up_waiting_is_handed_back_not_lost(
+        bootstrap: str, tmp_path: Path) -> None:
+    """The executor stops waiting for its answer after 3 s (and uses its slot otherwise); the grant that comes
+    within the lease after that is handed back unstarted, so the task is offered again without using up its
+    one attempt, instead of lapsing as LOST and failing the run."""
+    cluster = _claim_while_the_scheduler_is_frozen(bootstrap, tmp_path, "abandoned", "--claim-timeout", "3",
+                                                   lease_s=10.0, frozen_s=4.5, renewals=0)
+    try:
+        assert _finished_attempts(cluster, "abandoned") == [("RELEASED", "patient-ex"), ("SUCCEEDED", "patient-ex")]
+        (first, _) = task(cluster, "abandoned").attempts
+        assert "CLAIM_ABANDONED" in first.reason, first
     finally:
         cluster.stop()

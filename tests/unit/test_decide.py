@@ -12,6 +12,7 @@ from ksched.events import (
     CancelRun,
     ClaimGranted,
     ClaimRejected,
+    ClaimTask,
     DeleteJob,
     FailureReason,
     JobAccepted,
@@ -298,6 +299,57 @@ def test_heartbeats_sent_while_the_scheduler_was_down_keep_the_lease_when_it_cat
     assert one(emits, AttemptEnded).outcome == Outcome.LOST
 
 
+def renewal(ready: TaskReady, at: int, executor: str = "ex1") -> ClaimTask:
+    """What an executor still waiting for the answer to `Sim.claim`'s claim sends every half lease."""
+    return ClaimTask(f"{ready.task_id}#{ready.attempt}@{executor}", ready.job_id, ready.run_id, ready.task_id,
+                     ready.attempt, executor, at, renewal=True)
+
+
+def test_a_grant_the_executor_is_still_waiting_for_keeps_its_lease_while_the_scheduler_lags() -> None:
+    """The worker lags 30 s behind its inbox: it grants the claim, then reads the ticks that piled up behind
+    it, interleaved with the executor's renewals (sent every half lease while it waited for the answer). The
+    grant stays alive until the start report, which comes after all of them; without renewals it lapses."""
+    for renewing in (True, False):
+        sim = Sim()
+        ready = one(sim.submit(job("j1")), TaskReady)
+        claimed_at = sim.now
+        grant = one(sim.claim(ready), ClaimGranted)
+        for s in range(1, 31):
+            if renewing and s % 5 == 0:
+                assert sim.send(renewal(ready, claimed_at + s * SEC)) == []  # renews quietly
+            sim.tick(claimed_at + s * SEC)
+        lost = sim.logged(AttemptEnded)
+        if not renewing:
+            assert [e.outcome for e in lost] == [Outcome.LOST]
+            continue
+        assert not lost
+        sim.start(grant)
+        sim.complete(grant, 0)
+        assert one(sim.emits, RunFinished).state == "SUCCEEDED"
+
+
+def test_a_renewal_never_wins_a_task_nor_keeps_someone_elses_grant() -> None:
+    sim = Sim()
+    ready = one(sim.submit(job("j1")), TaskReady)
+    assert sim.send(renewal(ready, sim.now)) == []  # its claim was never read (an aborted transaction)
+    grant = one(sim.claim(ready, "ex2"), ClaimGranted)
+    assert grant.executor_id == "ex2"
+    for _ in range(11):  # ex1's renewals do not keep ex2's grant alive
+        sim.send(renewal(ready, sim.now + SEC))
+        sim.tick(sim.now + SEC)
+    assert [e.outcome for e in sim.logged(AttemptEnded)] == [Outcome.LOST]
+
+
+def test_a_renewal_after_the_start_changes_nothing() -> None:
+    sim = Sim()
+    ready = one(sim.submit(job("j1")), TaskReady)
+    grant = one(sim.claim(ready), ClaimGranted)
+    sim.start(grant)
+    before = sim.state
+    assert sim.send(renewal(ready, sim.now + 60 * SEC)) == []
+    assert sim.state == before
+
+
 def test_a_late_completion_from_an_older_attempt_is_ignored_and_recorded() -> None:
     sim = Sim()
     spec = job("j1")
@@ -368,12 +420,14 @@ def test_exit_codes_that_are_not_retried_fail_the_task_at_once() -> None:
     assert one(sim.emits, RunFinished).state == "FAILED"
 
 
-def test_an_attempt_handed_back_unstarted_by_a_stopping_executor_runs_again_at_once_without_using_a_retry() -> None:
+@pytest.mark.parametrize("reason", [FailureReason.EXECUTOR_STOPPED, FailureReason.CLAIM_ABANDONED])
+def test_an_attempt_handed_back_unstarted_runs_again_at_once_without_using_a_retry(reason: str) -> None:
+    """By a stopping executor, or by one whose grant came after it had given up waiting for it."""
     sim = Sim()
     spec = job("j1")
     spec = replace(spec, tasks=[replace(spec.tasks[0], retry=RetryPolicy(max_attempts=1, backoff_ms=60 * SEC))])
     grant = one(sim.claim(one(sim.submit(spec), TaskReady)), ClaimGranted)
-    emits = sim.fail(grant, FailureReason.EXECUTOR_STOPPED)
+    emits = sim.fail(grant, reason)
     assert one(emits, AttemptEnded).outcome == Outcome.RELEASED
     assert one(emits, RetryScheduled).delay_ms == 0
     again = one(emits, TaskReady)
