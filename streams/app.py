@@ -250,5 +250,5 @@ async def _measure_queues(streams: StreamsApp) -> None:
         except Exception as exc:  # a metrics read must not stop the worker
             log.debug("queue depth not measured: %s", exc)
             continue
-        for prio, depth in depths.items():
-            streams.metrics.queue_depth.labels(prio).set(depth)
+        for (pool, prio), depth in depths.items():
+            streams.metrics.queue_depth.labels(pool, prio).set(depth)

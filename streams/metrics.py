@@ -3,7 +3,7 @@ series. A failing hook is logged and never stops the agent.
 
     ksched_firing_lag_seconds        scheduled instant -> process started, first attempt of a fired run
     ksched_handoff_seconds           last parent's process ended -> child's process started (DAG)
-    ksched_ready_queue_depth{priority}  ready records not yet claimed by the executors' group
+    ksched_ready_queue_depth{pool,priority}  ready records not yet claimed by that pool's executors
     ksched_running_tasks             claimed or running tasks in this worker's partitions
     ksched_retries_total             retries scheduled
     ksched_dead_letters_total        inbox records dead-lettered
@@ -54,7 +54,7 @@ class Metrics(ShellHooks):
                                     buckets=_BUCKETS, registry=self.registry)
         self.handoff = Histogram("ksched_handoff_seconds", "Last parent ended to child process started",
                                  buckets=_BUCKETS, registry=self.registry)
-        self.queue_depth = Gauge("ksched_ready_queue_depth", "Ready records not yet claimed", ["priority"],
+        self.queue_depth = Gauge("ksched_ready_queue_depth", "Ready records not yet claimed", ["pool", "priority"],
                                  registry=self.registry)
         self.running = Gauge("ksched_running_tasks", "Claimed or running tasks in this worker's partitions",
                              registry=self.registry)
@@ -106,30 +106,35 @@ class Metrics(ShellHooks):
             self.handoff.observe(max(0.0, (event.started_at_ms - max(ends)) / 1000))
 
 
-def queue_depths(settings: Settings) -> dict[str, int]:
-    """Per priority: end offsets of the ready topic minus what the executors' group has committed."""
+def queue_depths(settings: Settings) -> dict[tuple[str, str], int]:
+    """Per (executor pool, priority), "" being the default pool: end offsets of the ready topic minus what that
+    pool's executor group has committed. Pools are found by their ready topics (created on first use)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
     from ksched import kafka
     from ksched.topics import ready_topic
 
     admin = kafka.admin(settings)
-    group = f"{settings.prefix}-executors"
+    prefix = settings.topic("ready.")
+    pools = {""} | {name[len(prefix):].rsplit(".", 1)[0] for name in admin.list_topics(timeout=10).topics
+                    if name.startswith(prefix) and name.count(".") > prefix.count(".")}
     consumer = kafka.consumer(settings, group=f"{settings.prefix}-metrics")
     try:
         depths = {}
-        committed_req = [TopicPartition(ready_topic(settings, p), i) for p in PRIORITIES
-                         for i in range(settings.ready_partitions)]
-        futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, committed_req)])
-        committed = {(tp.topic, tp.partition): tp.offset for tp in futures[group].result(timeout=10).topic_partitions}
-        for prio in PRIORITIES:
-            topic = ready_topic(settings, prio)
-            total = 0
-            for i in range(settings.ready_partitions):
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, i), timeout=5)
-                done = committed.get((topic, i), -1)
-                total += max(0, high - max(low, done if done >= 0 else low))
-            depths[prio] = total
+        for pool in sorted(pools):
+            group = f"{settings.prefix}-executors" + (f"-{pool}" if pool else "")
+            topics = {prio: ready_topic(settings, prio, pool) for prio in PRIORITIES}
+            request = [TopicPartition(t, i) for t in topics.values() for i in range(settings.ready_partitions)]
+            futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, request)])
+            committed = {(tp.topic, tp.partition): tp.offset
+                         for tp in futures[group].result(timeout=10).topic_partitions}
+            for prio, topic in topics.items():
+                total = 0
+                for i in range(settings.ready_partitions):
+                    low, high = consumer.get_watermark_offsets(TopicPartition(topic, i), timeout=5)
+                    done = committed.get((topic, i), -1)
+                    total += max(0, high - max(low, done if done >= 0 else low))
+                depths[(pool, prio)] = total
         return depths
     finally:
         consumer.close()

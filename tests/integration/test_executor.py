@@ -17,6 +17,7 @@ from ksched.artifacts import open_store
 from ksched.events import ArtifactRef, ClaimTask, JobSpec, SubmitJob, TaskReady, TaskSpec, Tick
 from ksched.reader import group_progress, read_partition
 from schemas.codec import default_codec
+from streams.metrics import queue_depths
 from tests.s3server import make_bucket, s3_env, s3_server
 from tests.support import Cluster, eventually, settings_for, write_job, write_script
 
@@ -184,12 +185,17 @@ def test_bad_artifacts_fail_the_task_with_a_clear_reason_and_the_executor_keeps_
 
 
 def test_a_task_labelled_with_a_pool_runs_only_on_that_pools_executors(lone: Cluster, tmp_path: Path) -> None:
+    """And until that pool has an executor, the task waits, counted in that pool's queue depth."""
     cluster = lone
     cluster.executor(2, "small-ex")
-    cluster.executor(2, "big-ex", "--pool", "big")
     write_script(tmp_path / "where.sh", "exit 0\n")
     submit(cluster, write_job(tmp_path, "small", "job: on-small\nbinary: where.sh\n"))
     submit(cluster, write_job(tmp_path, "big", "job: on-big\nbinary: where.sh\nlabels: {pool: big}\n"))
+    eventually(lambda: cluster.succeeded_runs("on-small"), 60, what="on-small ran")
+    depths = eventually(lambda: (d := queue_depths(cluster.settings)).get(("big", "normal")) == 1 and d, 60,
+                        what="the pool's task counted as waiting")
+    assert depths[("", "normal")] == 0 and depths[("big", "high")] == 0
+    cluster.executor(2, "big-ex", "--pool", "big")
     for job in ("on-small", "on-big"):
         eventually(lambda j=job: cluster.succeeded_runs(j), 60, what=f"{job} ran")
     assert task(cluster, "on-small").attempts[0].executor_id == "small-ex"
