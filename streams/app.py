@@ -89,7 +89,7 @@ class Publisher:
     failures: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.producer = kafka.producer(self.settings, **{"linger.ms": 2, "batch.num.messages": 2000})
+        self.producer = kafka.producer(self.settings, **{"linger.ms": 0, "batch.num.messages": 2000})
         # Topics known to exist (the worker created them at start). A task of a new executor pool needs the
         # pool's ready topics: they are created on first use rather than failing every later commit.
         self.known = {spec.name for spec in topic_specs(self.settings)}
