@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from ksched.topics import MAX_STATE_BYTES, app_id, ensure_topics, topic_specs
 from schemas.codec import default_codec
 
 from .core.model import Params
+from .deliveries import Deliveries
 from .metrics import Metrics, queue_depths
 from .shell import InboxShell, Message
 
@@ -87,6 +89,7 @@ class Publisher:
 
     settings: Settings
     failures: list[str] = field(default_factory=list)
+    deliveries: Deliveries = field(default_factory=Deliveries)
 
     def __post_init__(self) -> None:
         self.producer = kafka.producer(self.settings, **{"linger.ms": 0, "batch.num.messages": 2000})
@@ -104,15 +107,26 @@ class Publisher:
         if err is not None:
             self.failures.append(f"{msg.topic()}: {err}")
 
-    def publish(self, messages: list[Message]) -> None:
+    def publish(self, messages: list[Message], source: tuple[int, int] | None = None) -> None:
+        """Produce `messages`, the outputs of the inbox record at `source` (partition, offset) if given."""
+        done = self._delivered
+        if source is not None and messages:
+            generation = self.deliveries.sent(*source, len(messages))
+            done = partial(self._acknowledged, *source, generation)
         for m in messages:
             if m.topic not in self.known:
                 self._ensure(m.topic)
             if m.partition is None:
-                self.producer.produce(m.topic, m.value, m.key, on_delivery=self._delivered)
+                self.producer.produce(m.topic, m.value, m.key, on_delivery=done)
             else:
-                self.producer.produce(m.topic, m.value, m.key, m.partition, on_delivery=self._delivered)
+                self.producer.produce(m.topic, m.value, m.key, m.partition, on_delivery=done)
         self.producer.poll(0)
+
+    def _acknowledged(self, partition: int, offset: int, generation: int, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.failures.append(f"{msg.topic()}: {err}")
+        else:
+            self.deliveries.acknowledged(partition, offset, generation)
 
     async def flush(self) -> None:
         remaining = await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 30.0)
@@ -196,16 +210,21 @@ def _wire(streams: StreamsApp, worker_name: str) -> Any:
         async for event in stream.events():
             msg = event.message
             committed = app.consumer._committed_offset.get(TP(inbox_name, msg.partition))
-            publisher.publish(shell.process(FaustStore(table, msg.partition), msg.partition, msg.offset, msg.key,
-                                            msg.value, committed=committed))
+            outputs = shell.process(FaustStore(table, msg.partition), msg.partition, msg.offset, msg.key, msg.value,
+                                    committed=committed, delivered=publisher.deliveries.through(msg.partition))
+            publisher.publish(outputs, (msg.partition, msg.offset))
 
     app.agent(inbox, name="scheduler")(scheduler)
 
     async def on_assigned(sender: Any, assigned: set[TP], **_: Any) -> None:
-        shell.assigned({tp.partition for tp in assigned if tp.topic == inbox_name})
+        partitions = {tp.partition for tp in assigned if tp.topic == inbox_name}
+        publisher.deliveries.forget(partitions)
+        shell.assigned(partitions)
 
     async def on_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
-        shell.revoked({tp.partition for tp in revoked if tp.topic == inbox_name})
+        partitions = {tp.partition for tp in revoked if tp.topic == inbox_name}
+        publisher.deliveries.forget(partitions)
+        shell.revoked(partitions)
 
     app.on_partitions_assigned.connect(on_assigned)
     app.on_partitions_revoked.connect(on_revoked)

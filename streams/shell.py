@@ -12,7 +12,9 @@ input past the committed offset is delivered again, but the state written for it
 changelog while its outputs were lost. Each job record keeps the outputs of the inputs it applied past
 the committed offset; when a partition is assigned, those are published again. Outputs may therefore
 appear twice; they carry derived ids, and every consumer treats a repeat as a no-op. Entries below the
-committed offset are dropped the next time the job is written.
+committed offset, or whose outputs the broker has acknowledged (`delivered`), are dropped the next time the
+job is written: waiting for the commit alone let a busy job's outbox, and so every write of it, grow with
+everything it emitted in the last commit interval.
 """
 
 from __future__ import annotations
@@ -230,10 +232,12 @@ class InboxShell:
     # --- processing ---------------------------------------------------------------------------
 
     def process(self, store: Store, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                committed: int | None = None) -> list[Message]:
+                committed: int | None = None, delivered: int | None = None) -> list[Message]:
         """Apply one inbox record; return the messages to publish (already recorded in the outbox).
 
         `committed` is the partition's committed input offset, if known: outbox entries below it are done.
+        `delivered`, if known: the outputs of every input of this partition up to that offset were delivered
+        (by this worker since it was assigned the partition), so those entries are done too.
         """
         out: list[Message] = []
         if partition in self._recover or partition not in self._due:
@@ -249,13 +253,14 @@ class InboxShell:
             why = f"{type(event).SCHEMA} is not an inbox record"
             return [*out, self._dead_letter(partition, offset, key, value, why)]
         if isinstance(event, Tick):
-            return out + self._tick(store, partition, offset, event, committed)
+            return out + self._tick(store, partition, offset, event, _settled(committed, delivered))
         job_id = core.event_job_id(event)  # type: ignore[arg-type]  # an INBOX_TYPES instance
         owner = partition_for(job_id, self.settings.partitions)
         if owner != partition:
             self.counters.forwarded += 1
             return [*out, Message(self.inbox, job_id.encode(), value, owner)]
-        return out + self._apply(store, partition, offset, job_id, event, key, value, committed)
+        return out + self._apply(store, partition, offset, job_id, event, key, value,
+                                 _settled(committed, delivered))
 
     def _tick(self, store: Store, partition: int, offset: int, tick: Tick, committed: int | None) -> list[Message]:
         clock = self._clock.get(partition)
@@ -340,6 +345,13 @@ class InboxShell:
         at = self._clock.get(partition) or 0
         record = DeadLetter(self.inbox, partition, offset, reason, at, key, value)
         return Message(self._topics[core.DLQ], key, self.codec.encode(record), partition)
+
+
+def _settled(committed: int | None, delivered: int | None) -> int | None:
+    """The input offset below which every output is known to be out: committed, or delivered."""
+    if delivered is None:
+        return committed
+    return delivered + 1 if committed is None else max(committed, delivered + 1)
 
 
 def _trim(outbox: Outbox, committed: int | None) -> Outbox:

@@ -9,6 +9,7 @@ from ksched.events import ClaimTask, DeadLetter, JobAccepted, SubmitJob, TaskRea
 from ksched.partitioning import partition_for
 from schemas.codec import default_codec
 from streams import shell as shell_mod
+from streams.deliveries import Deliveries
 from streams.replay import MemoryStore
 from streams.shell import InboxShell, JobRecord, Message, decode_record, encode_record
 from tests.samples import job
@@ -131,6 +132,43 @@ def test_outbox_entries_below_the_committed_offset_are_dropped_when_the_job_is_w
     claim = ClaimTask("cl", "once", ready.run_id, ready.task_id, 1, "ex1", T0)  # type: ignore[attr-defined]
     sh.process(store, p, 1, b"once", CODEC.encode(claim), committed=1)
     assert [o for o, _ in decode_record(store.get(b"once") or b"").outbox] == [1]
+
+
+def test_outbox_entries_whose_outputs_were_delivered_are_dropped_before_the_commit() -> None:
+    """The broker acknowledged every output of offsets 0..1 (nothing committed yet): those entries go; the
+    entry of offset 2, whose outputs are not acknowledged, stays."""
+    sh, store = make(), MemoryStore()
+    p, raw = submit("once")
+    ready = decoded(sh.process(store, p, 0, b"once", raw), "t.ready.normal")[0]
+    claim = ClaimTask("cl", "once", ready.run_id, ready.task_id, 1, "ex1", T0)  # type: ignore[attr-defined]
+    sh.process(store, p, 1, b"once", CODEC.encode(claim), delivered=None)
+    assert [o for o, _ in decode_record(store.get(b"once") or b"").outbox] == [0, 1]
+    sh.process(store, p, 2, b"once", CODEC.encode(claim), committed=0, delivered=1)  # the same claim: regranted
+    assert [o for o, _ in decode_record(store.get(b"once") or b"").outbox] == [2]
+
+
+def test_deliveries_advance_only_over_inputs_whose_outputs_are_all_acknowledged() -> None:
+    d = Deliveries()
+    g = d.sent(0, 10, 2)
+    d.sent(0, 11, 1)
+    d.sent(1, 10, 1)
+    d.acknowledged(0, 11, g)  # a later input's output first: nothing before it is known to be out
+    assert d.through(0) is None
+    d.acknowledged(0, 10, g)
+    assert d.through(0) is None  # one of offset 10's two outputs is still out
+    d.acknowledged(0, 10, g)
+    assert (d.through(0), d.through(1)) == (11, None)
+
+
+def test_deliveries_of_a_partition_forgotten_meanwhile_do_not_count() -> None:
+    d = Deliveries()
+    old = d.sent(0, 5, 1)
+    d.forget({0})  # reassigned: offset 5 is processed again and its outputs sent again
+    new = d.sent(0, 5, 1)
+    d.acknowledged(0, 5, old)
+    assert d.through(0) is None
+    d.acknowledged(0, 5, new)
+    assert d.through(0) == 5
 
 
 def test_a_tick_decides_only_for_jobs_that_are_due(monkeypatch: pytest.MonkeyPatch) -> None:
