@@ -12,6 +12,23 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+_BROKER_PID: list[int] = []  # the benchmark's own broker, while it runs
+
+
+def broker_pid() -> int | None:
+    return _BROKER_PID[-1] if _BROKER_PID else None
+
+
+def cpu_seconds(pid: int | None, children: bool = False) -> float:
+    """CPU time (user + system) a process has used so far; with `children`, also its reaped children's."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -46,9 +63,13 @@ def broker() -> Iterator[str]:
 
     with tempfile.TemporaryDirectory(prefix="ksched-bench-") as d:
         info = devbroker.up(Path(d) / "broker", heap_mb=1024)
+        if info.pid is not None:
+            _BROKER_PID.append(info.pid)
         try:
             yield info.bootstrap
         finally:
+            if info.pid is not None:
+                _BROKER_PID.remove(info.pid)
             devbroker.down(Path(d) / "broker")
 
 

@@ -28,7 +28,7 @@ from ksched.events import ClaimGranted, ClaimTask, JobSpec, SubmitJob, TaskReady
 from schemas.codec import default_codec
 from tests.support import Cluster, write_script
 
-from .common import Follower, broker, report, summary, timestamped
+from .common import Follower, broker, broker_pid, cpu_seconds, report, summary, timestamped
 
 
 def completed(s: Settings) -> dict[str, int]:
@@ -62,6 +62,7 @@ def main(argv: list[str]) -> None:
         for _ in range(args.executors):
             cluster.executor(slots=args.slots)
         _warm_up(cluster, s, ref)
+        cpu_before, cpu_t0 = _cpu(cluster), time.time()
         watch = Follower(s, "ksched.TaskCompleted")
         done: dict[str, int] = {}
         codec = default_codec()
@@ -85,7 +86,11 @@ def main(argv: list[str]) -> None:
             print(f"  {len(done)}/{args.tasks} completed", file=sys.stderr)
             if len(done) >= args.tasks:
                 break
+        cpu_after, window = _cpu(cluster), time.time() - cpu_t0
         cluster.stop()
+        executor_stats = [line.split(" stopped: ", 1)[1] for p in cluster.procs if p.name.startswith("executor")
+                          for line in p.log.read_text(errors="replace").splitlines() if " stopped: " in line]
+        cpu = {role: cpu_after[role] - cpu_before[role] for role in cpu_before}
         busy_s = (max(done.values()) / 1000 - start) if done else float("nan")
         report("throughput", {
             "tasks": args.tasks, "offered_rate_per_s": args.rate, "completed": len(done),
@@ -93,7 +98,22 @@ def main(argv: list[str]) -> None:
             "throughput_tasks_per_s": round(len(done) / busy_s, 1) if done else 0.0,
             "streams_workers": args.workers, "executors": args.executors, "slots": args.slots,
             "partitions": args.partitions, **_steps(s),
+            # Where the 2 cores went while the tasks ran: cores busy per role, and CPU per task.
+            "cpu_cores_busy": {role: round(c / window, 2) for role, c in cpu.items()},
+            "cpu_ms_per_task": {role: round(c * 1000 / max(1, len(done)), 2) for role, c in cpu.items()},
+            "executors_at_exit": executor_stats,
         })
+
+
+def _cpu(cluster: Cluster) -> dict[str, float]:
+    """CPU seconds used so far by the broker, the streams workers, and the executors with their tasks."""
+    procs = cluster.procs
+    return {
+        "broker": cpu_seconds(broker_pid()),
+        "streams": sum(cpu_seconds(p.popen.pid) for p in procs if p.name.startswith("streams")),
+        "executors_and_tasks": sum(cpu_seconds(p.popen.pid, children=True) for p in procs
+                                   if p.name.startswith("executor")),
+    }
 
 
 def _warm_up(cluster: Cluster, s: Settings, ref: object) -> None:
@@ -115,11 +135,13 @@ def _steps(s: Settings) -> dict[str, object]:
             ready.setdefault(e.task_id, ts)
     claimed: dict[str, int] = {}
     started: dict[str, int] = {}
+    by_executor: collections.Counter[str] = collections.Counter()
     for ts, e in timestamped(s, s.topic("inbox"), s.partitions):
         if isinstance(e, ClaimTask):
             claimed.setdefault(e.task_id, ts)
         elif isinstance(e, TaskStarted):
             started.setdefault(e.task_id, e.started_at_ms)
+            by_executor[e.executor_id] += 1
     granted: dict[str, int] = {}
     for ts, e in timestamped(s, s.topic("control"), s.control_partitions):
         if isinstance(e, ClaimGranted):
@@ -131,7 +153,8 @@ def _steps(s: Settings) -> dict[str, object]:
             steps["ready_to_claim_committed_ms"].append(claimed[tid] - r)
             steps["claim_to_grant_ms"].append(granted[tid] - claimed[tid])
             steps["grant_to_process_start_ms"].append(started[tid] - granted[tid])
-    return {k: summary(v) for k, v in steps.items()}
+    return {"started_per_executor": sorted(by_executor.values(), reverse=True),
+            **{k: summary(v) for k, v in steps.items()}}
 
 
 if __name__ == "__main__":

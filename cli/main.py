@@ -65,6 +65,7 @@ def _executor(args: argparse.Namespace, settings: config.Settings) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     ex.run()
+    print(f"executor {ex.id} stopped: {ex.stats.summary()}", file=sys.stderr)
     return 0
 
 

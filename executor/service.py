@@ -111,6 +111,17 @@ class Stats:
     #: The last claim transactions' durations (bounded: an executor runs for months).
     claim_txn_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
+    def summary(self) -> str:
+        txn = sorted(self.claim_txn_ms)
+
+        def at(q: float) -> float:
+            return txn[min(len(txn) - 1, int(q * len(txn)))] if txn else 0.0
+
+        return (f"claimed {self.claimed} in {self.transactions} transactions ({self.txn_aborts} aborted; "
+                f"recent p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms), granted {self.granted}, "
+                f"rejected {self.rejected}, renewed {self.renewals}, abandoned {self.abandoned}, "
+                f"started {self.started}, finished {self.finished}")
+
 
 class Executor:
     def __init__(self, settings: Settings, store: ArtifactStore, config: ExecutorConfig | None = None,
@@ -145,8 +156,10 @@ class Executor:
         self._claims = kafka.producer(settings, **{"transactional.id": f"{settings.prefix}-executor-{self.id}",
                                                    "transaction.timeout.ms": 60000})
         group = f"{settings.prefix}-executors" + (f"-{self.config.pool}" if self.config.pool else "")
+        # "range" splits each ready topic's partitions evenly among the executors; a sticky assignor balances only
+        # the total over the three topics, and could give one executor every partition of a priority.
         self._consumer = kafka.consumer(settings, group=group,
-                                        **{"partition.assignment.strategy": "cooperative-sticky",
+                                        **{"partition.assignment.strategy": "range",
                                            "fetch.wait.max.ms": 20,
                                            "session.timeout.ms": int(max(6.0, settings.session_timeout_s) * 1000),
                                            "heartbeat.interval.ms": 1000})

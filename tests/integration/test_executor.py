@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaException
 
 from ksched import kafka
 from ksched.artifacts import open_store
@@ -361,3 +362,24 @@ def test_a_grant_that_comes_after_its_executor_gave_up_waiting_is_handed_back_no
         assert "CLAIM_ABANDONED" in first.reason, first
     finally:
         cluster.stop()
+
+
+def test_executors_share_every_priority_not_just_the_total(lone: Cluster) -> None:
+    """Each executor of a group gets partitions of each ready topic, so work of every priority is spread."""
+    cluster = lone
+    cluster.executor(2, "share-a")
+    cluster.executor(2, "share-b")
+    group = f"{cluster.settings.prefix}-executors"
+    admin = kafka.admin(cluster.settings)
+
+    def assignment() -> dict[str, set[str]] | None:
+        try:
+            g = admin.describe_consumer_groups([group])[group].result(timeout=10)
+        except KafkaException:  # the group does not exist yet
+            return None
+        members = {m.member_id: {tp.topic for tp in m.assignment.topic_partitions} for m in g.members}
+        return members if len(members) == 2 and all(members.values()) else None
+
+    members = eventually(assignment, 60, what="both executors assigned")
+    topics = {cluster.settings.topic(f"ready.{p}") for p in ("high", "normal", "low")}
+    assert all(got == topics for got in members.values()), members
