@@ -25,7 +25,7 @@ from ksched.records import to_data
 from schemas.codec import default_codec
 
 from .core.decide import next_wakeup
-from .core.model import JobState
+from .core.model import JobState, Run
 from .core.views import run_view, task_view
 from .metrics import Metrics
 from .shell import InboxShell, decode_record
@@ -131,22 +131,31 @@ class Api:
         state = self._state(job_id)
         if state is not None:
             for run in state.runs.values():
-                runs[run.run_id] = {**to_data(run_view(state, run)),
-                                    "tasks": [to_data(task_view(state, run, t)) for t in run.tasks.values()]}
+                runs[run.run_id] = self._live(state, run)
         return sorted(runs.values(), key=lambda r: (r["scheduled_for_ms"], r["created_at_ms"], r["run_id"]))
+
+    @staticmethod
+    def _live(state: JobState, run: Run) -> dict[str, Any]:
+        """A run the state still holds, as its views (the same as the views topics will hold)."""
+        tasks = [to_data(task_view(state, run, t)) for t in run.tasks.values()]
+        return {**to_data(run_view(state, run)), "tasks": tasks}
 
     async def run(self, view: Any, request: Any, run_id: str) -> Any:
         job_id = _job_id_of_run(run_id)
 
         async def local() -> Any:
-            status = await self._blocking(job_status, self.settings, job_id)
-            for r in self._merge(job_id, status):
-                if r["run_id"] == run_id:
-                    state = self._state(job_id)
-                    edges = {t.name: list(t.depends_on) for t in state.spec_for(r["revision"]).tasks} if state \
-                        else {t["name"]: t["depends_on"] for t in r["tasks"]}
-                    return view.json({**r, "served_by": self.worker, "dependencies": edges})
-            return view.json({"error": f"unknown run {run_id!r}"}, status=404)
+            state = self._state(job_id)
+            live = state.runs.get(run_id) if state is not None else None
+            if state is not None and live is not None:  # the state still holds it: no need to read the views
+                found: dict[str, Any] | None = self._live(state, live)
+            else:
+                status = await self._blocking(job_status, self.settings, job_id)
+                found = next((r for r in self._merge(job_id, status) if r["run_id"] == run_id), None)
+            if found is None:
+                return view.json({"error": f"unknown run {run_id!r}"}, status=404)
+            edges = {t.name: list(t.depends_on) for t in state.spec_for(found["revision"]).tasks} if state \
+                else {t["name"]: t["depends_on"] for t in found["tasks"]}
+            return view.json({**found, "served_by": self.worker, "dependencies": edges})
         return await self._routed(view, request, job_id, local)
 
     async def history(self, view: Any, request: Any, job_id: str) -> Any:

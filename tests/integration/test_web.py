@@ -160,3 +160,20 @@ tasks:
         page.screenshot(path=str(shots / "ui-log.png"))
         browser.close()
     assert (shots / "ui-run-dag.png").stat().st_size > 1000
+
+
+def test_a_run_the_state_no_longer_holds_is_served_from_the_views(web: Any) -> None:
+    """A job's state keeps its 5 latest finished runs; an older run is still answered, from the views topics,
+    and a recent one from the state, the same way."""
+    cluster, ports, home = web
+    job_id = "api-every-second"
+    r = cluster.ksched("submit", str(write_job(home, job_id, f'job: {job_id}\nschedule: "* * * * * *"\n'
+                                                               "binary: hello.sh\n")), "--wait", "--timeout", "120")
+    assert r.returncode == 0, r.stderr
+    done = eventually(lambda: len(s := cluster.succeeded_runs(job_id)) >= 7 and s, 90, what="7 runs succeeded")
+    assert cluster.ksched("pause", job_id).returncode == 0
+    oldest, newest = done[0], done[-1]  # with 7 finished, the oldest two are out of the state (it keeps 5)
+    for run_id in (oldest, newest):
+        got = get(ports[0], f"/api/runs/{run_id}")
+        assert (got["run_id"], got["state"], got["dependencies"]) == (run_id, "SUCCEEDED", {"main": []}), got
+        assert got["tasks"][0]["attempts"][0]["exit_code"] == 0
