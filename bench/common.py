@@ -78,7 +78,7 @@ class Follower:
 
     def __init__(self, settings: Any, schema: str, topic: str = "inbox") -> None:
         from ksched import kafka
-        from schemas.codec import default_codec
+        from ksched.schemas.codec import default_codec
 
         self.codec = default_codec()
         self.prefix = self.codec.prefix(schema)
@@ -99,7 +99,7 @@ class Follower:
 def timestamped(settings: Any, topic: str, partitions: int) -> list[tuple[int, Any]]:
     """Every decodable record of a topic with its producer timestamp (for splitting latencies into steps)."""
     from ksched.reader import read_partition
-    from schemas.codec import default_codec
+    from ksched.schemas.codec import default_codec
 
     codec = default_codec()
     out = []

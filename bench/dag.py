@@ -17,7 +17,10 @@ from typing import Any
 from ksched import kafka
 from ksched.artifacts import open_store
 from ksched.config import Settings
-from ksched.events import (
+from ksched.partitioning import partition_for
+from ksched.reader import read_partition
+from ksched.schemas.codec import default_codec
+from ksched.schemas.events import (
     ArtifactRef,
     ClaimGranted,
     ClaimTask,
@@ -30,9 +33,6 @@ from ksched.events import (
     TaskSpec,
     TaskStarted,
 )
-from ksched.partitioning import partition_for
-from ksched.reader import read_partition
-from schemas.codec import default_codec
 from tests.support import Cluster, write_script
 
 from .common import broker, report, summary

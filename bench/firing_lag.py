@@ -22,8 +22,17 @@ from pathlib import Path
 from ksched import kafka
 from ksched.artifacts import open_store
 from ksched.config import Settings
-from ksched.events import ClaimGranted, ClaimTask, JobSpec, Schedule, SubmitJob, TaskReady, TaskSpec, TaskStarted
-from schemas.codec import default_codec
+from ksched.schemas.codec import default_codec
+from ksched.schemas.events import (
+    ClaimGranted,
+    ClaimTask,
+    JobSpec,
+    Schedule,
+    SubmitJob,
+    TaskReady,
+    TaskSpec,
+    TaskStarted,
+)
 from tests.support import Cluster, write_script
 
 from .common import Follower, broker, report, summary, timestamped

@@ -11,12 +11,12 @@ import sys
 import time
 
 from ksched.config import Settings
-from ksched.events import ClaimTask, SubmitJob, TaskCompleted, TaskReady, TaskStarted, Tick
 from ksched.partitioning import partition_for
-from schemas.codec import default_codec
-from streams.core import decide as core
-from streams.replay import MemoryStore
-from streams.shell import InboxShell, decode_state
+from ksched.schemas.codec import default_codec
+from ksched.schemas.events import ClaimTask, SubmitJob, TaskCompleted, TaskReady, TaskStarted, Tick
+from ksched.streams.core import decide as core
+from ksched.streams.replay import MemoryStore
+from ksched.streams.shell import InboxShell, decode_state
 from tests.samples import job
 
 from .common import report, summary

@@ -14,9 +14,21 @@ from confluent_kafka import Message as KMessage
 from ksched import kafka
 from ksched.config import Settings
 from ksched.errors import CodecError, KschedError
-from ksched.events import JobDefinition, RunView, TaskView
 from ksched.partitioning import partition_for
-from schemas.codec import Codec, default_codec
+from ksched.schemas.codec import Codec, default_codec
+from ksched.schemas.events import JobDefinition, RunView, TaskView
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record of a topic as it was stored: where it was, and its bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
 
 
 def read_partition(settings: Settings, topic: str, partition: int, timeout_s: float = 15.0,
@@ -101,10 +113,8 @@ def find_run(settings: Settings, run_id: str) -> tuple[RunView | None, dict[str,
     return st.runs.get(run_id), st.tasks.get(run_id, {})
 
 
-def topic_records(settings: Settings, topic: str, timeout_s: float = 60.0) -> Iterator[Any]:
+def topic_records(settings: Settings, topic: str, timeout_s: float = 60.0) -> Iterator[Record]:
     """Every record of every partition of `topic` (up to the end each had when read), as replay records."""
-    from streams.replay import Record
-
     c = kafka.consumer(settings, group=f"{settings.prefix}-reader-{uuid.uuid4().hex[:8]}")
     try:
         md = c.list_topics(topic, timeout=timeout_s).topics.get(topic)

@@ -7,7 +7,7 @@ import types
 import typing
 from typing import Any
 
-from ksched.events import ArtifactRef, JobSpec, RetryPolicy, Schedule, TaskSpec
+from ksched.schemas.events import ArtifactRef, JobSpec, RetryPolicy, Schedule, TaskSpec
 
 DIGEST = "sha256:" + "ab" * 32
 

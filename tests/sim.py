@@ -6,7 +6,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from ksched.events import (
+from ksched.schemas.events import (
     ClaimGranted,
     ClaimTask,
     JobSpec,
@@ -18,8 +18,9 @@ from ksched.events import (
     TaskStarted,
     Tick,
 )
-from streams.core.decide import CONTROL, EVENTS, READY, Emit, decide, next_wakeup
-from streams.core.model import JobState, Params
+from ksched.streams.core.decide import decide, next_wakeup
+from ksched.streams.core.emit import CONTROL, EVENTS, READY, Emit
+from ksched.streams.core.model import JobState, Params
 
 T0 = 1_800_000_000_000  # 2027-01-15T08:00:00Z, a whole minute
 

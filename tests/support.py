@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 from ksched.config import Settings
 from ksched.reader import JobStatus, job_status, read_partition
+from ksched.schemas.codec import default_codec
 from ksched.topics import ensure_topics
-from schemas.codec import default_codec
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -109,8 +109,8 @@ class Cluster:
     def _spawn(self, name: str, args: list[str]) -> Proc:
         log = self.settings.home / f"{name}.{len(self.procs)}.log"
         with open(log, "wb") as out:
-            popen = subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=self.env, cwd=REPO, stdout=out,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            popen = subprocess.Popen([sys.executable, "-m", "ksched.cli.main", *args], env=self.env, cwd=REPO,
+                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         proc = Proc(name, popen, log)
         self.procs.append(proc)
         return proc
@@ -126,7 +126,7 @@ class Cluster:
         return self._spawn(f"executor-{executor_id or len(self.procs)}", args)
 
     def ksched(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "cli.main", *args], env=self.env, cwd=REPO, text=True,
+        return subprocess.run([sys.executable, "-m", "ksched.cli.main", *args], env=self.env, cwd=REPO, text=True,
                               capture_output=True, timeout=timeout, check=False)
 
     def status(self, job: str) -> JobStatus:

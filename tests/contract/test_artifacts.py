@@ -11,7 +11,7 @@ import pytest
 
 from ksched.artifacts import ArtifactStore, LocalStore, open_store, sha256_file
 from ksched.errors import ArtifactError
-from ksched.events import FailureReason
+from ksched.schemas.events import FailureReason
 from tests.s3server import make_bucket, s3_env, s3_server
 
 

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 from bench.common import broker
-from cli.audit import save_records
+from ksched.cli.audit import save_records
 from ksched.config import Settings
 from ksched.reader import topic_records
 from tests.support import Cluster, eventually, write_job, write_script

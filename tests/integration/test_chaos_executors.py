@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ksched.events import AttemptEnded
+from ksched.schemas.events import AttemptEnded
 from tests.support import Cluster, Proc, eventually, settings_for, write_job, write_script
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -86,15 +86,15 @@ echo "END $KSCHED_TASK_ID $KSCHED_ATTEMPT $KSCHED_FENCING_TOKEN $(date +%s%N)" >
 def _submit_all(cluster: Cluster, tmp_path: Path) -> None:
     import uuid
 
-    from cli.jobfile import load_job
     from ksched import kafka
     from ksched.artifacts import open_store
-    from schemas.codec import default_codec
+    from ksched.cli.jobfile import load_job
+    from ksched.schemas.codec import default_codec
 
     ref = open_store(cluster.settings.artifacts).put_file(tmp_path / "work.sh")
     codec = default_codec()
     producer = kafka.producer(cluster.settings)
-    from ksched.events import SubmitJob
+    from ksched.schemas.events import SubmitJob
 
     for i in range(TASKS):
         jf = load_job(tmp_path / f"j{i}.yaml")

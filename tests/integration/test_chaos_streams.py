@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ksched.events import OccurrenceMissed, RunTriggered
+from ksched.schemas.events import OccurrenceMissed, RunTriggered
 from tests.support import Cluster, eventually, settings_for, write_job, write_script
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

@@ -16,15 +16,15 @@ import pytest
 
 from ksched import kafka
 from ksched.artifacts import open_store
-from ksched.events import (
+from ksched.partitioning import partition_for
+from ksched.schemas.codec import SCHEMA_DIR, default_codec
+from ksched.schemas.events import (
     ClaimGranted,
     DeadLetter,
     SubmitJob,
     TaskReady,
     Tick,
 )
-from ksched.partitioning import partition_for
-from schemas.codec import SCHEMA_DIR, default_codec
 from tests.samples import job
 from tests.support import Cluster, eventually, settings_for, write_job, write_script
 

@@ -15,10 +15,10 @@ from confluent_kafka import KafkaException
 
 from ksched import kafka
 from ksched.artifacts import open_store
-from ksched.events import ArtifactRef, ClaimTask, JobSpec, SubmitJob, TaskReady, TaskSpec, Tick
 from ksched.reader import group_progress, read_partition
-from schemas.codec import default_codec
-from streams.metrics import queue_depths
+from ksched.schemas.codec import default_codec
+from ksched.schemas.events import ArtifactRef, ClaimTask, JobSpec, SubmitJob, TaskReady, TaskSpec, Tick
+from ksched.streams.metrics import queue_depths
 from tests.s3server import make_bucket, s3_env, s3_server
 from tests.support import Cluster, eventually, settings_for, write_job, write_script
 

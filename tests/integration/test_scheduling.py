@@ -12,7 +12,10 @@ from datetime import UTC, datetime
 import pytest
 
 from ksched import kafka
-from ksched.events import (
+from ksched.instants import from_ms
+from ksched.partitioning import partition_for
+from ksched.schemas.codec import default_codec
+from ksched.schemas.events import (
     JobSpec,
     OccurrenceMissed,
     OccurrenceSkipped,
@@ -23,9 +26,7 @@ from ksched.events import (
     SubmitJob,
     Tick,
 )
-from ksched.partitioning import partition_for
-from schemas.codec import default_codec
-from streams.core.schedule import from_ms, to_ms, zone
+from ksched.streams.core.schedule import to_ms, zone
 from tests.samples import job
 from tests.support import Cluster, eventually, settings_for
 

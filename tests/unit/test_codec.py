@@ -12,8 +12,8 @@ from fastavro.schema import fingerprint as fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from ksched.errors import CodecError, UnknownSchemaError
-from ksched.events import RECORD_TYPES, SubmitJob, Tick, schema_name
-from schemas.codec import HISTORY_DIR, MAGIC, SCHEMA_DIR, Codec, crc64_avro, default_codec
+from ksched.schemas.codec import HISTORY_DIR, MAGIC, SCHEMA_DIR, Codec, crc64_avro, default_codec
+from ksched.schemas.events import RECORD_TYPES, SubmitJob, Tick, schema_name
 from tests.samples import job, sample
 
 CODEC = default_codec()
@@ -115,7 +115,7 @@ def test_a_record_written_with_the_current_schema_reads_with_the_previous_one(pa
 
 def _old_record(schema: typing.Any, event: typing.Any) -> dict[str, typing.Any]:
     """`event` as plain data restricted to the fields `schema` (an older version) knows."""
-    from ksched.records import to_data
+    from ksched.schemas.records import to_data
 
     def restrict(s: typing.Any, value: typing.Any) -> typing.Any:
         if isinstance(s, dict) and s.get("type") == "record" and isinstance(value, dict):

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from ksched.events import (
+from ksched.schemas.events import (
     ArtifactRef,
     ClaimGranted,
     JobSpec,
@@ -20,8 +20,8 @@ from ksched.events import (
     TaskState,
     TriggerJob,
 )
-from streams.core import dag
-from streams.core.model import Task
+from ksched.streams.core import dag
+from ksched.streams.core.model import Task
 from tests.samples import DIGEST
 from tests.sim import Sim, one
 
@@ -103,7 +103,7 @@ def test_a_run_ends_when_no_task_can_progress(states: list[str], cancelled: bool
 
 
 def dag_job(*tasks: tuple[str, list[str], str], cron: str | None = None, max_active_runs: int = 0) -> JobSpec:
-    from ksched.events import Schedule
+    from ksched.schemas.events import Schedule
 
     return JobSpec("pipe", spec(*tasks), Schedule(cron=cron), max_active_runs=max_active_runs)
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from ksched.events import (
+from ksched.schemas.events import (
     AttemptEnded,
     CancelRequested,
     CancelRun,
@@ -36,9 +36,10 @@ from ksched.events import (
     Tick,
     TriggerJob,
 )
-from streams.core.decide import CATALOG, DLQ, RUNS, TASKS, decide, next_wakeup
-from streams.core.model import Params
-from streams.core.retry import backoff_ms
+from ksched.streams.core.decide import decide, next_wakeup
+from ksched.streams.core.emit import CATALOG, DLQ, RUNS, TASKS
+from ksched.streams.core.model import Params
+from ksched.streams.core.retry import backoff_ms
 from tests.samples import job
 from tests.sim import T0, Sim, one
 

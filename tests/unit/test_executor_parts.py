@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from executor.cache import ArtifactCache
-from executor.sandbox import attempt_env, cap_log, spawn
 from ksched.artifacts import LocalStore
 from ksched.errors import ArtifactError
-from ksched.events import ClaimGranted, FailureReason, Limits, TaskReady
+from ksched.executor.cache import ArtifactCache
+from ksched.executor.sandbox import attempt_env, cap_log, spawn
+from ksched.schemas.events import ClaimGranted, FailureReason, Limits, TaskReady
 from tests.samples import sample
 
 
@@ -56,7 +56,7 @@ def test_bad_artifacts_fail_with_a_clear_reason(store: LocalStore, tmp_path: Pat
 
 
 def test_a_missing_artifact_is_reported(store: LocalStore, tmp_path: Path) -> None:
-    from ksched.events import ArtifactRef
+    from ksched.schemas.events import ArtifactRef
 
     with pytest.raises(ArtifactError) as exc:
         ArtifactCache(store, tmp_path / "cache").get(ArtifactRef("sha256:" + "1" * 64, "gone", 1))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.jobfile import load_job, parse_duration, parse_job
+from ksched.cli.jobfile import load_job, parse_duration, parse_job
 from ksched.errors import JobSpecError
 
 
@@ -83,7 +83,7 @@ def test_a_duplicate_task_name_is_rejected(base: Path) -> None:
     # YAML mappings cannot hold duplicate keys; a spec built by any other client can.
     from dataclasses import replace
 
-    from streams.core.validate import validate_job
+    from ksched.streams.core.validate import validate_job
 
     spec = parse_job("job: j\ntasks:\n  a: {binary: run.sh}\n", base).spec
     with pytest.raises(JobSpecError, match="duplicate task name 'a'"):

@@ -10,11 +10,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from cli.audit import load_records
+from ksched.cli.audit import load_records
 from ksched.config import Settings
-from ksched.events import AttemptEnded
-from schemas.codec import default_codec
-from streams.replay import replay
+from ksched.schemas.codec import default_codec
+from ksched.schemas.events import AttemptEnded
+from ksched.streams.replay import replay
 
 HISTORY = Path(__file__).resolve().parents[1] / "histories" / "basic.jsonl"
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ def test_the_recorded_history_replays_to_exactly_the_logged_decisions() -> None:
 
 
 def run_replay(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli.main", "replay", "--from-file", str(path)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "ksched.cli.main", "replay", "--from-file", str(path)], cwd=REPO,
                           capture_output=True, text=True, timeout=120, check=False)
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from cli.render import status_text
-from ksched.events import AttemptView, RunView, TaskView
+from ksched.cli.render import status_text
 from ksched.reader import JobStatus
+from ksched.schemas.events import AttemptView, RunView, TaskView
 
 T = 1_800_000_000_000
 

@@ -6,7 +6,10 @@ from dataclasses import replace
 from typing import Any
 
 from ksched.config import Settings
-from ksched.events import (
+from ksched.partitioning import partition_for
+from ksched.reader import Record
+from ksched.schemas.codec import default_codec
+from ksched.schemas.events import (
     AttemptEnded,
     ClaimGranted,
     ClaimTask,
@@ -19,9 +22,7 @@ from ksched.events import (
     TaskStarted,
     Tick,
 )
-from ksched.partitioning import partition_for
-from schemas.codec import default_codec
-from streams.replay import Record, replay
+from ksched.streams.replay import replay
 from tests.samples import job
 from tests.sim import T0
 
@@ -143,7 +144,7 @@ def test_a_process_started_without_a_grant_is_named() -> None:
 
 def test_an_occurrence_decided_twice_is_named() -> None:
     h = rich_history()
-    from ksched.events import RunTriggered
+    from ksched.schemas.events import RunTriggered
 
     fired = next(d for d in h.decisions() if isinstance(d, RunTriggered) and d.job_id == "cron")
     twin = replace(fired, event_id=fired.event_id + "-again")

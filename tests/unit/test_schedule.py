@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 import pytest
 
 from ksched.errors import JobSpecError
-from ksched.events import Schedule
-from streams.core.schedule import from_ms, iso, next_fire, parse_cron, preview, spread_offset_ms, to_ms, zone
+from ksched.instants import from_ms, iso
+from ksched.schemas.events import Schedule
+from ksched.streams.core.schedule import next_fire, parse_cron, preview, spread_offset_ms, to_ms, zone
 
 
 def ms(*args: int) -> int:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from ksched.config import Settings
-from ksched.events import ClaimTask, DeadLetter, JobAccepted, SubmitJob, TaskReady, Tick
 from ksched.partitioning import partition_for
-from schemas.codec import default_codec
-from streams import shell as shell_mod
-from streams.deliveries import Deliveries
-from streams.replay import MemoryStore
-from streams.shell import InboxShell, JobRecord, Message, decode_record, encode_record
+from ksched.schemas.codec import default_codec
+from ksched.schemas.events import ClaimTask, DeadLetter, JobAccepted, SubmitJob, TaskReady, Tick
+from ksched.streams import shell as shell_mod
+from ksched.streams.deliveries import Deliveries
+from ksched.streams.replay import MemoryStore
+from ksched.streams.shell import InboxShell, JobRecord, Message, decode_record, encode_record
 from tests.samples import job
 from tests.sim import T0
 
@@ -240,7 +240,7 @@ def test_job_records_round_trip_including_earlier_revisions_and_the_outbox() -> 
 def test_after_a_gap_in_ticks_leases_are_renewed_instead_of_lapsing() -> None:
     """The worker was down (no ticks for 20 s) while an executor ran its attempt and heartbeated; the first
     tick after the gap renews the lease, and only a later silence of a whole lease loses the attempt."""
-    from ksched.events import AttemptEnded, ClaimGranted, TaskHeartbeat, TaskStarted
+    from ksched.schemas.events import AttemptEnded, ClaimGranted, TaskHeartbeat, TaskStarted
 
     sh, store = make(), MemoryStore()
     p, raw = submit("leased")
