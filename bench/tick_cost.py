@@ -15,8 +15,9 @@ from ksched.partitioning import partition_for
 from ksched.schemas.codec import default_codec
 from ksched.schemas.events import ClaimTask, SubmitJob, TaskCompleted, TaskReady, TaskStarted, Tick
 from ksched.streams.core import decide as core
+from ksched.streams.jobstore import decode_state
 from ksched.streams.replay import MemoryStore
-from ksched.streams.shell import InboxShell, decode_state
+from ksched.streams.shell import InboxShell
 from tests.samples import job
 
 from .common import report, summary

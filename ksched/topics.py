@@ -9,6 +9,7 @@ count, so one partition owns everything about a job.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ksched.config import Settings
@@ -45,6 +46,13 @@ def pool_topic_specs(s: Settings, pool: str) -> list[TopicSpec]:
                       f"attempts ready to run at priority {prio}{where}",
                       {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)})
             for prio in ("high", "normal", "low")]
+
+
+def pools_in(settings: Settings, topic_names: Iterable[str]) -> set[str]:
+    """The executor pools that have ready topics among `topic_names` ("" is the default pool, always in)."""
+    prefix = settings.topic("ready.")
+    return {""} | {name[len(prefix):].rsplit(".", 1)[0] for name in topic_names
+                   if name.startswith(prefix) and name.count(".") > prefix.count(".")}
 
 
 def app_id(settings: Settings) -> str:

@@ -31,13 +31,18 @@ def _dev_broker(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _topics(args: argparse.Namespace, settings: config.Settings) -> int:
-    from ksched.topics import ensure_topics, topic_specs
+    from ksched import kafka
+    from ksched.topics import ensure_topics, pool_topic_specs, pools_in, topic_specs
 
-    created = ensure_topics(settings)
-    for spec in topic_specs(settings):
+    pools = tuple(sorted(pools_in(settings, kafka.admin(settings).list_topics(timeout=30).topics) - {""}))
+    created = ensure_topics(settings, pools=pools)
+    specs = topic_specs(settings) + [sp for pool in pools for sp in pool_topic_specs(settings, pool)]
+    for spec in specs:
         mark = "created" if spec.name in created else "exists"
         policy = spec.config.get("cleanup.policy", "delete")
-        print(f"{spec.name:40} {spec.partitions:3d} partitions  {policy:8} key: {spec.key}  [{mark}]")
+        retention = spec.config.get("retention.ms", "")
+        kept = "" if policy == "compact" else ("forever" if retention == "-1" else f"{int(retention) // 3_600_000}h")
+        print(f"{spec.name:44} {spec.partitions:3d} partitions  {policy:7} {kept:>7}  key: {spec.key}  [{mark}]")
     return 0
 
 

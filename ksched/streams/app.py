@@ -4,9 +4,7 @@ The agent is a shell around `streams.shell.InboxShell` (which is a shell around 
 `streams.core.decide`): it hands each record to the shell with a view of the table partition the
 record belongs to, and publishes what comes back. Decisions never happen here.
 
-Outputs go out through a librdkafka producer (a few microseconds per message, against about a hundred
-through Faust's). Faust commits input offsets only after flushing its producer; that flush is extended
-to flush this one too, so an input's offset is committed only once all of its outputs were delivered.
+Outputs go out through `publisher.Publisher`; Faust's private internals are used only through `faustcompat`.
 """
 
 from __future__ import annotations
@@ -15,50 +13,31 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from ksched import kafka
 from ksched.config import Settings
-from ksched.errors import KschedError
 from ksched.schemas.codec import default_codec
 from ksched.schemas.events import Tick
-from ksched.topics import MAX_STATE_BYTES, app_id, ensure_topics, topic_specs
+from ksched.topics import MAX_STATE_BYTES, app_id
 
+from . import faustcompat
 from .core.model import Params
-from .deliveries import Deliveries
+from .jobstore import Message
 from .metrics import Metrics, queue_depths
-from .shell import InboxShell, Message
+from .publisher import Publisher
+from .shell import InboxShell
 
 log = logging.getLogger(__name__)
 
 
-def _read_committed_consumer() -> None:
-    """Faust reads with read_committed only under exactly-once; ksched runs at-least-once but must never
-    act on claims from aborted executor transactions, so its consumer reads committed data only."""
-    thread_cls: Any = faust_aiokafka.AIOKafkaConsumerThread
-    if getattr(thread_cls, "_ksched_patched", False):
-        return
-    original = thread_cls._create_worker_consumer
-
-    def create(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._isolation_level = "read_committed"
-        return consumer
-
-    thread_cls._create_worker_consumer = create
-    thread_cls._ksched_patched = True
-
-
 @dataclass
 class FaustStore:
-    """`streams.shell.Store` over the Faust table, for the partition of the event being processed."""
+    """`streams.jobstore.Store` over the Faust table, for the partition of the event being processed."""
 
     table: Any
     partition: int
@@ -74,64 +53,7 @@ class FaustStore:
         self.table.pop(key, None)
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
-        db = self.table.data._db_for_partition(self.partition)
-        for k, v in db.items():
-            yield bytes(k), bytes(v)
-
-
-class OutputError(KschedError):
-    """Outputs could not be delivered; the worker stops so that their inputs are processed again."""
-
-
-@dataclass
-class Publisher:
-    """The outputs' producer, and the flush Faust waits for before it commits input offsets."""
-
-    settings: Settings
-    failures: list[str] = field(default_factory=list)
-    deliveries: Deliveries = field(default_factory=Deliveries)
-
-    def __post_init__(self) -> None:
-        self.producer = kafka.producer(self.settings, **{"linger.ms": 0, "batch.num.messages": 2000})
-        # Topics known to exist (the worker created them at start). A task of a new executor pool needs the
-        # pool's ready topics: they are created on first use rather than failing every later commit.
-        self.known = {spec.name for spec in topic_specs(self.settings)}
-
-    def _ensure(self, topic: str) -> None:
-        ready = self.settings.topic("ready.")
-        parts = topic[len(ready):].split(".") if topic.startswith(ready) else []
-        ensure_topics(self.settings, pools=(parts[0],) if len(parts) == 2 else ())
-        self.known.add(topic)
-
-    def _delivered(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self.failures.append(f"{msg.topic()}: {err}")
-
-    def publish(self, messages: list[Message], source: tuple[int, int] | None = None) -> None:
-        """Produce `messages`, the outputs of the inbox record at `source` (partition, offset) if given."""
-        done = self._delivered
-        if source is not None and messages:
-            generation = self.deliveries.sent(*source, len(messages))
-            done = partial(self._acknowledged, *source, generation)
-        for m in messages:
-            if m.topic not in self.known:
-                self._ensure(m.topic)
-            if m.partition is None:
-                self.producer.produce(m.topic, m.value, m.key, on_delivery=done)
-            else:
-                self.producer.produce(m.topic, m.value, m.key, m.partition, on_delivery=done)
-        self.producer.poll(0)
-
-    def _acknowledged(self, partition: int, offset: int, generation: int, err: Any, msg: Any) -> None:
-        if err is not None:
-            self.failures.append(f"{msg.topic()}: {err}")
-        else:
-            self.deliveries.acknowledged(partition, offset, generation)
-
-    async def flush(self) -> None:
-        remaining = await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 30.0)
-        if remaining or self.failures:
-            raise OutputError(f"{remaining} outputs undelivered; failures: {self.failures[:3]}")
+        return faustcompat.partition_items(self.table, self.partition)
 
 
 @dataclass
@@ -148,7 +70,7 @@ class StreamsApp:
 
 def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | None = None,
                params: Params | None = None, web_port: int | None = None) -> StreamsApp:
-    _read_committed_consumer()
+    faustcompat.read_committed()
     app: Any = faust.App(
         app_id(settings),
         broker=f"kafka://{settings.bootstrap_servers}",
@@ -198,18 +120,12 @@ def _wire(streams: StreamsApp, worker_name: str) -> Any:
     inbox = app.topic(inbox_name, key_type=bytes, value_type=bytes, partitions=settings.partitions)
     table = app.Table("jobstate", partitions=settings.partitions, key_type=bytes, value_type=bytes)
 
-    faust_flush = app.producer.flush
-
-    async def flush_both() -> None:
-        await faust_flush()
-        await publisher.flush()
-
-    app.producer.flush = flush_both
+    faustcompat.also_flush(app, publisher.flush)
 
     async def scheduler(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
-            committed = app.consumer._committed_offset.get(TP(inbox_name, msg.partition))
+            committed = faustcompat.committed_offset(app, inbox_name, msg.partition)
             outputs = shell.process(FaustStore(table, msg.partition), msg.partition, msg.offset, msg.key, msg.value,
                                     committed=committed, delivered=publisher.deliveries.through(msg.partition))
             publisher.publish(outputs, (msg.partition, msg.offset))

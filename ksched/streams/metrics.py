@@ -112,12 +112,10 @@ def queue_depths(settings: Settings) -> dict[tuple[str, str], int]:
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
     from ksched import kafka
-    from ksched.topics import ready_topic
+    from ksched.topics import pools_in, ready_topic
 
     admin = kafka.admin(settings)
-    prefix = settings.topic("ready.")
-    pools = {""} | {name[len(prefix):].rsplit(".", 1)[0] for name in admin.list_topics(timeout=10).topics
-                    if name.startswith(prefix) and name.count(".") > prefix.count(".")}
+    pools = pools_in(settings, admin.list_topics(timeout=10).topics)
     consumer = kafka.consumer(settings, group=f"{settings.prefix}-metrics")
     try:
         depths = {}

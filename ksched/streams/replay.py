@@ -37,6 +37,7 @@ from ksched.schemas.records import to_data
 
 from .core.model import JobState, Params
 from .core.schedule import fire_times
+from .jobstore import JobStore
 from .shell import InboxShell
 
 
@@ -145,15 +146,7 @@ def _decode(codec: Codec, value: bytes | None) -> Any | None:
 
 
 def _states(stores: dict[int, MemoryStore]) -> dict[str, JobState]:
-    from .shell import CLOCK_KEY, RESERVED, decode_record
-
-    jobs = {}
-    for store in stores.values():
-        for key, raw in store.items():
-            if key != CLOCK_KEY and not key.startswith(RESERVED):
-                rec = decode_record(raw)
-                jobs[rec.state.job_id] = rec.state
-    return jobs
+    return {rec.state.job_id: rec.state for store in stores.values() for rec in JobStore().scan(store)}
 
 
 def check_invariants(decisions: list[Any], reports: list[Any], jobs: dict[str, JobState]) -> list[Violation]:

@@ -24,11 +24,13 @@ from ksched.reader import JobStatus, job_history, job_status, read_partition
 from ksched.schemas.codec import default_codec
 from ksched.schemas.records import to_data
 
+from . import faustcompat
 from .core.decide import next_wakeup
 from .core.model import JobState, Run
 from .core.views import run_view, task_view
+from .jobstore import decode_record
 from .metrics import Metrics
-from .shell import InboxShell, decode_record
+from .shell import InboxShell
 
 log = logging.getLogger(__name__)
 UI_DIR = Path(__file__).resolve().parent / "ui"
@@ -66,7 +68,7 @@ class Api:
     def _unknown(self, view: Any, why: str) -> Any:
         """404, unless this worker's tables are still being restored after a rebalance: then the key may only
         not be here *yet*, and the client is told to try again (503) rather than that it does not exist."""
-        if self.app.rebalancing or self.app.in_recovery:
+        if faustcompat.settling(self.app):
             return view.json({"error": f"{why} yet: this worker is recovering its partitions; try again"},
                              status=503)
         return view.json({"error": why}, status=404)

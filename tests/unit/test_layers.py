@@ -195,3 +195,13 @@ def test_the_pure_core_may_not_import_the_platform() -> None:
 
 def test_every_module_belongs_to_a_layer() -> None:
     assert [m for m in package_graph(PACKAGE) if layer_of(m) == len(LAYERS)] == []
+
+
+FAUST_PRIVATE = ("_committed_offset", "_db_for_partition", "_create_worker_consumer", "_isolation_level",
+                 "from faust.transport", "import faust.transport")
+
+
+def test_faust_internals_are_touched_only_by_the_adapter_module() -> None:
+    users = sorted(module_name(p, PACKAGE) for p in PACKAGE.rglob("*.py")
+                   if any(name in p.read_text() for name in FAUST_PRIVATE))
+    assert users == ["ksched.streams.faustcompat"]

@@ -10,8 +10,9 @@ from ksched.schemas.codec import default_codec
 from ksched.schemas.events import ClaimTask, DeadLetter, JobAccepted, SubmitJob, TaskReady, Tick
 from ksched.streams import shell as shell_mod
 from ksched.streams.deliveries import Deliveries
+from ksched.streams.jobstore import JobRecord, Message, decode_record, encode_record
 from ksched.streams.replay import MemoryStore
-from ksched.streams.shell import InboxShell, JobRecord, Message, decode_record, encode_record
+from ksched.streams.shell import InboxShell
 from tests.samples import job
 from tests.sim import T0
 
