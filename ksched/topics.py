@@ -18,6 +18,14 @@ from ksched.errors import ConfigError
 DAY_MS = 86_400_000
 #: The largest job record (state and outbox) the changelog takes; a 2,000-task DAG run fits, compressed.
 MAX_STATE_BYTES = 16 * 1024 * 1024
+#: The largest inbox record ksched takes (the inbox topic's `max.message.bytes`, so the broker refuses a larger
+#: one at produce time). A larger record that reaches the agent anyway (a topic created with other settings)
+#: is dead-lettered, not decided.
+MAX_RECORD_BYTES = 1024 * 1024
+#: The largest record ksched itself writes to the decision log, views, ready and dead-letter topics: a decision
+#: or view holds at most one inbox record's content (a job's spec) with a little more around it, and a dead
+#: letter one original record.
+MAX_OUTPUT_BYTES = 4 * MAX_RECORD_BYTES
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,8 @@ def pool_topic_specs(s: Settings, pool: str) -> list[TopicSpec]:
     where = f" in executor pool {pool}" if pool else ""
     return [TopicSpec(ready_topic(s, prio, pool), s.ready_partitions, "task id",
                       f"attempts ready to run at priority {prio}{where}",
-                      {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)})
+                      {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS),
+                       "max.message.bytes": str(MAX_OUTPUT_BYTES)})
             for prio in ("high", "normal", "low")]
 
 
@@ -64,12 +73,14 @@ def changelog_topic(settings: Settings) -> str:
 
 
 def topic_specs(s: Settings) -> list[TopicSpec]:
-    history = {"cleanup.policy": "delete", "retention.ms": str(s.history_retention_ms)}
-    compact = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+    big = {"max.message.bytes": str(MAX_OUTPUT_BYTES)}
+    history = {"cleanup.policy": "delete", "retention.ms": str(s.history_retention_ms), **big}
+    inbox = {**history, "max.message.bytes": str(MAX_RECORD_BYTES)}
+    compact = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000", **big}
     specs = [
         TopicSpec(s.topic("inbox"), s.partitions, "job id (ticks: none, explicit partition)",
                   "every input the scheduler decides on: submissions and lifecycle commands from any client, "
-                  "ticks, executor claims and reports; the audit history", history, True),
+                  "ticks, executor claims and reports; the audit history", inbox, True),
         TopicSpec(s.topic("events"), s.partitions, "job id",
                   "the decision log: everything the scheduler concluded, with derived event ids", history, True),
         TopicSpec(s.topic("jobs"), s.partitions, "job id", "job catalog (tombstone on delete)", compact, True),
@@ -84,7 +95,7 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
                   {"cleanup.policy": "delete", "retention.ms": str(DAY_MS)}),
         TopicSpec(s.topic("dlq"), s.partitions, "the original record's key",
                   "records that could not be decoded or were invalid, with the reason and the original bytes",
-                  {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}),
+                  {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS), **big}),
     ]
     return specs + pool_topic_specs(s, "")
 

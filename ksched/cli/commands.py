@@ -37,7 +37,7 @@ from ksched.schemas.events import (
     TriggerJob,
 )
 from ksched.streams.core.schedule import preview
-from ksched.topics import POOL_LABEL, ensure_topics
+from ksched.topics import MAX_RECORD_BYTES, POOL_LABEL, ensure_topics
 
 from . import render
 from .jobfile import JobFile, load_job
@@ -91,9 +91,12 @@ def send_and_wait(settings: Settings, job_id: str, event: Any, until: Callable[[
         consumer = kafka.consumer(settings, group=f"{settings.prefix}-cli-{uuid.uuid4().hex[:8]}")
         _, start = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
         consumer.assign([TopicPartition(topic, partition, start)])
-    p = kafka.producer(settings)
+    value = codec.encode(event)
+    if len(value) > MAX_RECORD_BYTES:
+        raise JobSpecError("job", f"encoded, it is {len(value)} bytes; the inbox takes at most {MAX_RECORD_BYTES}")
+    p = kafka.producer(settings, **{"message.max.bytes": MAX_RECORD_BYTES + 65536})
     errors: list[str] = []
-    p.produce(settings.topic("inbox"), key=job_id.encode(), value=codec.encode(event),
+    p.produce(settings.topic("inbox"), key=job_id.encode(), value=value,
               on_delivery=lambda e, _m: errors.append(str(e)) if e else None)
     if p.flush(30) or errors:
         raise KschedError(f"could not deliver to {settings.topic('inbox')}: {errors or 'timeout'}")

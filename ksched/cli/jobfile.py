@@ -280,7 +280,10 @@ def parse_job(text: str, base: Path, source: str = "job file") -> JobFile:
 
 def load_job(path: Path) -> JobFile:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise JobSpecError("", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise JobSpecError("", f"not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})"
+                           ) from None
     return parse_job(text, path.parent, path.name)

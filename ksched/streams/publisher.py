@@ -12,7 +12,7 @@ from typing import Any
 from ksched import kafka
 from ksched.config import Settings
 from ksched.errors import KschedError
-from ksched.topics import ensure_topics, topic_specs
+from ksched.topics import MAX_OUTPUT_BYTES, ensure_topics, topic_specs
 
 from .deliveries import Deliveries
 from .jobstore import Message
@@ -31,7 +31,8 @@ class Publisher:
     deliveries: Deliveries = field(default_factory=Deliveries)
 
     def __post_init__(self) -> None:
-        self.producer = kafka.producer(self.settings, **{"linger.ms": 0, "batch.num.messages": 2000})
+        self.producer = kafka.producer(self.settings, **{"linger.ms": 0, "batch.num.messages": 2000,
+                                                          "message.max.bytes": MAX_OUTPUT_BYTES + 65536})
         # Topics known to exist (the worker created them at start). A task of a new executor pool needs the
         # pool's ready topics: they are created on first use rather than failing every later commit.
         self.known = {spec.name for spec in topic_specs(self.settings)}

@@ -4,17 +4,21 @@ to the partition that owns its job."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 from ksched.config import Settings
 from ksched.schemas.codec import Codec
 from ksched.schemas.events import DeadLetter
-from ksched.topics import POOL_LABEL, ready_topic
+from ksched.topics import MAX_RECORD_BYTES, POOL_LABEL, ready_topic
 
 from .core import emit as channels
 from .jobstore import Message
 
 log = logging.getLogger(__name__)
+
+#: What a dead letter keeps of an original too large to keep whole.
+DLQ_HEAD_BYTES = 1024
 
 
 class Router:
@@ -48,6 +52,12 @@ class Router:
 
     def dead_letter(self, partition: int, offset: int, key: bytes | None, value: bytes | None, reason: str,
                     at_ms: int) -> Message:
+        """The record with the reason, and its original bytes when they fit in a dead letter; a larger original
+        is named by its size and sha256, and its first bytes are kept."""
+        if value is not None and len(value) > MAX_RECORD_BYTES:
+            reason += (f" (original: {len(value)} bytes, sha256 {hashlib.sha256(value).hexdigest()}; "
+                       f"its first {DLQ_HEAD_BYTES} bytes are kept)")
+            value = value[:DLQ_HEAD_BYTES]
         log.warning("dead-lettered %s[%d]@%d: %s", self.inbox, partition, offset, reason)
         record = DeadLetter(self.inbox, partition, offset, reason, at_ms, key, value)
         return Message(self._topics[channels.DLQ], key, self.codec.encode(record), partition)

@@ -23,13 +23,14 @@ from ksched.errors import CodecError
 from ksched.partitioning import partition_for
 from ksched.schemas.codec import Codec
 from ksched.schemas.events import INBOX_TYPES, Tick
+from ksched.topics import MAX_RECORD_BYTES
 
 from . import outbox
 from .clock import CLOCK_KEY, PartitionClocks
 from .core import decide as core
 from .core import emit as channels
 from .core.due import DueIndex
-from .core.model import Params
+from .core.model import JobState, Params
 from .core.views import current_views
 from .jobstore import JobRecord, JobStore, Message, Store
 from .metrics import ShellHooks
@@ -120,6 +121,9 @@ class InboxShell:
             out.extend(self._recover_partition(store, partition, replay_from))
         self.counters.processed += 1
         self.hooks.processed()
+        if value is not None and len(value) > MAX_RECORD_BYTES:
+            why = f"a record of {len(value)} bytes is over the inbox's maximum of {MAX_RECORD_BYTES}"
+            return [*out, self._dead_letter(partition, offset, key, value, why)]
         try:
             event = self.codec.decode(value)
         except CodecError as err:
@@ -152,16 +156,31 @@ class InboxShell:
             self.due_index(partition).set(job_id, core.next_wakeup(rec.state, self.params))
             return []
         before = rec.state if rec else None
-        step = core.decide(before, event, self._clock.get(partition), self.params)
+        try:
+            step = core.decide(before, event, self._clock.get(partition), self.params)
+            msgs = [self._dead_letter(partition, offset, key, value, str(e.record)) if e.channel == channels.DLQ
+                    else self.router.message(partition, e) for e in step.emits]
+        except Exception as exc:  # no record may stop the partition: this one is dead-lettered, the rest go on
+            return self._undecidable(partition, offset, job_id, event, before, key, value, exc)
         self.hooks.applied(event, before, step.state, step.emits)
-        msgs = [self._dead_letter(partition, offset, key, value, str(e.record)) if e.channel == channels.DLQ
-                else self.router.message(partition, e) for e in step.emits]
         if step.state is not None:
             kept = [m for m in msgs if m.topic not in self.router.view_topics]
             new = JobRecord(offset, step.state, outbox.record(rec.outbox if rec else [], offset, kept, settled))
             self.jobs.save(store, partition, job_id, new)
         self.due_index(partition).set(job_id, core.next_wakeup(step.state, self.params))
         return msgs
+
+    def _undecidable(self, partition: int, offset: int, job_id: str, event: Any, before: JobState | None,
+                     key: bytes | None, value: bytes | None, exc: Exception) -> list[Message]:
+        """A decision raised (a bug, or a state no rule foresaw). The job's state stays as it was and the record
+        goes to the dead-letter topic with the reason. A tick is not bad input: the job is taken out of the due
+        index instead, so it is not retried (and dead-lettered) every second; its next command puts it back."""
+        log.exception("partition %d offset %d: deciding %s for job %r failed", partition, offset,
+                      type(event).__name__, job_id)
+        self.due_index(partition).set(job_id, None if isinstance(event, Tick) else
+                                      core.next_wakeup(before, self.params))
+        reason = f"deciding {type(event).__name__} for job {job_id!r} failed: {type(exc).__name__}: {exc}"
+        return [self._dead_letter(partition, offset, key, value, reason)]
 
     def _dead_letter(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
                      reason: str) -> Message:
