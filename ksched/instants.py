@@ -20,3 +20,16 @@ def iso(ms: int) -> str:
     dt = from_ms(ms)
     base = dt.strftime("%Y-%m-%dT%H:%M:%S")
     return f"{base}.{ms % 1000:03d}Z" if ms % 1000 else f"{base}Z"
+
+
+def parse_instant(text: str) -> int:
+    """An ISO-8601 instant with an offset (or Z), or epoch milliseconds; ValueError naming the text if neither."""
+    if text.isdigit():
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is neither epoch milliseconds nor an ISO-8601 instant") from None
+    if dt.tzinfo is None:
+        raise ValueError(f"instant {text!r} has no time zone offset")
+    return int(dt.timestamp() * 1000)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ksched.config import Settings
+from ksched.instants import parse_instant
 from ksched.reader import Record, find_run, group_progress, job_history, topic_records
 from ksched.schemas.records import to_data
 from ksched.streams.replay import ReplayResult, replay
@@ -19,19 +20,6 @@ from ksched.topics import app_id
 
 from . import render
 from .commands import err
-
-
-def parse_instant(text: str) -> int:
-    """An ISO-8601 instant (with an offset) or epoch milliseconds."""
-    if text.isdigit():
-        return int(text)
-    from datetime import datetime
-
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        raise ValueError(f"instant {text!r} has no time zone offset")
-    return int(dt.timestamp() * 1000)
-
 
 #: Settings that change decisions; a saved history records them so its replay decides the same way.
 DECISION_SETTINGS = ("partitions", "lease_s", "lookahead_s")

@@ -49,7 +49,8 @@ def _topics(args: argparse.Namespace, settings: config.Settings) -> int:
 def _streams(args: argparse.Namespace, settings: config.Settings) -> int:
     from ksched.streams.worker import run
 
-    return run(settings, name=args.name, web_port=args.web_port, loglevel=args.loglevel)
+    return run(settings, name=args.name, web_port=args.web_port, loglevel=args.loglevel, web_host=args.web_host,
+               web_url=args.web_url)
 
 
 def _executor(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -149,7 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("topics", _topics, "create missing topics and list them with keys and policies")
     sp = add("streams", _streams, "run a streams worker (the scheduler agent and the ticker)")
     sp.add_argument("--name", default="worker", help="worker name; each worker on a host needs its own")
-    sp.add_argument("--web-port", type=int, default=None)
+    sp.add_argument("--web-port", type=int, default=None, help="serve the HTTP API, metrics and UI on this port")
+    sp.add_argument("--web-host", default="127.0.0.1",
+                    help="the address the API listens on (default loopback: only this host reaches it)")
+    sp.add_argument("--web-url", default=None,
+                    help="where the other workers reach this one's API (default http://WEB_HOST:WEB_PORT)")
     sp.add_argument("--loglevel", default="warning")
     sp = add("executor", _executor, "run an executor")
     sp.add_argument("--slots", type=int, default=4, help="processes run at once")

@@ -69,7 +69,10 @@ class StreamsApp:
 
 
 def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | None = None,
-               params: Params | None = None, web_port: int | None = None) -> StreamsApp:
+               params: Params | None = None, web_port: int | None = None, web_host: str = "127.0.0.1",
+               web_url: str | None = None) -> StreamsApp:
+    """`web_host` is where the API listens (loopback unless told otherwise); `web_url` is where the other
+    workers reach it when they forward a request about a job this worker owns (default: host and port)."""
     faustcompat.read_committed()
     app: Any = faust.App(
         app_id(settings),
@@ -91,7 +94,7 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
         producer_max_request_size=MAX_STATE_BYTES,
         web_enabled=web_port is not None,
         web_port=web_port or 6066,
-        web_host="127.0.0.1",
+        web_host=web_host,
         broker_client_id=f"{app_id(settings)}-{worker_name}",
         # Failover: a dead worker's partitions move after `session_timeout_s`; a worker restarted under the
         # same name rejoins at once with its old assignment (static membership, KIP-345).
@@ -99,7 +102,7 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
         broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 5),
         broker_rebalance_timeout=max(20.0, settings.session_timeout_s * 2),
         consumer_group_instance_id=f"{app_id(settings)}-{worker_name}",
-        canonical_url=f"http://127.0.0.1:{web_port or 6066}",
+        canonical_url=web_url or f"http://{web_host}:{web_port or 6066}",
         logging_config=None,
     )
     metrics = Metrics()

@@ -30,6 +30,7 @@ from .core.model import JobState, Run
 from .core.views import run_view, task_view
 from .jobstore import decode_record
 from .metrics import Metrics
+from .query import QueryError, attempt_number, history_query, no_query, runs_query
 from .shell import InboxShell
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Api:
 
     async def jobs(self, view: Any, request: Any) -> Any:
         """All jobs in the catalog (compacted), with their schedule and whether they are paused."""
+        no_query(request.query)
         def read() -> list[dict[str, Any]]:
             codec = default_codec()
             latest: dict[bytes, Any] = {}
@@ -100,6 +102,7 @@ class Api:
         return view.json({"jobs": await self._blocking(read), "served_by": self.worker})
 
     async def job(self, view: Any, request: Any, job_id: str) -> Any:
+        no_query(request.query)
         async def local() -> Any:
             state = self._state(job_id)
             if state is None:
@@ -113,18 +116,18 @@ class Api:
         return await self._routed(view, request, job_id, local)
 
     async def runs(self, view: Any, request: Any, job_id: str) -> Any:
+        q = runs_query(request.query)
+
         async def local() -> Any:
-            q = request.query
             status: JobStatus = await self._blocking(job_status, self.settings, job_id)
             runs = self._merge(job_id, status)
-            if q.get("state"):
-                wanted = set(q["state"].upper().split(","))
-                runs = [r for r in runs if r["state"] in wanted]
-            if q.get("since"):
-                runs = [r for r in runs if r["scheduled_for_ms"] >= int(q["since"])]
-            if q.get("until"):
-                runs = [r for r in runs if r["scheduled_for_ms"] <= int(q["until"])]
-            limit = int(q.get("limit", 50))
+            if q.states is not None:
+                runs = [r for r in runs if r["state"] in q.states]
+            if q.since_ms is not None:
+                runs = [r for r in runs if r["scheduled_for_ms"] >= q.since_ms]
+            if q.until_ms is not None:
+                runs = [r for r in runs if r["scheduled_for_ms"] <= q.until_ms]
+            limit = q.limit
             order = [t.name for t in status.definition.job.tasks] if status.definition else []
             state = self._state(job_id)
             if state is not None:
@@ -151,6 +154,7 @@ class Api:
         return {**to_data(run_view(state, run)), "tasks": tasks}
 
     async def run(self, view: Any, request: Any, run_id: str) -> Any:
+        no_query(request.query)
         job_id = _job_id_of_run(run_id)
 
         async def local() -> Any:
@@ -169,16 +173,18 @@ class Api:
         return await self._routed(view, request, job_id, local)
 
     async def history(self, view: Any, request: Any, job_id: str) -> Any:
+        show_ticks = history_query(request.query)
         records = await self._blocking(job_history, self.settings, job_id)
-        show_ticks = request.query.get("ticks") == "1"
         return view.text(_dumps({"job_id": job_id, "served_by": self.worker, "events": [
             {"at_ms": t, "topic": topic, "type": type(e).__name__, "event": to_data(e)}
             for t, topic, e in records if show_ticks or type(e).__name__ != "Tick"]}), content_type="application/json")
 
     async def log(self, view: Any, request: Any, run_id: str, task: str, attempt: str) -> Any:
+        no_query(request.query)
+        number = attempt_number(attempt)
         status = await self._blocking(job_status, self.settings, _job_id_of_run(run_id))
         t = status.tasks.get(run_id, {}).get(task)
-        a = next((a for a in (t.attempts if t else []) if a.attempt == int(attempt)), None)
+        a = next((a for a in (t.attempts if t else []) if a.attempt == number), None)
         if a is None or not a.log_ref:
             return view.text(f"no log for {run_id}/{task} attempt {attempt}\n", status=404)
         try:
@@ -228,6 +234,9 @@ def install(app: Any, table: Any, shell: InboxShell, settings: Settings, worker:
 
 def _as_view(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def view_fn(view: Any, request: Any, **match: Any) -> Any:
-        return await handler(view, request, **match)
+        try:
+            return await handler(view, request, **match)
+        except QueryError as exc:
+            return view.json({"error": str(exc), "param": exc.param}, status=400)
     view_fn.__name__ = handler.__name__
     return view_fn

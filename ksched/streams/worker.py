@@ -35,13 +35,15 @@ def prepare_datadir(datadir: Path) -> bool:
     return False
 
 
-def run(settings: Settings, name: str = "worker", web_port: int | None = None, loglevel: str = "warning") -> int:
+def run(settings: Settings, name: str = "worker", web_port: int | None = None, loglevel: str = "warning",
+        web_host: str = "127.0.0.1", web_url: str | None = None) -> int:
     import faust
 
     ensure_topics(settings)
     datadir = settings.home / "streams" / name
     prepare_datadir(datadir)
-    streams = create_app(settings, worker_name=name, datadir=datadir, web_port=web_port)
+    streams = create_app(settings, worker_name=name, datadir=datadir, web_port=web_port, web_host=web_host,
+                         web_url=web_url)
     worker = faust.Worker(streams.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     code = 1
     profile = os.environ.get("KSCHED_PROFILE")  # a path: write cProfile stats there on exit (benchmarks)

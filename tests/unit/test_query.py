@@ -1,0 +1,48 @@
+"""The API's query parameters: each bad one is named, good ones are typed."""
+
+from __future__ import annotations
+
+import pytest
+
+from ksched.streams.query import QueryError, RunsQuery, attempt_number, history_query, no_query, runs_query
+
+
+@pytest.mark.parametrize(
+    ("query", "param", "message"),
+    [
+        ({"limit": "abc"}, "limit", "expected a whole number from 0 to 10000, got 'abc'"),
+        ({"limit": "-5"}, "limit", "expected a whole number from 0 to 10000, got '-5'"),
+        ({"limit": "10001"}, "limit", "expected a whole number from 0 to 10000, got '10001'"),
+        ({"since": "notatime"}, "since", "'notatime' is neither epoch milliseconds nor an ISO-8601 instant"),
+        ({"until": "2026-01-01T00:00:00"}, "until", "instant '2026-01-01T00:00:00' has no time zone offset"),
+        ({"state": "FAILED,BOGUS"}, "state", "unknown run state 'BOGUS'"),
+        ({"since": "20", "until": "10"}, "until", "is before since"),
+        ({"sort": "x"}, "sort", "unknown parameter (this endpoint takes state, since, until, limit)"),
+    ],
+)
+def test_a_bad_runs_parameter_is_named(query: dict[str, str], param: str, message: str) -> None:
+    with pytest.raises(QueryError) as exc:
+        runs_query(query)
+    assert exc.value.param == param
+    assert message in str(exc.value) and str(exc.value).startswith(f"{param}: ")
+
+
+def test_good_runs_parameters_are_typed() -> None:
+    assert runs_query({}) == RunsQuery(None, None, None, 50)
+    assert runs_query({"state": "failed, running", "since": "1000", "until": "1970-01-01T00:00:02Z",
+                       "limit": "0"}) == RunsQuery(frozenset({"FAILED", "RUNNING"}), 1000, 2000, 0)
+
+
+def test_history_takes_ticks_0_or_1_and_nothing_else() -> None:
+    assert history_query({}) is False and history_query({"ticks": "1"}) is True
+    with pytest.raises(QueryError, match="ticks: expected 0 or 1, got 'yes'"):
+        history_query({"ticks": "yes"})
+    with pytest.raises(QueryError, match="^x: unknown parameter"):
+        no_query({"x": "1"})
+
+
+@pytest.mark.parametrize("text", ["0", "x", "-1", "1e3", ""])
+def test_an_attempt_is_a_number_from_1(text: str) -> None:
+    with pytest.raises(QueryError, match="^attempt: "):
+        attempt_number(text)
+    assert attempt_number("3") == 3
