@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,32 +48,17 @@ from ksched.schemas.events import (
 from ksched.topics import ready_topic
 
 from .cache import ArtifactCache
+from .ledger import GrantAnswer, Ledger, Pending, Stats, free_capacity, now_ms
 from .runtime import Attempt, Ended, Runtime
 from .sandbox import Process, cap_log
 
-TAKEN_MEMORY = 100_000
-ABANDONED_MEMORY = 10_000
 GRANT_WAIT_ON_STOP_S = 3.0  # how long a stopping executor waits for the answers to its open claims
 
 log = logging.getLogger(__name__)
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def new_executor_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-@dataclass
-class Pending:
-    ready: TaskReady
-    claim_id: str
-    since: float
-    staged: bool  # fired ahead of its instant: it waits in the staging area, not in a slot
-    committed: bool = False  # the claim's transaction committed: the scheduler will read it
-    renewed: float = 0.0  # when the claim was last sent or renewed (monotonic)
 
 
 @dataclass
@@ -97,32 +82,6 @@ class ExecutorConfig:
     keep_workdirs: bool = False
 
 
-@dataclass
-class Stats:
-    claimed: int = 0
-    granted: int = 0
-    rejected: int = 0
-    started: int = 0
-    finished: int = 0
-    txn_aborts: int = 0
-    renewals: int = 0  # claims renewed while waiting for a slow scheduler's answer
-    abandoned: int = 0  # claims given up on after claim_timeout_s
-    transactions: int = 0
-    #: The last claim transactions' durations (bounded: an executor runs for months).
-    claim_txn_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
-
-    def summary(self) -> str:
-        txn = sorted(self.claim_txn_ms)
-
-        def at(q: float) -> float:
-            return txn[min(len(txn) - 1, int(q * len(txn)))] if txn else 0.0
-
-        return (f"claimed {self.claimed} in {self.transactions} transactions ({self.txn_aborts} aborted; "
-                f"recent p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms), granted {self.granted}, "
-                f"rejected {self.rejected}, renewed {self.renewals}, abandoned {self.abandoned}, "
-                f"started {self.started}, finished {self.finished}")
-
-
 class Executor:
     def __init__(self, settings: Settings, store: ArtifactStore, config: ExecutorConfig | None = None,
                  executor_id: str | None = None) -> None:
@@ -136,21 +95,12 @@ class Executor:
         self.cache = ArtifactCache(store, root / "cache", self.config.max_artifact_bytes)
         self.store = store
         self.stats = Stats()
-        self._lock = threading.Lock()
-        self._pending: dict[str, Pending] = {}
-        # Claims given up on (no answer within claim_timeout_s), oldest first: a grant that still comes for one
-        # is handed back at once rather than left to lapse as LOST. Bounded.
-        self._abandoned: dict[str, Pending] = {}
-        self._attempts: dict[str, Attempt] = {}
-        # Attempts this executor has taken on, most recent last: a grant for one of them again (the scheduler
-        # re-deciding after a crash) must not start it twice. Bounded; old attempts are long settled.
-        self._taken: dict[str, None] = {}
+        self.ledger = Ledger()
         self._buffers: dict[tuple[str, int], deque[tuple[Message, TaskReady | None]]] = {}
         self._paused: set[tuple[str, int]] = set()
         self._settle_until = 0.0
         self._stop = threading.Event()  # stop claiming
         self._closed = threading.Event()  # stop listening for answers too (set last, when shutting down)
-        self._draining = False  # stopping: a grant that still arrives is handed straight back
         self.ready_topics = [ready_topic(settings, p, self.config.pool) for p in PRIORITIES]
         self._reports = kafka.producer(settings)
         self._claims = kafka.producer(settings, **{"transactional.id": f"{settings.prefix}-executor-{self.id}",
@@ -173,12 +123,7 @@ class Executor:
 
     def capacity(self) -> tuple[int, int]:
         """(claims of attempts due now it may still make, places for attempts staged ahead of their instant)."""
-        prefetch = self.config.prefetch if self.config.prefetch >= 0 else self.config.slots
-        with self._lock:
-            staged = sum(1 for p in self._pending.values() if p.staged) + sum(
-                1 for a in self._attempts.values() if a.staged)
-            now = len(self._pending) + len(self._attempts) - staged
-        return self.config.slots + prefetch - now, self.config.staging - staged
+        return free_capacity(self.config.slots, self.config.prefetch, self.config.staging, *self.ledger.load())
 
     def run(self) -> None:
         self.runtime = Runtime(self.config.slots, self.cache, self.workroot, self._on_started, self._on_ended,
@@ -204,15 +149,10 @@ class Executor:
     def _shutdown(self) -> None:
         # Let the answers to open claims arrive, so granted attempts are handed back rather than left to a lease.
         deadline = time.monotonic() + GRANT_WAIT_ON_STOP_S
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._pending:
-                    break
+        while time.monotonic() < deadline and self.ledger.waiting():
             time.sleep(0.02)
-        with self._lock:
-            self._draining = True
-            attempts = list(self._attempts.values())
-        for a in attempts:  # handed back: the scheduler re-offers them (unstarted ones do not use up a retry)
+        # Handed back: the scheduler re-offers them (unstarted ones do not use up a retry).
+        for a in self.ledger.drain():
             self.runtime.end_early(a, FailureReason.EXECUTOR_STOPPED, f"executor {self.id} is shutting down")
         self.runtime.drain(self.config.grace_s + 2)
         self.runtime.stop()
@@ -319,10 +259,7 @@ class Executor:
             # re-decided it after a crash) can never be taken for the answer to this one.
             claim_id = f"{ready.task_id}#{ready.attempt}@{self.id}/{uuid.uuid4().hex[:12]}"
             batch.append(Pending(ready, claim_id, time.monotonic(), staged))
-        with self._lock:  # an attempt this executor already took on is not claimed again (a re-sent ready record)
-            batch = [p for p in batch if f"{p.ready.task_id}#{p.ready.attempt}" not in self._taken]
-            for p in batch:
-                self._pending[p.claim_id] = p
+        batch = self.ledger.open(batch)
         t0 = time.perf_counter()
         try:
             self._claims.begin_transaction()
@@ -337,9 +274,7 @@ class Executor:
         except KafkaException as exc:
             self._claim_failed(exc, batch, first)
             return
-        with self._lock:
-            for p in batch:
-                p.committed, p.renewed = True, time.monotonic()
+        self.ledger.committed(batch, time.monotonic())
         self.stats.transactions += 1
         self.stats.claimed += len(batch)
         self.stats.claim_txn_ms.append((time.perf_counter() - t0) * 1000)
@@ -348,9 +283,7 @@ class Executor:
         self.stats.txn_aborts += 1
         err = exc.args[0]
         log.warning("claim transaction failed (%s); the records will be delivered again", err)
-        with self._lock:
-            for p in batch:
-                self._pending.pop(p.claim_id, None)
+        self.ledger.forget(batch)
         if err.txn_requires_abort():
             with contextlib.suppress(KafkaException):
                 self._claims.abort_transaction(30)
@@ -386,49 +319,30 @@ class Executor:
             if isinstance(event, ClaimGranted):
                 self._on_grant(event)
             elif isinstance(event, ClaimRejected):
-                with self._lock:
-                    self._abandoned.pop(event.claim_id, None)
-                    if self._pending.pop(event.claim_id, None) is not None:
-                        self.stats.rejected += 1
+                if self.ledger.reject(event.claim_id):
+                    self.stats.rejected += 1
             elif isinstance(event, CancelRequested):
                 self._on_cancel(event)
 
     def _on_grant(self, grant: ClaimGranted) -> None:
-        key = f"{grant.task_id}#{grant.attempt}"
-        with self._lock:
-            pending = self._pending.pop(grant.claim_id, None)
-            abandoned = self._abandoned.pop(grant.claim_id, None) if pending is None else None
-            if key in self._taken:
-                return  # a repeated grant for an attempt this executor already took on
-            if abandoned is not None:
-                self._took(key)
-                waited = time.monotonic() - abandoned.since
-                self._report_failed(Attempt(abandoned.ready, grant, staged=abandoned.staged),
-                                    FailureReason.CLAIM_ABANDONED,
-                                    f"executor {self.id} gave up waiting for this grant after {waited:.0f} s",
-                                    retryable=True, started=None, exit_code=None)
-                return
-            if pending is None:
-                return  # not an answer to a claim of ours
-            attempt = Attempt(pending.ready, grant, staged=pending.staged)
-            if self._draining:
-                self._report_failed(attempt, FailureReason.EXECUTOR_STOPPED, f"executor {self.id} is shutting down",
-                                    retryable=True, started=None, exit_code=None)
-                return
-            self._attempts[key] = attempt
-            self._took(key)
+        answer = self.ledger.answer(grant)
+        attempt = answer.attempt
+        if attempt is None:
+            return  # a repeated grant for an attempt this executor already took on, or not for a claim of ours
+        if answer.what is GrantAnswer.ABANDONED:
+            waited = time.monotonic() - answer.claimed_at
+            self._report_failed(attempt, FailureReason.CLAIM_ABANDONED,
+                                f"executor {self.id} gave up waiting for this grant after {waited:.0f} s",
+                                retryable=True, started=None, exit_code=None)
+        elif answer.what is GrantAnswer.STOPPING:
+            self._report_failed(attempt, FailureReason.EXECUTOR_STOPPED, f"executor {self.id} is shutting down",
+                                retryable=True, started=None, exit_code=None)
+        else:
             self.stats.granted += 1
-        self.runtime.submit(attempt)
-
-    def _took(self, key: str) -> None:
-        """Remember that this executor took attempt `key` on (under the lock)."""
-        self._taken[key] = None
-        if len(self._taken) > TAKEN_MEMORY:
-            del self._taken[next(iter(self._taken))]
+            self.runtime.submit(attempt)
 
     def _on_cancel(self, req: CancelRequested) -> None:
-        with self._lock:
-            attempt = self._attempts.get(f"{req.task_id}#{req.attempt}")
+        attempt = self.ledger.attempt(f"{req.task_id}#{req.attempt}")
         if attempt is None or attempt.grant.fencing_token != req.fencing_token:
             return
         self.runtime.end_early(attempt, FailureReason.CANCELLED, req.reason or "cancelled")
@@ -456,8 +370,7 @@ class Executor:
             self._send(TaskCompleted(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id,
                                      ended.exit_code, ended.started_at_ms, ended.finished_at_ms, log_ref))
         self.stats.finished += 1
-        with self._lock:
-            self._attempts.pop(attempt.key, None)
+        self.ledger.ended(attempt.key)
 
     def _upload_log(self, key: str, path: Path) -> str:
         try:
@@ -485,19 +398,11 @@ class Executor:
         renew_every = self.settings.lease_s / 2
         while not self._stop.wait(0.05):
             now = time.monotonic()
-            with self._lock:
-                attempts = list(self._attempts.values())
-                stale = [c for c, p in self._pending.items() if now - p.since > self.config.claim_timeout_s]
-                for c in stale:
-                    self._abandoned[c] = self._pending.pop(c)
-                    self.stats.abandoned += 1
-                    if len(self._abandoned) > ABANDONED_MEMORY:
-                        del self._abandoned[next(iter(self._abandoned))]
-                renew = [p for p in self._pending.values() if p.committed and now - p.renewed >= renew_every]
-                for p in renew:
-                    p.renewed = now
+            sweep = self.ledger.sweep(now, self.config.claim_timeout_s, renew_every)
+            self.stats.abandoned += sweep.abandoned
+            attempts = sweep.attempts
             wall = now_ms()
-            for p in renew:  # a scheduler this slow to answer must not let the grant lapse meanwhile
+            for p in sweep.renew:  # a scheduler this slow to answer must not let the grant lapse meanwhile
                 self.stats.renewals += 1
                 self._send(ClaimTask(p.claim_id, p.ready.job_id, p.ready.run_id, p.ready.task_id, p.ready.attempt,
                                      self.id, wall, renewal=True))

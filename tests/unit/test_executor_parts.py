@@ -1,9 +1,11 @@
-"""The executor's parts that touch the OS: the artifact cache and the sandboxed process (real subprocesses)."""
+"""The executor's parts: its pure decisions (tables of cases), its ledger, and the parts that touch the OS, the
+artifact cache and the sandboxed process (real subprocesses)."""
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,16 @@ import pytest
 from ksched.artifacts import LocalStore
 from ksched.errors import ArtifactError
 from ksched.executor.cache import ArtifactCache
+from ksched.executor.ledger import (
+    GrantAnswer,
+    Ledger,
+    Pending,
+    answer_grant,
+    free_capacity,
+    is_stale,
+    needs_renewal,
+    remember,
+)
 from ksched.executor.sandbox import attempt_env, cap_log, spawn
 from ksched.schemas.events import ClaimGranted, FailureReason, Limits, TaskReady
 from tests.samples import sample
@@ -167,3 +179,108 @@ def test_a_held_process_that_is_discarded_or_loses_its_executor_runs_nothing(tmp
     os.close(orphaned.gate)  # what the executor's death does to the gate
     assert orphaned.popen.wait(10) == 111
     assert discarded.popen.returncode is not None and not ran.exists()
+
+
+# --- the ledger and its decisions -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("slots", "prefetch", "staging", "due_now", "staged", "free"), [
+    (4, -1, 1024, 0, 0, (8, 1024)),  # prefetch -1: as many claims ahead as slots
+    (4, 0, 1024, 3, 0, (1, 1024)),
+    (4, 2, 10, 6, 10, (0, 0)),
+    (4, 0, 10, 5, 2, (-1, 8)),  # staged attempts that came due count too
+])
+def test_free_capacity_counts_slots_prefetch_and_staging_places(slots: int, prefetch: int, staging: int,
+                                                                 due_now: int, staged: int,
+                                                                 free: tuple[int, int]) -> None:
+    assert free_capacity(slots, prefetch, staging, due_now, staged) == free
+
+
+@pytest.mark.parametrize(("pending", "abandoned", "taken", "draining", "answer"), [
+    (True, False, False, False, GrantAnswer.START),
+    (True, False, False, True, GrantAnswer.STOPPING),
+    (False, True, False, False, GrantAnswer.ABANDONED),
+    (False, True, False, True, GrantAnswer.ABANDONED),  # handed back as abandoned, draining or not
+    (True, False, True, False, GrantAnswer.REPEAT),  # the attempt was taken on under an earlier claim
+    (False, True, True, False, GrantAnswer.REPEAT),
+    (False, False, False, False, GrantAnswer.NOT_OURS),
+    (False, False, True, True, GrantAnswer.REPEAT),
+])
+def test_what_a_grant_means(pending: bool, abandoned: bool, taken: bool, draining: bool,
+                            answer: GrantAnswer) -> None:
+    assert answer_grant(pending=pending, abandoned=abandoned, taken=taken, draining=draining) is answer
+
+
+@pytest.mark.parametrize(("since", "committed", "renewed", "now", "stale", "renew"), [
+    (100.0, True, 100.0, 110.0, False, False),  # answered within half a lease: never renewed
+    (100.0, True, 100.0, 115.0, False, True),  # half a lease (15 s) since it was sent
+    (100.0, True, 115.0, 129.0, False, False),  # renewed at 115: next at 130
+    (100.0, False, 0.0, 120.0, False, False),  # its transaction has not committed: nothing to renew
+    (100.0, True, 130.0, 130.5, True, False),  # waited longer than the claim timeout (30 s)
+])
+def test_when_a_waiting_claim_is_renewed_or_given_up(since: float, committed: bool, renewed: float, now: float,
+                                                     stale: bool, renew: bool) -> None:
+    p = Pending(sample(TaskReady), "c1", since, staged=False, committed=committed, renewed=renewed)
+    assert (is_stale(p, now, 30.0), needs_renewal(p, now, 15.0)) == (stale, renew)
+
+
+def test_a_bounded_memory_forgets_the_oldest_first() -> None:
+    memory: dict[str, None] = {}
+    for key in "abcd":
+        remember(memory, key, None, 3)
+    assert list(memory) == ["b", "c", "d"]
+
+
+def claim(ledger: Ledger, claim_id: str, attempt: int = 1, since: float = 0.0) -> Pending:
+    ready = replace(sample(TaskReady), attempt=attempt)
+    return ledger.open([Pending(ready, claim_id, since, staged=False)])[0]
+
+
+def grant_for(p: Pending) -> ClaimGranted:
+    return replace(sample(ClaimGranted), task_id=p.ready.task_id, attempt=p.ready.attempt, claim_id=p.claim_id)
+
+
+def test_a_granted_attempt_is_started_once_and_not_claimed_again() -> None:
+    ledger = Ledger()
+    p = claim(ledger, "c1")
+    assert ledger.load() == (1, 0)
+    answer = ledger.answer(grant_for(p))
+    assert answer.what is GrantAnswer.START and answer.attempt is not None
+    assert ledger.attempt(answer.attempt.key) is answer.attempt and ledger.load() == (1, 0)
+    assert ledger.answer(grant_for(p)).what is GrantAnswer.REPEAT
+    assert ledger.open([Pending(p.ready, "c2", 1.0, staged=False)]) == []  # a re-sent ready record
+    ledger.ended(answer.attempt.key)
+    assert ledger.load() == (0, 0)
+
+
+def test_a_claim_given_up_on_is_handed_back_when_its_grant_comes_and_a_rejection_settles_it() -> None:
+    ledger = Ledger()
+    late, rejected, fresh = claim(ledger, "c1", 1), claim(ledger, "c2", 2), claim(ledger, "c3", 3, since=25.0)
+    ledger.committed([late, rejected, fresh], now=0.0)
+    sweep = ledger.sweep(now=31.0, claim_timeout_s=30.0, renew_every_s=15.0)
+    assert sweep.abandoned == 2 and sweep.renew == [fresh] and fresh.renewed == 31.0
+    assert ledger.waiting()  # c3 still waits
+    answer = ledger.answer(grant_for(late))
+    assert answer.what is GrantAnswer.ABANDONED and answer.claimed_at == 0.0
+    assert ledger.answer(grant_for(late)).what is GrantAnswer.REPEAT  # handed back once
+    assert ledger.reject("c2") is False  # no longer waiting, and forgotten as abandoned
+    assert ledger.answer(grant_for(rejected)).what is GrantAnswer.NOT_OURS
+    assert ledger.reject("c3") is True and not ledger.waiting()
+
+
+def test_a_draining_ledger_hands_grants_back_and_lists_what_is_running() -> None:
+    ledger = Ledger()
+    running, late = claim(ledger, "c1", 1), claim(ledger, "c2", 2)
+    started = ledger.answer(grant_for(running)).attempt
+    assert ledger.drain() == [started]
+    answer = ledger.answer(grant_for(late))
+    assert answer.what is GrantAnswer.STOPPING and answer.attempt is not None
+    assert ledger.attempt(answer.attempt.key) is None  # handed back, not running
+
+
+def test_a_failed_claim_transaction_forgets_its_claims() -> None:
+    ledger = Ledger()
+    p = claim(ledger, "c1")
+    ledger.forget([p])
+    assert not ledger.waiting() and ledger.answer(grant_for(p)).what is GrantAnswer.NOT_OURS
+    assert ledger.open([p]) == [p]  # claimed again when its record comes again
