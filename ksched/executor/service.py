@@ -39,18 +39,15 @@ from ksched.schemas.events import (
     ClaimRejected,
     ClaimTask,
     FailureReason,
-    TaskCompleted,
-    TaskFailed,
-    TaskHeartbeat,
     TaskReady,
-    TaskStarted,
 )
 from ksched.topics import ready_topic
 
 from .cache import ArtifactCache
 from .ledger import GrantAnswer, Ledger, Pending, Stats, free_capacity, now_ms
+from .reporting import Reporter
 from .runtime import Attempt, Ended, Runtime
-from .sandbox import Process, cap_log
+from .sandbox import Process
 
 GRANT_WAIT_ON_STOP_S = 3.0  # how long a stopping executor waits for the answers to its open claims
 
@@ -102,7 +99,7 @@ class Executor:
         self._stop = threading.Event()  # stop claiming
         self._closed = threading.Event()  # stop listening for answers too (set last, when shutting down)
         self.ready_topics = [ready_topic(settings, p, self.config.pool) for p in PRIORITIES]
-        self._reports = kafka.producer(settings)
+        self.reporter = Reporter(settings, self.id, store, self.config.log_limit_bytes)
         self._claims = kafka.producer(settings, **{"transactional.id": f"{settings.prefix}-executor-{self.id}",
                                                    "transaction.timeout.ms": 60000})
         group = f"{settings.prefix}-executors" + (f"-{self.config.pool}" if self.config.pool else "")
@@ -162,7 +159,7 @@ class Executor:
             self._consumer.close()
         with contextlib.suppress(Exception):
             self._control.close()
-        self._reports.flush(10)
+        self.reporter.flush(10)
 
     # --- claiming -------------------------------------------------------------------------------
 
@@ -331,12 +328,12 @@ class Executor:
             return  # a repeated grant for an attempt this executor already took on, or not for a claim of ours
         if answer.what is GrantAnswer.ABANDONED:
             waited = time.monotonic() - answer.claimed_at
-            self._report_failed(attempt, FailureReason.CLAIM_ABANDONED,
-                                f"executor {self.id} gave up waiting for this grant after {waited:.0f} s",
-                                retryable=True, started=None, exit_code=None)
+            self.reporter.failed(attempt, FailureReason.CLAIM_ABANDONED,
+                                 f"executor {self.id} gave up waiting for this grant after {waited:.0f} s",
+                                 retryable=True, started=None, exit_code=None)
         elif answer.what is GrantAnswer.STOPPING:
-            self._report_failed(attempt, FailureReason.EXECUTOR_STOPPED, f"executor {self.id} is shutting down",
-                                retryable=True, started=None, exit_code=None)
+            self.reporter.failed(attempt, FailureReason.EXECUTOR_STOPPED, f"executor {self.id} is shutting down",
+                                 retryable=True, started=None, exit_code=None)
         else:
             self.stats.granted += 1
             self.runtime.submit(attempt)
@@ -347,48 +344,16 @@ class Executor:
             return
         self.runtime.end_early(attempt, FailureReason.CANCELLED, req.reason or "cancelled")
 
-    # --- reports --------------------------------------------------------------------------------
+    # --- the runtime's hooks ---------------------------------------------------------------------
 
     def _on_started(self, attempt: Attempt, proc: Process) -> None:
-        r, g = attempt.ready, attempt.grant
         self.stats.started += 1
-        self._send(TaskStarted(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id,
-                               proc.started_at_ms, proc.pid))
+        self.reporter.started(attempt, proc)
 
     def _on_ended(self, ended: Ended) -> None:
-        attempt = ended.attempt
-        r, g = attempt.ready, attempt.grant
-        log_ref = self._upload_log(attempt.key, ended.log_path) if ended.log_path is not None else ""
-        if ended.reason:
-            retryable = ended.reason == FailureReason.EXECUTOR_STOPPED or (
-                ended.reason == FailureReason.TIMEOUT and ended.started_at_ms is not None)
-            self._report_failed(attempt, ended.reason, ended.message, retryable=retryable,
-                                started=ended.started_at_ms, exit_code=ended.exit_code, log_ref=log_ref,
-                                finished=ended.finished_at_ms)
-        else:
-            assert ended.exit_code is not None and ended.started_at_ms is not None
-            self._send(TaskCompleted(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id,
-                                     ended.exit_code, ended.started_at_ms, ended.finished_at_ms, log_ref))
+        self.reporter.ended(ended)
         self.stats.finished += 1
-        self.ledger.ended(attempt.key)
-
-    def _upload_log(self, key: str, path: Path) -> str:
-        try:
-            cap_log(path, self.config.log_limit_bytes)
-            return self.store.put_log(f"{key}.log", path)
-        except Exception as exc:  # a lost log must not lose the attempt's outcome
-            log.warning("could not store the log of %s: %s", key, exc)
-            return ""
-
-    def _report_failed(self, attempt: Attempt, reason: str, message: str, *, retryable: bool, started: int | None,
-                       exit_code: int | None, log_ref: str = "", finished: int | None = None) -> None:
-        r, g = attempt.ready, attempt.grant
-        self._send(TaskFailed(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id, reason, message,
-                              retryable, finished or now_ms(), exit_code, started, log_ref))
-
-    def _send(self, event: Any) -> None:
-        self._reports.produce(self.inbox, key=event.job_id.encode(), value=self.codec.encode(event))
-        self._reports.poll(0)
+        self.ledger.ended(ended.attempt.key)
 
     # --- supervision ------------------------------------------------------------------------------
 
@@ -404,8 +369,7 @@ class Executor:
             wall = now_ms()
             for p in sweep.renew:  # a scheduler this slow to answer must not let the grant lapse meanwhile
                 self.stats.renewals += 1
-                self._send(ClaimTask(p.claim_id, p.ready.job_id, p.ready.run_id, p.ready.task_id, p.ready.attempt,
-                                     self.id, wall, renewal=True))
+                self.reporter.renewal(p, wall)
             for a in attempts:
                 proc = a.process
                 if proc is not None and a.ready.timeout_ms and wall - proc.started_at_ms > a.ready.timeout_ms:
@@ -413,10 +377,8 @@ class Executor:
             if now >= next_beat:
                 next_beat = now + self.settings.heartbeat_s
                 for a in attempts:
-                    r, g = a.ready, a.grant
-                    self._send(TaskHeartbeat(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id,
-                                             wall))
-            self._reports.poll(0)
+                    self.reporter.heartbeat(a, wall)
+            self.reporter.poll()
 
 
 def _tp(m: Message) -> tuple[str, int]:

@@ -23,6 +23,8 @@ from ksched.executor.ledger import (
     needs_renewal,
     remember,
 )
+from ksched.executor.reporting import retryable
+from ksched.executor.runtime import Attempt, Ended
 from ksched.executor.sandbox import attempt_env, cap_log, spawn
 from ksched.schemas.events import ClaimGranted, FailureReason, Limits, TaskReady
 from tests.samples import sample
@@ -284,3 +286,17 @@ def test_a_failed_claim_transaction_forgets_its_claims() -> None:
     ledger.forget([p])
     assert not ledger.waiting() and ledger.answer(grant_for(p)).what is GrantAnswer.NOT_OURS
     assert ledger.open([p]) == [p]  # claimed again when its record comes again
+
+
+@pytest.mark.parametrize(("reason", "started", "again"), [
+    (FailureReason.EXECUTOR_STOPPED, None, True),  # handed back before it started
+    (FailureReason.EXECUTOR_STOPPED, 1_000, True),  # handed back while it ran
+    (FailureReason.TIMEOUT, 1_000, True),
+    (FailureReason.TIMEOUT, None, False),  # ran out of time before it could start
+    (FailureReason.CANCELLED, 1_000, False),
+    (FailureReason.DIGEST_MISMATCH, None, False),
+    (FailureReason.SPAWN_ERROR, None, False),
+])
+def test_which_endings_are_worth_another_attempt(reason: str, started: int | None, again: bool) -> None:
+    attempt = Attempt(sample(TaskReady), sample(ClaimGranted))
+    assert retryable(Ended(attempt, reason, "", started_at_ms=started)) is again
