@@ -19,12 +19,11 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_END, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_END, TopicPartition
 
 from ksched import kafka
 from ksched.artifacts import ArtifactStore
@@ -33,18 +32,15 @@ from ksched.errors import CodecError
 from ksched.partitioning import partition_for
 from ksched.schemas.codec import default_codec
 from ksched.schemas.events import (
-    PRIORITIES,
     CancelRequested,
     ClaimGranted,
     ClaimRejected,
-    ClaimTask,
     FailureReason,
-    TaskReady,
 )
-from ksched.topics import ready_topic
 
 from .cache import ArtifactCache
-from .ledger import GrantAnswer, Ledger, Pending, Stats, free_capacity, now_ms
+from .claims import Claimer
+from .ledger import GrantAnswer, Ledger, Stats, free_capacity, now_ms
 from .reporting import Reporter
 from .runtime import Attempt, Ended, Runtime
 from .sandbox import Process
@@ -93,23 +89,11 @@ class Executor:
         self.store = store
         self.stats = Stats()
         self.ledger = Ledger()
-        self._buffers: dict[tuple[str, int], deque[tuple[Message, TaskReady | None]]] = {}
-        self._paused: set[tuple[str, int]] = set()
-        self._settle_until = 0.0
         self._stop = threading.Event()  # stop claiming
         self._closed = threading.Event()  # stop listening for answers too (set last, when shutting down)
-        self.ready_topics = [ready_topic(settings, p, self.config.pool) for p in PRIORITIES]
         self.reporter = Reporter(settings, self.id, store, self.config.log_limit_bytes)
-        self._claims = kafka.producer(settings, **{"transactional.id": f"{settings.prefix}-executor-{self.id}",
-                                                   "transaction.timeout.ms": 60000})
-        group = f"{settings.prefix}-executors" + (f"-{self.config.pool}" if self.config.pool else "")
-        # "range" splits each ready topic's partitions evenly among the executors; a sticky assignor balances only
-        # the total over the three topics, and could give one executor every partition of a priority.
-        self._consumer = kafka.consumer(settings, group=group,
-                                        **{"partition.assignment.strategy": "range",
-                                           "fetch.wait.max.ms": 20,
-                                           "session.timeout.ms": int(max(6.0, settings.session_timeout_s) * 1000),
-                                           "heartbeat.interval.ms": 1000})
+        self.claimer = Claimer(settings, self.id, self.config.pool, self.ledger, self.stats, self.capacity,
+                               backlog_limit=max(2, self.config.slots, self.config.staging))
         self._control = kafka.consumer(settings, group=f"{settings.prefix}-control-{self.id}",
                                        **{"fetch.wait.max.ms": 20})
 
@@ -125,16 +109,15 @@ class Executor:
     def run(self) -> None:
         self.runtime = Runtime(self.config.slots, self.cache, self.workroot, self._on_started, self._on_ended,
                                grace_s=self.config.grace_s, keep_workdirs=self.config.keep_workdirs)
-        self._claims.init_transactions(30)
+        self.claimer.init_transactions()
         self._assign_control()
         self._control_thread = self._spawn_thread(self._control_loop, "control")
         self._spawn_thread(self._supervise, "supervisor")
-        self._consumer.subscribe(self.ready_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                 on_lost=self._on_revoke)
+        self.claimer.subscribe()
         log.info("executor %s up with %d slots", self.id, self.config.slots)
         try:
             while not self._stop.is_set():
-                self._ready_step()
+                self.claimer.step()
         finally:
             self._shutdown()
 
@@ -155,142 +138,10 @@ class Executor:
         self.runtime.stop()
         self._closed.set()
         self._control_thread.join(5)
-        with contextlib.suppress(Exception):
-            self._consumer.close()
+        self.claimer.close()
         with contextlib.suppress(Exception):
             self._control.close()
         self.reporter.flush(10)
-
-    # --- claiming -------------------------------------------------------------------------------
-
-    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        # Fetch from every newly assigned partition before choosing, so the first claims already see
-        # the high-priority work that is waiting, not just whichever partition answered first.
-        self._settle_until = time.monotonic() + 0.3
-        log.debug("assigned %s", partitions)
-
-    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        # Unclaimed records of a revoked partition belong to its next owner (their offsets were not committed).
-        for tp in partitions:
-            self._buffers.pop((tp.topic, tp.partition), None)
-            self._paused.discard((tp.topic, tp.partition))
-
-    def _buffered(self) -> int:
-        return sum(len(q) for q in self._buffers.values())
-
-    def _ready_step(self) -> None:
-        free_now, free_staged = self.capacity()
-        buffered = self._buffered()
-        timeout = 0.01 if buffered else 0.1
-        self._flow_control()
-        # Wait for the first record only (consume() would wait for a full batch), then drain what has been
-        # fetched without waiting (flow control bounds it), so the choice sees every priority.
-        first = self._consumer.poll(timeout)
-        msgs = [first, *self._consumer.consume(num_messages=1000, timeout=0)] if first is not None else []
-        for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("ready topic error: %s", err)
-                continue
-            self._buffers.setdefault(_tp(m), deque()).append((m, self._decode_ready(m)))
-        if self._buffered() and (free_now > 0 or free_staged > 0) and time.monotonic() >= self._settle_until:
-            taken = self._take(free_now, free_staged)
-            if taken:
-                self._claim(taken)
-
-    def _decode_ready(self, m: Message) -> TaskReady | None:
-        try:
-            ready = self.codec.decode(m.value())
-        except CodecError as err:
-            log.error("skipping undecodable ready record %s[%d]@%d: %s", *_tp(m), m.offset(), err)
-            return None
-        return ready if isinstance(ready, TaskReady) else None
-
-    def _flow_control(self) -> None:
-        """Pause partitions whose local backlog is big enough; resume them when it drains."""
-        limit = max(2, self.config.slots, self.config.staging)
-        for key, q in self._buffers.items():
-            if len(q) >= limit and key not in self._paused:
-                self._consumer.pause([TopicPartition(*key)])
-                self._paused.add(key)
-            elif len(q) < limit // 2 + 1 and key in self._paused:
-                self._consumer.resume([TopicPartition(*key)])
-                self._paused.discard(key)
-
-    def _take(self, free_now: int, free_staged: int) -> list[tuple[Message, TaskReady | None, bool]]:
-        """Buffered records to claim: high priority first, each partition's records in order. An attempt
-        due now needs a free slot; one fired ahead of its instant needs a free staging place."""
-        taken: list[tuple[Message, TaskReady | None, bool]] = []
-        soon = time.time() * 1000 + 50
-        budget = {False: free_now, True: free_staged}
-        for topic in self.ready_topics:
-            queues = [q for (t, _), q in self._buffers.items() if t == topic and q]
-            while queues:
-                for q in list(queues):
-                    m, ready = q[0]
-                    staged = ready is not None and ready.scheduled_for_ms > soon
-                    if ready is not None and budget[staged] <= 0:
-                        queues.remove(q)  # this partition waits; its order is kept
-                        continue
-                    q.popleft()
-                    if ready is not None:
-                        budget[staged] -= 1
-                    taken.append((m, ready, staged))
-                    if not q:
-                        queues.remove(q)
-        return taken
-
-    def _claim(self, msgs: list[tuple[Message, TaskReady | None, bool]]) -> None:
-        offsets: dict[tuple[str, int], int] = {}
-        first: dict[tuple[str, int], int] = {}
-        batch: list[Pending] = []
-        for m, ready, staged in msgs:
-            key = _tp(m)
-            offset = int(m.offset() or 0)
-            offsets[key] = offset + 1
-            first.setdefault(key, offset)
-            if ready is None:
-                continue  # undecodable: its offset is committed with the batch, so it is not seen again
-            # Unique per claim: an answer to an earlier claim of the same attempt (re-sent by a scheduler that
-            # re-decided it after a crash) can never be taken for the answer to this one.
-            claim_id = f"{ready.task_id}#{ready.attempt}@{self.id}/{uuid.uuid4().hex[:12]}"
-            batch.append(Pending(ready, claim_id, time.monotonic(), staged))
-        batch = self.ledger.open(batch)
-        t0 = time.perf_counter()
-        try:
-            self._claims.begin_transaction()
-            for p in batch:
-                claim = ClaimTask(p.claim_id, p.ready.job_id, p.ready.run_id, p.ready.task_id, p.ready.attempt,
-                                  self.id, now_ms())
-                self._claims.produce(self.inbox, key=p.ready.job_id.encode(), value=self.codec.encode(claim))
-            self._claims.send_offsets_to_transaction(
-                [TopicPartition(t, p, off) for (t, p), off in offsets.items()],
-                self._consumer.consumer_group_metadata(), 30)
-            self._claims.commit_transaction(30)
-        except KafkaException as exc:
-            self._claim_failed(exc, batch, first)
-            return
-        self.ledger.committed(batch, time.monotonic())
-        self.stats.transactions += 1
-        self.stats.claimed += len(batch)
-        self.stats.claim_txn_ms.append((time.perf_counter() - t0) * 1000)
-
-    def _claim_failed(self, exc: KafkaException, batch: list[Pending], first: dict[tuple[str, int], int]) -> None:
-        self.stats.txn_aborts += 1
-        err = exc.args[0]
-        log.warning("claim transaction failed (%s); the records will be delivered again", err)
-        self.ledger.forget(batch)
-        if err.txn_requires_abort():
-            with contextlib.suppress(KafkaException):
-                self._claims.abort_transaction(30)
-        elif err.fatal():
-            # Fenced: another instance took this transactional id, or the group moved on. Start over.
-            raise SystemExit(f"executor {self.id} fenced: {err}") from None
-        for (topic, partition), offset in first.items():
-            self._buffers.pop((topic, partition), None)
-            with contextlib.suppress(KafkaException):
-                self._consumer.seek(TopicPartition(topic, partition, offset))
 
     # --- control ------------------------------------------------------------------------------
 
@@ -379,7 +230,3 @@ class Executor:
                 for a in attempts:
                     self.reporter.heartbeat(a, wall)
             self.reporter.poll()
-
-
-def _tp(m: Message) -> tuple[str, int]:
-    return str(m.topic()), int(m.partition() or 0)

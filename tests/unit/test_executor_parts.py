@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from ksched.artifacts import LocalStore
 from ksched.errors import ArtifactError
 from ksched.executor.cache import ArtifactCache
+from ksched.executor.claims import flow_control, positions, take
 from ksched.executor.ledger import (
     GrantAnswer,
     Ledger,
@@ -300,3 +302,66 @@ def test_a_failed_claim_transaction_forgets_its_claims() -> None:
 def test_which_endings_are_worth_another_attempt(reason: str, started: int | None, again: bool) -> None:
     attempt = Attempt(sample(TaskReady), sample(ClaimGranted))
     assert retryable(Ended(attempt, reason, "", started_at_ms=started)) is again
+
+
+# --- choosing what to claim ----------------------------------------------------------------------
+
+NOW_MS = 1_700_000_000_000
+
+
+def ready_at(name: str, due_ms: int) -> TaskReady:
+    return replace(sample(TaskReady), task_id=name, scheduled_for_ms=due_ms)
+
+
+def buffers(**partitions: list[str | None]) -> dict[tuple[str, int], deque[tuple[str, TaskReady | None]]]:
+    """`high0=["a", "+b"]`: partition 0 of topic high holds a (due now) then b (due in a minute); None is an
+    undecodable record."""
+    out: dict[tuple[str, int], deque[tuple[str, TaskReady | None]]] = {}
+    for key, names in partitions.items():
+        q: deque[tuple[str, TaskReady | None]] = deque()
+        for n in names:
+            if n is None:
+                q.append(("?", None))
+            else:
+                q.append((n.lstrip("+"), ready_at(n.lstrip("+"), NOW_MS + (60_000 if n.startswith("+") else 0))))
+        out[(key[:-1], int(key[-1]))] = q
+    return out
+
+
+@pytest.mark.parametrize(("partitions", "free_now", "free_staged", "taken", "left"), [
+    # High priority first, whatever partition answered first.
+    ({"low0": ["l1"], "high0": ["h1"]}, 1, 0, ["h1"], {"low0": 1, "high0": 0}),
+    # Round robin over a topic's partitions, each in order.
+    ({"high0": ["a1", "a2"], "high1": ["b1", "b2"]}, 3, 0, ["a1", "b1", "a2"], {"high0": 0, "high1": 1}),
+    # A partition whose next attempt has no place waits, even if a later record of it would fit.
+    ({"high0": ["a1", "+a2"]}, 0, 5, [], {"high0": 2}),
+    ({"high0": ["+a1", "a2", "+a3"]}, 0, 5, ["a1"], {"high0": 2}),
+    # Staged attempts use staging places, not slots.
+    ({"high0": ["+a1", "+a2"], "low0": ["l1"]}, 1, 2, ["a1", "a2", "l1"], {"high0": 0, "low0": 0}),
+    # Undecodable records are taken along (their offsets are committed), needing no place.
+    ({"high0": [None, "a1", None]}, 1, 0, ["?", "a1", "?"], {"high0": 0}),
+    ({"high0": [None, "a1"]}, 0, 0, ["?"], {"high0": 1}),
+])
+def test_which_ready_records_are_taken(partitions: dict[str, list[str | None]], free_now: int, free_staged: int,
+                                       taken: list[str], left: dict[str, int]) -> None:
+    bufs = buffers(**partitions)
+    got = take(bufs, ["high", "normal", "low"], free_now, free_staged, soon_ms=NOW_MS + 50)
+    assert [m for m, _, _ in got] == taken
+    assert all(staged == (r is not None and r.scheduled_for_ms > NOW_MS + 50) for _, r, staged in got)
+    assert {f"{t}{p}": len(q) for (t, p), q in bufs.items()} == left
+
+
+@pytest.mark.parametrize(("backlog", "paused", "pause", "resume"), [
+    ({"a": 10, "b": 9}, set(), ["a"], []),  # paused at the limit
+    ({"a": 10}, {"a"}, [], []),  # already paused
+    ({"a": 6, "b": 5}, {"a", "b"}, [], ["b"]),  # resumed once down to half of it
+    ({"a": 0}, set(), [], []),
+])
+def test_a_partition_is_paused_at_its_backlog_limit_and_resumed_at_half(backlog: dict[str, int], paused: set[str],
+                                                                      pause: list[str], resume: list[str]) -> None:
+    assert flow_control(backlog, paused, 10) == (pause, resume)
+
+
+def test_a_claimed_batch_commits_past_its_last_record_and_rewinds_to_its_first() -> None:
+    batch = [(("high", 0), 7), (("low", 1), 3), (("high", 0), 8), (("high", 0), 9)]
+    assert positions(batch) == ({("high", 0): 10, ("low", 1): 4}, {("high", 0): 7, ("low", 1): 3})
