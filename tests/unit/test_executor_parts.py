@@ -27,7 +27,8 @@ from ksched.executor.ledger import (
 )
 from ksched.executor.reporting import retryable
 from ksched.executor.runtime import Attempt, Ended
-from ksched.executor.sandbox import attempt_env, cap_log, spawn
+from ksched.executor.sandbox import Process, attempt_env, cap_log, spawn
+from ksched.executor.supervision import timed_out
 from ksched.schemas.events import ClaimGranted, FailureReason, Limits, TaskReady
 from tests.samples import sample
 
@@ -365,3 +366,17 @@ def test_a_partition_is_paused_at_its_backlog_limit_and_resumed_at_half(backlog:
 def test_a_claimed_batch_commits_past_its_last_record_and_rewinds_to_its_first() -> None:
     batch = [(("high", 0), 7), (("low", 1), 3), (("high", 0), 8), (("high", 0), 9)]
     assert positions(batch) == ({("high", 0): 10, ("low", 1): 4}, {("high", 0): 7, ("low", 1): 3})
+
+
+@pytest.mark.parametrize(("timeout_ms", "started_at_ms", "now_ms", "late"), [
+    (1000, 5000, 6000, False),  # exactly its timeout: not yet
+    (1000, 5000, 6001, True),
+    (0, 5000, 10**9, False),  # no timeout
+    (1000, None, 10**9, False),  # not started (staged, or waiting for a slot): its time has not begun
+])
+def test_a_started_attempt_times_out_after_its_timeout(tmp_path: Path, timeout_ms: int, started_at_ms: int | None,
+                                                       now_ms: int, late: bool) -> None:
+    attempt = Attempt(replace(sample(TaskReady), timeout_ms=timeout_ms), sample(ClaimGranted))
+    if started_at_ms is not None:
+        attempt.process = Process(None, tmp_path / "log", started_at_ms)  # type: ignore[arg-type]
+    assert timed_out(attempt, now_ms) is late
