@@ -1,79 +1,48 @@
 """The executor: claims ready attempts, runs them once their claim has won, and reports what happened.
 
-Threads, each only moving data:
-  * main    - consumes the ready topics (high before normal before low), claims a batch inside one Kafka
-              transaction together with the consumed offsets and the consumer group metadata, so a
-              fenced (zombie) executor cannot claim;
-  * control - reads this executor's grants, rejections and cancel requests; a grant hands the attempt to
-              the runtime (`executor.runtime`: fetch, stage until its instant, start, reap);
-  * supervisor - heartbeats, per-attempt timeouts, and claims that never got an answer.
+This module wires the parts together and owns their threads, the start and the orderly stop:
+  * main       - the claim loop (`claims`): consumes the ready topics, claims what fits the free slots and
+                 staging places in one Kafka transaction with the consumed offsets and the group metadata;
+  * control    - this executor's grants, rejections and cancel requests (`control`); a grant hands the
+                 attempt to the runtime (`runtime`: fetch, stage until its instant, start, reap);
+  * supervisor - heartbeats, per-attempt timeouts, renewals of and giving up on unanswered claims
+                 (`supervision`).
+They share what was claimed and taken on through the `ledger`, and report through `reporting`.
 The scheduler decides which claim wins; an attempt's process starts only after its grant arrives.
+A stopping executor waits briefly for its open claims' answers, then hands back every attempt it holds.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_END, KafkaError, KafkaException, Message, TopicPartition
-
-from ksched import kafka
 from ksched.artifacts import ArtifactStore
 from ksched.config import Settings
-from ksched.errors import CodecError
-from ksched.partitioning import partition_for
-from ksched.schemas.codec import default_codec
-from ksched.schemas.events import (
-    PRIORITIES,
-    CancelRequested,
-    ClaimGranted,
-    ClaimRejected,
-    ClaimTask,
-    FailureReason,
-    TaskCompleted,
-    TaskFailed,
-    TaskHeartbeat,
-    TaskReady,
-    TaskStarted,
-)
-from ksched.topics import ready_topic
+from ksched.schemas.events import FailureReason
 
 from .cache import ArtifactCache
-from .runtime import Attempt, Ended, Runtime
-from .sandbox import Process, cap_log
+from .claims import Claimer
+from .control import Control
+from .ledger import Ledger, Stats, free_capacity
+from .reporting import Reporter
+from .runtime import Runtime
+from .supervision import Supervisor
 
-TAKEN_MEMORY = 100_000
-ABANDONED_MEMORY = 10_000
 GRANT_WAIT_ON_STOP_S = 3.0  # how long a stopping executor waits for the answers to its open claims
 
 log = logging.getLogger(__name__)
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def new_executor_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-@dataclass
-class Pending:
-    ready: TaskReady
-    claim_id: str
-    since: float
-    staged: bool  # fired ahead of its instant: it waits in the staging area, not in a slot
-    committed: bool = False  # the claim's transaction committed: the scheduler will read it
-    renewed: float = 0.0  # when the claim was last sent or renewed (monotonic)
 
 
 @dataclass
@@ -97,102 +66,47 @@ class ExecutorConfig:
     keep_workdirs: bool = False
 
 
-@dataclass
-class Stats:
-    claimed: int = 0
-    granted: int = 0
-    rejected: int = 0
-    started: int = 0
-    finished: int = 0
-    txn_aborts: int = 0
-    renewals: int = 0  # claims renewed while waiting for a slow scheduler's answer
-    abandoned: int = 0  # claims given up on after claim_timeout_s
-    transactions: int = 0
-    #: The last claim transactions' durations (bounded: an executor runs for months).
-    claim_txn_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
-
-    def summary(self) -> str:
-        txn = sorted(self.claim_txn_ms)
-
-        def at(q: float) -> float:
-            return txn[min(len(txn) - 1, int(q * len(txn)))] if txn else 0.0
-
-        return (f"claimed {self.claimed} in {self.transactions} transactions ({self.txn_aborts} aborted; "
-                f"recent p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms), granted {self.granted}, "
-                f"rejected {self.rejected}, renewed {self.renewals}, abandoned {self.abandoned}, "
-                f"started {self.started}, finished {self.finished}")
-
-
 class Executor:
     def __init__(self, settings: Settings, store: ArtifactStore, config: ExecutorConfig | None = None,
                  executor_id: str | None = None) -> None:
         self.settings = settings
         self.config = config or ExecutorConfig()
         self.id = executor_id or new_executor_id()
-        self.codec = default_codec()
-        self.inbox = settings.topic("inbox")
         root = self.config.workdir or settings.home / "executor" / self.id
         self.workroot = root / "runs"
         self.cache = ArtifactCache(store, root / "cache", self.config.max_artifact_bytes)
         self.store = store
         self.stats = Stats()
-        self._lock = threading.Lock()
-        self._pending: dict[str, Pending] = {}
-        # Claims given up on (no answer within claim_timeout_s), oldest first: a grant that still comes for one
-        # is handed back at once rather than left to lapse as LOST. Bounded.
-        self._abandoned: dict[str, Pending] = {}
-        self._attempts: dict[str, Attempt] = {}
-        # Attempts this executor has taken on, most recent last: a grant for one of them again (the scheduler
-        # re-deciding after a crash) must not start it twice. Bounded; old attempts are long settled.
-        self._taken: dict[str, None] = {}
-        self._buffers: dict[tuple[str, int], deque[tuple[Message, TaskReady | None]]] = {}
-        self._paused: set[tuple[str, int]] = set()
-        self._settle_until = 0.0
+        self.ledger = Ledger()
         self._stop = threading.Event()  # stop claiming
         self._closed = threading.Event()  # stop listening for answers too (set last, when shutting down)
-        self._draining = False  # stopping: a grant that still arrives is handed straight back
-        self.ready_topics = [ready_topic(settings, p, self.config.pool) for p in PRIORITIES]
-        self._reports = kafka.producer(settings)
-        self._claims = kafka.producer(settings, **{"transactional.id": f"{settings.prefix}-executor-{self.id}",
-                                                   "transaction.timeout.ms": 60000})
-        group = f"{settings.prefix}-executors" + (f"-{self.config.pool}" if self.config.pool else "")
-        # "range" splits each ready topic's partitions evenly among the executors; a sticky assignor balances only
-        # the total over the three topics, and could give one executor every partition of a priority.
-        self._consumer = kafka.consumer(settings, group=group,
-                                        **{"partition.assignment.strategy": "range",
-                                           "fetch.wait.max.ms": 20,
-                                           "session.timeout.ms": int(max(6.0, settings.session_timeout_s) * 1000),
-                                           "heartbeat.interval.ms": 1000})
-        self._control = kafka.consumer(settings, group=f"{settings.prefix}-control-{self.id}",
-                                       **{"fetch.wait.max.ms": 20})
-
-    # --- lifecycle ------------------------------------------------------------------------------
+        self.reporter = Reporter(settings, self.id, store, self.config.log_limit_bytes)
+        self.claimer = Claimer(settings, self.id, self.config.pool, self.ledger, self.stats, self.capacity,
+                               backlog_limit=max(2, self.config.slots, self.config.staging))
+        self.control = Control(settings, self.id, self.ledger, self.stats, self.reporter)
+        self.supervisor = Supervisor(self.ledger, self.stats, self.reporter, heartbeat_s=settings.heartbeat_s,
+                                     lease_s=settings.lease_s, claim_timeout_s=self.config.claim_timeout_s)
 
     def stop(self) -> None:
         self._stop.set()
 
     def capacity(self) -> tuple[int, int]:
         """(claims of attempts due now it may still make, places for attempts staged ahead of their instant)."""
-        prefetch = self.config.prefetch if self.config.prefetch >= 0 else self.config.slots
-        with self._lock:
-            staged = sum(1 for p in self._pending.values() if p.staged) + sum(
-                1 for a in self._attempts.values() if a.staged)
-            now = len(self._pending) + len(self._attempts) - staged
-        return self.config.slots + prefetch - now, self.config.staging - staged
+        return free_capacity(self.config.slots, self.config.prefetch, self.config.staging, *self.ledger.load())
 
     def run(self) -> None:
-        self.runtime = Runtime(self.config.slots, self.cache, self.workroot, self._on_started, self._on_ended,
-                               grace_s=self.config.grace_s, keep_workdirs=self.config.keep_workdirs)
-        self._claims.init_transactions(30)
-        self._assign_control()
-        self._control_thread = self._spawn_thread(self._control_loop, "control")
-        self._spawn_thread(self._supervise, "supervisor")
-        self._consumer.subscribe(self.ready_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                 on_lost=self._on_revoke)
+        self.runtime = Runtime(self.config.slots, self.cache, self.workroot, self.supervisor.on_started,
+                               self.supervisor.on_ended, grace_s=self.config.grace_s,
+                               keep_workdirs=self.config.keep_workdirs)
+        self.claimer.init_transactions()
+        self.control.assign()
+        self._control_thread = self._spawn_thread(self.control.run, "control", self.runtime, self._closed)
+        self._spawn_thread(self.supervisor.run, "supervisor", self.runtime, self._stop)
+        self.claimer.subscribe()
         log.info("executor %s up with %d slots", self.id, self.config.slots)
         try:
             while not self._stop.is_set():
-                self._ready_step()
+                self.claimer.step()
         finally:
             self._shutdown()
 
@@ -204,315 +118,15 @@ class Executor:
     def _shutdown(self) -> None:
         # Let the answers to open claims arrive, so granted attempts are handed back rather than left to a lease.
         deadline = time.monotonic() + GRANT_WAIT_ON_STOP_S
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._pending:
-                    break
+        while time.monotonic() < deadline and self.ledger.waiting():
             time.sleep(0.02)
-        with self._lock:
-            self._draining = True
-            attempts = list(self._attempts.values())
-        for a in attempts:  # handed back: the scheduler re-offers them (unstarted ones do not use up a retry)
+        # Handed back: the scheduler re-offers them (unstarted ones do not use up a retry).
+        for a in self.ledger.drain():
             self.runtime.end_early(a, FailureReason.EXECUTOR_STOPPED, f"executor {self.id} is shutting down")
         self.runtime.drain(self.config.grace_s + 2)
         self.runtime.stop()
         self._closed.set()
         self._control_thread.join(5)
-        with contextlib.suppress(Exception):
-            self._consumer.close()
-        with contextlib.suppress(Exception):
-            self._control.close()
-        self._reports.flush(10)
-
-    # --- claiming -------------------------------------------------------------------------------
-
-    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        # Fetch from every newly assigned partition before choosing, so the first claims already see
-        # the high-priority work that is waiting, not just whichever partition answered first.
-        self._settle_until = time.monotonic() + 0.3
-        log.debug("assigned %s", partitions)
-
-    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        # Unclaimed records of a revoked partition belong to its next owner (their offsets were not committed).
-        for tp in partitions:
-            self._buffers.pop((tp.topic, tp.partition), None)
-            self._paused.discard((tp.topic, tp.partition))
-
-    def _buffered(self) -> int:
-        return sum(len(q) for q in self._buffers.values())
-
-    def _ready_step(self) -> None:
-        free_now, free_staged = self.capacity()
-        buffered = self._buffered()
-        timeout = 0.01 if buffered else 0.1
-        self._flow_control()
-        # Wait for the first record only (consume() would wait for a full batch), then drain what has been
-        # fetched without waiting (flow control bounds it), so the choice sees every priority.
-        first = self._consumer.poll(timeout)
-        msgs = [first, *self._consumer.consume(num_messages=1000, timeout=0)] if first is not None else []
-        for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("ready topic error: %s", err)
-                continue
-            self._buffers.setdefault(_tp(m), deque()).append((m, self._decode_ready(m)))
-        if self._buffered() and (free_now > 0 or free_staged > 0) and time.monotonic() >= self._settle_until:
-            taken = self._take(free_now, free_staged)
-            if taken:
-                self._claim(taken)
-
-    def _decode_ready(self, m: Message) -> TaskReady | None:
-        try:
-            ready = self.codec.decode(m.value())
-        except CodecError as err:
-            log.error("skipping undecodable ready record %s[%d]@%d: %s", *_tp(m), m.offset(), err)
-            return None
-        return ready if isinstance(ready, TaskReady) else None
-
-    def _flow_control(self) -> None:
-        """Pause partitions whose local backlog is big enough; resume them when it drains."""
-        limit = max(2, self.config.slots, self.config.staging)
-        for key, q in self._buffers.items():
-            if len(q) >= limit and key not in self._paused:
-                self._consumer.pause([TopicPartition(*key)])
-                self._paused.add(key)
-            elif len(q) < limit // 2 + 1 and key in self._paused:
-                self._consumer.resume([TopicPartition(*key)])
-                self._paused.discard(key)
-
-    def _take(self, free_now: int, free_staged: int) -> list[tuple[Message, TaskReady | None, bool]]:
-        """Buffered records to claim: high priority first, each partition's records in order. An attempt
-        due now needs a free slot; one fired ahead of its instant needs a free staging place."""
-        taken: list[tuple[Message, TaskReady | None, bool]] = []
-        soon = time.time() * 1000 + 50
-        budget = {False: free_now, True: free_staged}
-        for topic in self.ready_topics:
-            queues = [q for (t, _), q in self._buffers.items() if t == topic and q]
-            while queues:
-                for q in list(queues):
-                    m, ready = q[0]
-                    staged = ready is not None and ready.scheduled_for_ms > soon
-                    if ready is not None and budget[staged] <= 0:
-                        queues.remove(q)  # this partition waits; its order is kept
-                        continue
-                    q.popleft()
-                    if ready is not None:
-                        budget[staged] -= 1
-                    taken.append((m, ready, staged))
-                    if not q:
-                        queues.remove(q)
-        return taken
-
-    def _claim(self, msgs: list[tuple[Message, TaskReady | None, bool]]) -> None:
-        offsets: dict[tuple[str, int], int] = {}
-        first: dict[tuple[str, int], int] = {}
-        batch: list[Pending] = []
-        for m, ready, staged in msgs:
-            key = _tp(m)
-            offset = int(m.offset() or 0)
-            offsets[key] = offset + 1
-            first.setdefault(key, offset)
-            if ready is None:
-                continue  # undecodable: its offset is committed with the batch, so it is not seen again
-            # Unique per claim: an answer to an earlier claim of the same attempt (re-sent by a scheduler that
-            # re-decided it after a crash) can never be taken for the answer to this one.
-            claim_id = f"{ready.task_id}#{ready.attempt}@{self.id}/{uuid.uuid4().hex[:12]}"
-            batch.append(Pending(ready, claim_id, time.monotonic(), staged))
-        with self._lock:  # an attempt this executor already took on is not claimed again (a re-sent ready record)
-            batch = [p for p in batch if f"{p.ready.task_id}#{p.ready.attempt}" not in self._taken]
-            for p in batch:
-                self._pending[p.claim_id] = p
-        t0 = time.perf_counter()
-        try:
-            self._claims.begin_transaction()
-            for p in batch:
-                claim = ClaimTask(p.claim_id, p.ready.job_id, p.ready.run_id, p.ready.task_id, p.ready.attempt,
-                                  self.id, now_ms())
-                self._claims.produce(self.inbox, key=p.ready.job_id.encode(), value=self.codec.encode(claim))
-            self._claims.send_offsets_to_transaction(
-                [TopicPartition(t, p, off) for (t, p), off in offsets.items()],
-                self._consumer.consumer_group_metadata(), 30)
-            self._claims.commit_transaction(30)
-        except KafkaException as exc:
-            self._claim_failed(exc, batch, first)
-            return
-        with self._lock:
-            for p in batch:
-                p.committed, p.renewed = True, time.monotonic()
-        self.stats.transactions += 1
-        self.stats.claimed += len(batch)
-        self.stats.claim_txn_ms.append((time.perf_counter() - t0) * 1000)
-
-    def _claim_failed(self, exc: KafkaException, batch: list[Pending], first: dict[tuple[str, int], int]) -> None:
-        self.stats.txn_aborts += 1
-        err = exc.args[0]
-        log.warning("claim transaction failed (%s); the records will be delivered again", err)
-        with self._lock:
-            for p in batch:
-                self._pending.pop(p.claim_id, None)
-        if err.txn_requires_abort():
-            with contextlib.suppress(KafkaException):
-                self._claims.abort_transaction(30)
-        elif err.fatal():
-            # Fenced: another instance took this transactional id, or the group moved on. Start over.
-            raise SystemExit(f"executor {self.id} fenced: {err}") from None
-        for (topic, partition), offset in first.items():
-            self._buffers.pop((topic, partition), None)
-            with contextlib.suppress(KafkaException):
-                self._consumer.seek(TopicPartition(topic, partition, offset))
-
-    # --- control ------------------------------------------------------------------------------
-
-    def _assign_control(self) -> None:
-        topic = self.settings.topic("control")
-        partition = partition_for(self.id, self.settings.control_partitions)
-        _, high = self._control.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
-        # An explicit offset, resolved before any claim is made, so no answer to our claims is skipped.
-        self._control.assign([TopicPartition(topic, partition, high if high >= 0 else OFFSET_END)])
-
-    def _control_loop(self) -> None:
-        while not self._closed.is_set():
-            m = self._control.poll(0.1)
-            if m is None or m.error() is not None:
-                continue
-            try:
-                event = self.codec.decode(m.value())
-            except CodecError as err:
-                log.error("undecodable control record: %s", err)
-                continue
-            if getattr(event, "executor_id", None) != self.id:
-                continue
-            if isinstance(event, ClaimGranted):
-                self._on_grant(event)
-            elif isinstance(event, ClaimRejected):
-                with self._lock:
-                    self._abandoned.pop(event.claim_id, None)
-                    if self._pending.pop(event.claim_id, None) is not None:
-                        self.stats.rejected += 1
-            elif isinstance(event, CancelRequested):
-                self._on_cancel(event)
-
-    def _on_grant(self, grant: ClaimGranted) -> None:
-        key = f"{grant.task_id}#{grant.attempt}"
-        with self._lock:
-            pending = self._pending.pop(grant.claim_id, None)
-            abandoned = self._abandoned.pop(grant.claim_id, None) if pending is None else None
-            if key in self._taken:
-                return  # a repeated grant for an attempt this executor already took on
-            if abandoned is not None:
-                self._took(key)
-                waited = time.monotonic() - abandoned.since
-                self._report_failed(Attempt(abandoned.ready, grant, staged=abandoned.staged),
-                                    FailureReason.CLAIM_ABANDONED,
-                                    f"executor {self.id} gave up waiting for this grant after {waited:.0f} s",
-                                    retryable=True, started=None, exit_code=None)
-                return
-            if pending is None:
-                return  # not an answer to a claim of ours
-            attempt = Attempt(pending.ready, grant, staged=pending.staged)
-            if self._draining:
-                self._report_failed(attempt, FailureReason.EXECUTOR_STOPPED, f"executor {self.id} is shutting down",
-                                    retryable=True, started=None, exit_code=None)
-                return
-            self._attempts[key] = attempt
-            self._took(key)
-            self.stats.granted += 1
-        self.runtime.submit(attempt)
-
-    def _took(self, key: str) -> None:
-        """Remember that this executor took attempt `key` on (under the lock)."""
-        self._taken[key] = None
-        if len(self._taken) > TAKEN_MEMORY:
-            del self._taken[next(iter(self._taken))]
-
-    def _on_cancel(self, req: CancelRequested) -> None:
-        with self._lock:
-            attempt = self._attempts.get(f"{req.task_id}#{req.attempt}")
-        if attempt is None or attempt.grant.fencing_token != req.fencing_token:
-            return
-        self.runtime.end_early(attempt, FailureReason.CANCELLED, req.reason or "cancelled")
-
-    # --- reports --------------------------------------------------------------------------------
-
-    def _on_started(self, attempt: Attempt, proc: Process) -> None:
-        r, g = attempt.ready, attempt.grant
-        self.stats.started += 1
-        self._send(TaskStarted(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id,
-                               proc.started_at_ms, proc.pid))
-
-    def _on_ended(self, ended: Ended) -> None:
-        attempt = ended.attempt
-        r, g = attempt.ready, attempt.grant
-        log_ref = self._upload_log(attempt.key, ended.log_path) if ended.log_path is not None else ""
-        if ended.reason:
-            retryable = ended.reason == FailureReason.EXECUTOR_STOPPED or (
-                ended.reason == FailureReason.TIMEOUT and ended.started_at_ms is not None)
-            self._report_failed(attempt, ended.reason, ended.message, retryable=retryable,
-                                started=ended.started_at_ms, exit_code=ended.exit_code, log_ref=log_ref,
-                                finished=ended.finished_at_ms)
-        else:
-            assert ended.exit_code is not None and ended.started_at_ms is not None
-            self._send(TaskCompleted(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id,
-                                     ended.exit_code, ended.started_at_ms, ended.finished_at_ms, log_ref))
-        self.stats.finished += 1
-        with self._lock:
-            self._attempts.pop(attempt.key, None)
-
-    def _upload_log(self, key: str, path: Path) -> str:
-        try:
-            cap_log(path, self.config.log_limit_bytes)
-            return self.store.put_log(f"{key}.log", path)
-        except Exception as exc:  # a lost log must not lose the attempt's outcome
-            log.warning("could not store the log of %s: %s", key, exc)
-            return ""
-
-    def _report_failed(self, attempt: Attempt, reason: str, message: str, *, retryable: bool, started: int | None,
-                       exit_code: int | None, log_ref: str = "", finished: int | None = None) -> None:
-        r, g = attempt.ready, attempt.grant
-        self._send(TaskFailed(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id, reason, message,
-                              retryable, finished or now_ms(), exit_code, started, log_ref))
-
-    def _send(self, event: Any) -> None:
-        self._reports.produce(self.inbox, key=event.job_id.encode(), value=self.codec.encode(event))
-        self._reports.poll(0)
-
-    # --- supervision ------------------------------------------------------------------------------
-
-    def _supervise(self) -> None:
-        next_beat = time.monotonic() + self.settings.heartbeat_s
-        # A claim answered within half a lease is never renewed; one waiting longer is, every half lease.
-        renew_every = self.settings.lease_s / 2
-        while not self._stop.wait(0.05):
-            now = time.monotonic()
-            with self._lock:
-                attempts = list(self._attempts.values())
-                stale = [c for c, p in self._pending.items() if now - p.since > self.config.claim_timeout_s]
-                for c in stale:
-                    self._abandoned[c] = self._pending.pop(c)
-                    self.stats.abandoned += 1
-                    if len(self._abandoned) > ABANDONED_MEMORY:
-                        del self._abandoned[next(iter(self._abandoned))]
-                renew = [p for p in self._pending.values() if p.committed and now - p.renewed >= renew_every]
-                for p in renew:
-                    p.renewed = now
-            wall = now_ms()
-            for p in renew:  # a scheduler this slow to answer must not let the grant lapse meanwhile
-                self.stats.renewals += 1
-                self._send(ClaimTask(p.claim_id, p.ready.job_id, p.ready.run_id, p.ready.task_id, p.ready.attempt,
-                                     self.id, wall, renewal=True))
-            for a in attempts:
-                proc = a.process
-                if proc is not None and a.ready.timeout_ms and wall - proc.started_at_ms > a.ready.timeout_ms:
-                    self.runtime.end_early(a, FailureReason.TIMEOUT, f"timed out after {a.ready.timeout_ms} ms")
-            if now >= next_beat:
-                next_beat = now + self.settings.heartbeat_s
-                for a in attempts:
-                    r, g = a.ready, a.grant
-                    self._send(TaskHeartbeat(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id,
-                                             wall))
-            self._reports.poll(0)
-
-
-def _tp(m: Message) -> tuple[str, int]:
-    return str(m.topic()), int(m.partition() or 0)
+        self.claimer.close()
+        self.control.close()
+        self.reporter.flush(10)

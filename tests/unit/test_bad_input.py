@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -36,7 +37,7 @@ def test_a_cycle_in_a_2000_task_job_is_reported_in_depends_on_order() -> None:
     assert path[0] == path[-1] and len(path) == 2001
     # each task depends on the next one in the path
     by_name = {t.name: t for t in tasks}
-    assert all(b in by_name[a].depends_on for a, b in zip(path, path[1:], strict=False))
+    assert all(b in by_name[a].depends_on for a, b in itertools.pairwise(path))
 
 
 def test_the_order_keeps_the_spec_order_within_each_wave() -> None:

@@ -1,9 +1,12 @@
-"""The executor's parts that touch the OS: the artifact cache and the sandboxed process (real subprocesses)."""
+"""The executor's parts: its pure decisions (tables of cases), its ledger, and the parts that touch the OS, the
+artifact cache and the sandboxed process (real subprocesses)."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections import deque
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,21 @@ import pytest
 from ksched.artifacts import LocalStore
 from ksched.errors import ArtifactError
 from ksched.executor.cache import ArtifactCache
-from ksched.executor.sandbox import attempt_env, cap_log, spawn
+from ksched.executor.claims import flow_control, positions, take
+from ksched.executor.ledger import (
+    GrantAnswer,
+    Ledger,
+    Pending,
+    answer_grant,
+    free_capacity,
+    is_stale,
+    needs_renewal,
+    remember,
+)
+from ksched.executor.reporting import retryable
+from ksched.executor.runtime import Attempt, Ended
+from ksched.executor.sandbox import Process, attempt_env, cap_log, spawn
+from ksched.executor.supervision import timed_out
 from ksched.schemas.events import ClaimGranted, FailureReason, Limits, TaskReady
 from tests.samples import sample
 
@@ -167,3 +184,199 @@ def test_a_held_process_that_is_discarded_or_loses_its_executor_runs_nothing(tmp
     os.close(orphaned.gate)  # what the executor's death does to the gate
     assert orphaned.popen.wait(10) == 111
     assert discarded.popen.returncode is not None and not ran.exists()
+
+
+# --- the ledger and its decisions -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("slots", "prefetch", "staging", "due_now", "staged", "free"), [
+    (4, -1, 1024, 0, 0, (8, 1024)),  # prefetch -1: as many claims ahead as slots
+    (4, 0, 1024, 3, 0, (1, 1024)),
+    (4, 2, 10, 6, 10, (0, 0)),
+    (4, 0, 10, 5, 2, (-1, 8)),  # staged attempts that came due count too
+])
+def test_free_capacity_counts_slots_prefetch_and_staging_places(slots: int, prefetch: int, staging: int,
+                                                                 due_now: int, staged: int,
+                                                                 free: tuple[int, int]) -> None:
+    assert free_capacity(slots, prefetch, staging, due_now, staged) == free
+
+
+@pytest.mark.parametrize(("pending", "abandoned", "taken", "draining", "answer"), [
+    (True, False, False, False, GrantAnswer.START),
+    (True, False, False, True, GrantAnswer.STOPPING),
+    (False, True, False, False, GrantAnswer.ABANDONED),
+    (False, True, False, True, GrantAnswer.ABANDONED),  # handed back as abandoned, draining or not
+    (True, False, True, False, GrantAnswer.REPEAT),  # the attempt was taken on under an earlier claim
+    (False, True, True, False, GrantAnswer.REPEAT),
+    (False, False, False, False, GrantAnswer.NOT_OURS),
+    (False, False, True, True, GrantAnswer.REPEAT),
+])
+def test_what_a_grant_means(pending: bool, abandoned: bool, taken: bool, draining: bool,
+                            answer: GrantAnswer) -> None:
+    assert answer_grant(pending=pending, abandoned=abandoned, taken=taken, draining=draining) is answer
+
+
+@pytest.mark.parametrize(("since", "committed", "renewed", "now", "stale", "renew"), [
+    (100.0, True, 100.0, 110.0, False, False),  # answered within half a lease: never renewed
+    (100.0, True, 100.0, 115.0, False, True),  # half a lease (15 s) since it was sent
+    (100.0, True, 115.0, 129.0, False, False),  # renewed at 115: next at 130
+    (100.0, False, 0.0, 120.0, False, False),  # its transaction has not committed: nothing to renew
+    (100.0, True, 130.0, 130.5, True, False),  # waited longer than the claim timeout (30 s)
+])
+def test_when_a_waiting_claim_is_renewed_or_given_up(since: float, committed: bool, renewed: float, now: float,
+                                                     stale: bool, renew: bool) -> None:
+    p = Pending(sample(TaskReady), "c1", since, staged=False, committed=committed, renewed=renewed)
+    assert (is_stale(p, now, 30.0), needs_renewal(p, now, 15.0)) == (stale, renew)
+
+
+def test_a_bounded_memory_forgets_the_oldest_first() -> None:
+    memory: dict[str, None] = {}
+    for key in "abcd":
+        remember(memory, key, None, 3)
+    assert list(memory) == ["b", "c", "d"]
+
+
+def claim(ledger: Ledger, claim_id: str, attempt: int = 1, since: float = 0.0) -> Pending:
+    ready = replace(sample(TaskReady), attempt=attempt)
+    return ledger.open([Pending(ready, claim_id, since, staged=False)])[0]
+
+
+def grant_for(p: Pending) -> ClaimGranted:
+    return replace(sample(ClaimGranted), task_id=p.ready.task_id, attempt=p.ready.attempt, claim_id=p.claim_id)
+
+
+def test_a_granted_attempt_is_started_once_and_not_claimed_again() -> None:
+    ledger = Ledger()
+    p = claim(ledger, "c1")
+    assert ledger.load() == (1, 0)
+    answer = ledger.answer(grant_for(p))
+    assert answer.what is GrantAnswer.START and answer.attempt is not None
+    assert ledger.attempt(answer.attempt.key) is answer.attempt and ledger.load() == (1, 0)
+    assert ledger.answer(grant_for(p)).what is GrantAnswer.REPEAT
+    assert ledger.open([Pending(p.ready, "c2", 1.0, staged=False)]) == []  # a re-sent ready record
+    ledger.ended(answer.attempt.key)
+    assert ledger.load() == (0, 0)
+
+
+def test_a_claim_given_up_on_is_handed_back_when_its_grant_comes_and_a_rejection_settles_it() -> None:
+    ledger = Ledger()
+    late, rejected, fresh = claim(ledger, "c1", 1), claim(ledger, "c2", 2), claim(ledger, "c3", 3, since=25.0)
+    ledger.committed([late, rejected, fresh], now=0.0)
+    sweep = ledger.sweep(now=31.0, claim_timeout_s=30.0, renew_every_s=15.0)
+    assert sweep.abandoned == 2 and sweep.renew == [fresh] and fresh.renewed == 31.0
+    assert ledger.waiting()  # c3 still waits
+    answer = ledger.answer(grant_for(late))
+    assert answer.what is GrantAnswer.ABANDONED and answer.claimed_at == 0.0
+    assert ledger.answer(grant_for(late)).what is GrantAnswer.REPEAT  # handed back once
+    assert ledger.reject("c2") is False  # no longer waiting, and forgotten as abandoned
+    assert ledger.answer(grant_for(rejected)).what is GrantAnswer.NOT_OURS
+    assert ledger.reject("c3") is True and not ledger.waiting()
+
+
+def test_a_draining_ledger_hands_grants_back_and_lists_what_is_running() -> None:
+    ledger = Ledger()
+    running, late = claim(ledger, "c1", 1), claim(ledger, "c2", 2)
+    started = ledger.answer(grant_for(running)).attempt
+    assert ledger.drain() == [started]
+    answer = ledger.answer(grant_for(late))
+    assert answer.what is GrantAnswer.STOPPING and answer.attempt is not None
+    assert ledger.attempt(answer.attempt.key) is None  # handed back, not running
+
+
+def test_a_failed_claim_transaction_forgets_its_claims() -> None:
+    ledger = Ledger()
+    p = claim(ledger, "c1")
+    ledger.forget([p])
+    assert not ledger.waiting() and ledger.answer(grant_for(p)).what is GrantAnswer.NOT_OURS
+    assert ledger.open([p]) == [p]  # claimed again when its record comes again
+
+
+@pytest.mark.parametrize(("reason", "started", "again"), [
+    (FailureReason.EXECUTOR_STOPPED, None, True),  # handed back before it started
+    (FailureReason.EXECUTOR_STOPPED, 1_000, True),  # handed back while it ran
+    (FailureReason.TIMEOUT, 1_000, True),
+    (FailureReason.TIMEOUT, None, False),  # ran out of time before it could start
+    (FailureReason.CANCELLED, 1_000, False),
+    (FailureReason.DIGEST_MISMATCH, None, False),
+    (FailureReason.SPAWN_ERROR, None, False),
+])
+def test_which_endings_are_worth_another_attempt(reason: str, started: int | None, again: bool) -> None:
+    attempt = Attempt(sample(TaskReady), sample(ClaimGranted))
+    assert retryable(Ended(attempt, reason, "", started_at_ms=started)) is again
+
+
+# --- choosing what to claim ----------------------------------------------------------------------
+
+NOW_MS = 1_700_000_000_000
+
+
+def ready_at(name: str, due_ms: int) -> TaskReady:
+    return replace(sample(TaskReady), task_id=name, scheduled_for_ms=due_ms)
+
+
+def buffers(**partitions: list[str | None]) -> dict[tuple[str, int], deque[tuple[str, TaskReady | None]]]:
+    """`high0=["a", "+b"]`: partition 0 of topic high holds a (due now) then b (due in a minute); None is an
+    undecodable record."""
+    out: dict[tuple[str, int], deque[tuple[str, TaskReady | None]]] = {}
+    for key, names in partitions.items():
+        q: deque[tuple[str, TaskReady | None]] = deque()
+        for n in names:
+            if n is None:
+                q.append(("?", None))
+            else:
+                q.append((n.lstrip("+"), ready_at(n.lstrip("+"), NOW_MS + (60_000 if n.startswith("+") else 0))))
+        out[(key[:-1], int(key[-1]))] = q
+    return out
+
+
+@pytest.mark.parametrize(("partitions", "free_now", "free_staged", "taken", "left"), [
+    # High priority first, whatever partition answered first.
+    ({"low0": ["l1"], "high0": ["h1"]}, 1, 0, ["h1"], {"low0": 1, "high0": 0}),
+    # Round robin over a topic's partitions, each in order.
+    ({"high0": ["a1", "a2"], "high1": ["b1", "b2"]}, 3, 0, ["a1", "b1", "a2"], {"high0": 0, "high1": 1}),
+    # A partition whose next attempt has no place waits, even if a later record of it would fit.
+    ({"high0": ["a1", "+a2"]}, 0, 5, [], {"high0": 2}),
+    ({"high0": ["+a1", "a2", "+a3"]}, 0, 5, ["a1"], {"high0": 2}),
+    # Staged attempts use staging places, not slots.
+    ({"high0": ["+a1", "+a2"], "low0": ["l1"]}, 1, 2, ["a1", "a2", "l1"], {"high0": 0, "low0": 0}),
+    # Undecodable records are taken along (their offsets are committed), needing no place.
+    ({"high0": [None, "a1", None]}, 1, 0, ["?", "a1", "?"], {"high0": 0}),
+    ({"high0": [None, "a1"]}, 0, 0, ["?"], {"high0": 1}),
+])
+def test_which_ready_records_are_taken(partitions: dict[str, list[str | None]], free_now: int, free_staged: int,
+                                       taken: list[str], left: dict[str, int]) -> None:
+    bufs = buffers(**partitions)
+    got = take(bufs, ["high", "normal", "low"], free_now, free_staged, soon_ms=NOW_MS + 50)
+    assert [m for m, _, _ in got] == taken
+    assert all(staged == (r is not None and r.scheduled_for_ms > NOW_MS + 50) for _, r, staged in got)
+    assert {f"{t}{p}": len(q) for (t, p), q in bufs.items()} == left
+
+
+@pytest.mark.parametrize(("backlog", "paused", "pause", "resume"), [
+    ({"a": 10, "b": 9}, set(), ["a"], []),  # paused at the limit
+    ({"a": 10}, {"a"}, [], []),  # already paused
+    ({"a": 6, "b": 5}, {"a", "b"}, [], ["b"]),  # resumed once down to half of it
+    ({"a": 0}, set(), [], []),
+])
+def test_a_partition_is_paused_at_its_backlog_limit_and_resumed_at_half(backlog: dict[str, int], paused: set[str],
+                                                                      pause: list[str], resume: list[str]) -> None:
+    assert flow_control(backlog, paused, 10) == (pause, resume)
+
+
+def test_a_claimed_batch_commits_past_its_last_record_and_rewinds_to_its_first() -> None:
+    batch = [(("high", 0), 7), (("low", 1), 3), (("high", 0), 8), (("high", 0), 9)]
+    assert positions(batch) == ({("high", 0): 10, ("low", 1): 4}, {("high", 0): 7, ("low", 1): 3})
+
+
+@pytest.mark.parametrize(("timeout_ms", "started_at_ms", "now_ms", "late"), [
+    (1000, 5000, 6000, False),  # exactly its timeout: not yet
+    (1000, 5000, 6001, True),
+    (0, 5000, 10**9, False),  # no timeout
+    (1000, None, 10**9, False),  # not started (staged, or waiting for a slot): its time has not begun
+])
+def test_a_started_attempt_times_out_after_its_timeout(tmp_path: Path, timeout_ms: int, started_at_ms: int | None,
+                                                       now_ms: int, late: bool) -> None:
+    attempt = Attempt(replace(sample(TaskReady), timeout_ms=timeout_ms), sample(ClaimGranted))
+    if started_at_ms is not None:
+        attempt.process = Process(None, tmp_path / "log", started_at_ms)  # type: ignore[arg-type]
+    assert timed_out(attempt, now_ms) is late
