@@ -37,12 +37,12 @@ def test_history_takes_ticks_0_or_1_and_nothing_else() -> None:
     assert history_query({}) is False and history_query({"ticks": "1"}) is True
     with pytest.raises(QueryError, match="ticks: expected 0 or 1, got 'yes'"):
         history_query({"ticks": "yes"})
-    with pytest.raises(QueryError, match="^x: unknown parameter"):
+    with pytest.raises(QueryError, match=r"^x: unknown parameter"):
         no_query({"x": "1"})
 
 
 @pytest.mark.parametrize("text", ["0", "x", "-1", "1e3", ""])
 def test_an_attempt_is_a_number_from_1(text: str) -> None:
-    with pytest.raises(QueryError, match="^attempt: "):
+    with pytest.raises(QueryError, match=r"^attempt: "):
         attempt_number(text)
     assert attempt_number("3") == 3
