@@ -119,8 +119,11 @@ class Cluster:
         args = ["streams", "--name", name] + (["--web-port", str(web_port)] if web_port else [])
         return self._spawn(f"streams-{name}", args)
 
-    def executor(self, slots: int = 4, executor_id: str | None = None, *extra: str) -> Proc:
-        args = ["executor", "--slots", str(slots), *extra]
+    def executor(self, slots: int = 4, executor_id: str | None = None, *extra: str, contained: bool = False) -> Proc:
+        """An executor. Its jobs run uncontained unless `contained`: most tests' jobs append to one ledger
+        file in the test's directory, which contained jobs (each attempt its own uid, the home hidden) cannot
+        do; tests/unit/test_containment.py and test_executor.py's contained tests run the default."""
+        args = ["executor", "--slots", str(slots), *extra, *([] if contained else ["--uncontained"])]
         if executor_id:
             args += ["--id", executor_id]
         return self._spawn(f"executor-{executor_id or len(self.procs)}", args)

@@ -62,7 +62,8 @@ def _executor(args: argparse.Namespace, settings: config.Settings) -> int:
     ex = Executor(settings, open_store(settings.artifacts, settings.s3_endpoint_url),
                   ExecutorConfig(slots=args.slots, staging=args.staging, prefetch=args.prefetch,
                                  max_artifact_bytes=args.max_artifact_bytes, pool=args.pool,
-                                 claim_timeout_s=args.claim_timeout),
+                                 claim_timeout_s=args.claim_timeout, isolated=not args.uncontained,
+                                 job_uid_base=args.job_uid_base, shared=tuple(Path(p) for p in args.share)),
                   executor_id=args.id)
 
     def stop(signum: int, frame: Any) -> None:
@@ -165,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "0: strict priority order, at some throughput)")
     sp.add_argument("--id", default=None, help="executor id (default: host-pid-random)")
     sp.add_argument("--pool", default="", help="take only tasks labelled pool: NAME (e.g. bigger machines)")
+    sp.add_argument("--job-uid-base", type=int, default=200_000,
+                    help="jobs of a root executor run as uids from this one up, one per attempt (default 200000)")
+    sp.add_argument("--share", action="append", default=[], metavar="DIR",
+                    help="a host directory jobs see read-write at the same path (repeatable)")
+    sp.add_argument("--uncontained", action="store_true",
+                    help="run jobs as this executor's own user with no namespace (trusted jobs only)")
     sp.add_argument("--claim-timeout", type=float, default=30.0,
                     help="seconds a claim waits for the scheduler's answer before its slot is used otherwise")
     sp.add_argument("--max-artifact-bytes", type=int, default=512 * 1024 * 1024,

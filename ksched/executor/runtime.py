@@ -30,7 +30,7 @@ from ksched.errors import ArtifactError
 from ksched.schemas.events import ClaimGranted, FailureReason, TaskReady
 
 from .cache import ArtifactCache
-from .sandbox import Process, attempt_env, spawn
+from .sandbox import Isolation, Process, attempt_env, spawn
 
 log = logging.getLogger(__name__)
 _RANK = {"high": 0, "normal": 1, "low": 2}
@@ -79,6 +79,8 @@ class Runtime:
     #: Attempts due at least this far ahead get their process created at once, held until the instant.
     hold_ahead_s: float = 0.5
     max_held: int = 1000
+    #: How attempts are contained (None: as the executor's own user, in no namespace: tests of the parts).
+    isolation: Isolation | None = None
     _held: int = 0
     _heap: list[tuple[float, int, Attempt]] = field(default_factory=list)
     #: Due attempts waiting for a slot: highest priority first, then the earliest instant.
@@ -172,7 +174,7 @@ class Runtime:
             attempt.workdir = self.workroot / attempt.key.replace("/", "_")
             attempt.held = spawn(self.cache.get(attempt.ready.artifact), list(attempt.ready.args),
                                  attempt_env(attempt.ready, attempt.grant, attempt.workdir), attempt.workdir,
-                                 attempt.ready.limits, hold=True)
+                                 attempt.ready.limits, hold=True, isolation=self.isolation)
         except (OSError, ArtifactError) as err:  # it is started the usual way at its instant
             log.warning("could not create the process of %s ahead: %s", attempt.key, err)
             self._unhold()
@@ -242,7 +244,7 @@ class Runtime:
                 binary = self.cache.get(attempt.ready.artifact)
                 workdir.mkdir(parents=True, exist_ok=True)
                 proc = spawn(binary, list(attempt.ready.args), attempt_env(attempt.ready, attempt.grant, workdir),
-                             workdir, attempt.ready.limits)
+                             workdir, attempt.ready.limits, isolation=self.isolation)
         except (OSError, ArtifactError) as err:
             self._release()
             reason = err.reason if isinstance(err, ArtifactError) else FailureReason.SPAWN_ERROR
@@ -301,6 +303,7 @@ class Runtime:
     def _finished(self, attempt: Attempt, proc: Process, code: int, finished: int) -> None:
         if attempt.killer is not None:
             attempt.killer.join()
+        proc.retire()
         self._ended(Ended(attempt, attempt.ending, attempt.ending_message, code, proc.started_at_ms, finished,
                           proc.log_path))
 

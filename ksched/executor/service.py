@@ -34,6 +34,7 @@ from .control import Control
 from .ledger import Ledger, Stats, free_capacity
 from .reporting import Reporter
 from .runtime import Runtime
+from .sandbox import Isolation
 from .supervision import Supervisor
 
 GRANT_WAIT_ON_STOP_S = 3.0  # how long a stopping executor waits for the answers to its open claims
@@ -64,6 +65,12 @@ class ExecutorConfig:
     pool: str = ""
     workdir: Path | None = None
     keep_workdirs: bool = False
+    #: Jobs run contained (their own PID namespace, unprivileged uids from this base when the executor is root,
+    #: the executor's files hidden). False: as the executor's own user, uncontained: trusted jobs only.
+    isolated: bool = True
+    job_uid_base: int = 200_000
+    #: Host directories jobs see read-write at the same path (data they share, a ledger).
+    shared: tuple[Path, ...] = ()
 
 
 class Executor:
@@ -90,6 +97,16 @@ class Executor:
     def stop(self) -> None:
         self._stop.set()
 
+    def _isolation(self) -> Isolation | None:
+        if not self.config.isolated:
+            log.warning("jobs run uncontained, as %s", "root" if os.geteuid() == 0 else "this executor's user")
+            return None
+        root = self.workroot.parent
+        hidden = tuple(dict.fromkeys(p.resolve() for p in (self.settings.home, root)))
+        # Up to `slots` running and 1,000 held at once, each with its own uid.
+        return Isolation.default(hidden, self.config.slots + 1000 + 8, self.config.job_uid_base,
+                                 shared=tuple(p.resolve() for p in self.config.shared))
+
     def capacity(self) -> tuple[int, int]:
         """(claims of attempts due now it may still make, places for attempts staged ahead of their instant)."""
         return free_capacity(self.config.slots, self.config.prefetch, self.config.staging, *self.ledger.load())
@@ -97,7 +114,7 @@ class Executor:
     def run(self) -> None:
         self.runtime = Runtime(self.config.slots, self.cache, self.workroot, self.supervisor.on_started,
                                self.supervisor.on_ended, grace_s=self.config.grace_s,
-                               keep_workdirs=self.config.keep_workdirs)
+                               keep_workdirs=self.config.keep_workdirs, isolation=self._isolation())
         self.claimer.init_transactions()
         self.control.assign()
         self._control_thread = self._spawn_thread(self.control.run, "control", self.runtime, self._closed)

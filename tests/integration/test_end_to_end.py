@@ -35,7 +35,7 @@ pytestmark = pytest.mark.broker
 def cluster(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(settings_for(bootstrap, tmp_path_factory.mktemp("e2e")))
     c.streams("w1")
-    c.executor(slots=6)
+    c.executor(slots=6, contained=True)
     yield c
     c.stop()
 

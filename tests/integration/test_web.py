@@ -60,7 +60,7 @@ def web(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
     ports = [free_port(), free_port()]
     c.streams("w1", web_port=ports[0])
     c.streams("w2", web_port=ports[1])
-    c.executor(slots=4)
+    c.executor(slots=4, contained=True)
     write_script(home / "hello.sh", 'echo "hello from $KSCHED_TASK_ID"\n')
     for job_id in one_job_per_partition():
         r = c.ksched("submit", str(write_job(home, job_id, f"job: {job_id}\nbinary: hello.sh\n")), "--wait",
