@@ -24,7 +24,7 @@ from ksched import kafka
 from ksched.config import Settings
 from ksched.errors import CodecError
 from ksched.schemas.codec import default_codec
-from ksched.schemas.events import PRIORITIES, ClaimTask, TaskReady
+from ksched.schemas.events import PRIORITIES, ClaimTask, DeadLetter, TaskReady
 from ksched.topics import ready_topic
 
 from .ledger import Ledger, Pending, Stats, now_ms
@@ -97,6 +97,9 @@ class Claimer:
         self.backlog_limit = backlog_limit
         self.codec = default_codec()
         self.inbox = settings.topic("inbox")
+        self.dlq = settings.topic("dlq")
+        #: Why each buffered record that is not a ready record was refused, until it is dead-lettered.
+        self._garbage: dict[tuple[str, int, int], str] = {}
         self.ready_topics = [ready_topic(settings, p, pool) for p in PRIORITIES]
         self._buffers: dict[Partition, deque[tuple[Message, TaskReady | None]]] = {}
         self._paused: set[Partition] = set()
@@ -155,17 +158,23 @@ class Claimer:
         for tp in partitions:
             self._buffers.pop((tp.topic, tp.partition), None)
             self._paused.discard((tp.topic, tp.partition))
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._garbage = {k: v for k, v in self._garbage.items() if k[:2] not in gone}
 
     def _buffered(self) -> int:
         return sum(len(q) for q in self._buffers.values())
 
     def _decode_ready(self, m: Message) -> TaskReady | None:
+        """The ready record, or None: then it is dead-lettered in the claim transaction that commits past it."""
         try:
             ready = self.codec.decode(m.value())
         except CodecError as err:
-            log.error("skipping undecodable ready record %s[%d]@%d: %s", *_tp(m), m.offset(), err)
+            self._garbage[(*_tp(m), int(m.offset() or 0))] = str(err)
             return None
-        return ready if isinstance(ready, TaskReady) else None
+        if not isinstance(ready, TaskReady):
+            self._garbage[(*_tp(m), int(m.offset() or 0))] = f"{type(ready).SCHEMA} is not a ready record"
+            return None
+        return ready
 
     def _flow_control(self) -> None:
         pause, resume = flow_control({key: len(q) for key, q in self._buffers.items()}, self._paused,
@@ -188,6 +197,9 @@ class Claimer:
         t0 = time.perf_counter()
         try:
             self._producer.begin_transaction()
+            for m, ready, _ in msgs:
+                if ready is None:
+                    self._dead_letter(m)
             for p in batch:
                 claim = ClaimTask(p.claim_id, p.ready.job_id, p.ready.run_id, p.ready.task_id, p.ready.attempt,
                                   self.id, now_ms())
@@ -203,6 +215,14 @@ class Claimer:
         self.stats.transactions += 1
         self.stats.claimed += len(batch)
         self.stats.claim_txn_ms.append((time.perf_counter() - t0) * 1000)
+
+    def _dead_letter(self, m: Message) -> None:
+        topic, partition = _tp(m)
+        offset = int(m.offset() or 0)
+        reason = self._garbage.pop((topic, partition, offset), "not a ready record")
+        log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
+        record = DeadLetter(topic, partition, offset, reason, now_ms(), m.key(), m.value())
+        self._producer.produce(self.dlq, key=m.key(), value=self.codec.encode(record))
 
     def _claim_failed(self, exc: KafkaException, batch: list[Pending], first: dict[Partition, int]) -> None:
         self.stats.txn_aborts += 1

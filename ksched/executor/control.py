@@ -14,6 +14,7 @@ import threading
 import time
 
 from confluent_kafka import OFFSET_END, TopicPartition
+from confluent_kafka import Message as KMessage
 
 from ksched import kafka
 from ksched.config import Settings
@@ -56,9 +57,12 @@ class Control:
             try:
                 event = self.codec.decode(m.value())
             except CodecError as err:
-                log.error("undecodable control record: %s", err)
+                self._refuse(m, str(err))
                 continue
-            if getattr(event, "executor_id", None) != self.id:
+            if not isinstance(event, ClaimGranted | ClaimRejected | CancelRequested):
+                self._refuse(m, f"{type(event).SCHEMA} is not a control record")
+                continue
+            if event.executor_id != self.id:
                 continue
             if isinstance(event, ClaimGranted):
                 self._on_grant(event, runtime)
@@ -67,6 +71,13 @@ class Control:
                     self.stats.rejected += 1
             elif isinstance(event, CancelRequested):
                 self._on_cancel(event, runtime)
+
+    def _refuse(self, m: KMessage, reason: str) -> None:
+        """A record that is not a control record: every executor reads every control partition, so the one
+        its key names (keys are executor ids) dead-letters it, once; other executors pass it by."""
+        if m.key() == self.id.encode():
+            self.reporter.dead_letter(str(m.topic()), int(m.partition() or 0), int(m.offset() or 0), m.key(),
+                                      m.value(), reason)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -15,7 +15,15 @@ from ksched import kafka
 from ksched.artifacts import ArtifactStore
 from ksched.config import Settings
 from ksched.schemas.codec import default_codec
-from ksched.schemas.events import ClaimTask, FailureReason, TaskCompleted, TaskFailed, TaskHeartbeat, TaskStarted
+from ksched.schemas.events import (
+    ClaimTask,
+    DeadLetter,
+    FailureReason,
+    TaskCompleted,
+    TaskFailed,
+    TaskHeartbeat,
+    TaskStarted,
+)
 
 from .ledger import Pending, now_ms
 from .runtime import Attempt, Ended
@@ -38,6 +46,7 @@ class Reporter:
         self.log_limit_bytes = log_limit_bytes
         self.codec = default_codec()
         self.inbox = settings.topic("inbox")
+        self.dlq = settings.topic("dlq")
         self._producer = kafka.producer(settings)
 
     def started(self, attempt: Attempt, proc: Process) -> None:
@@ -87,6 +96,13 @@ class Reporter:
         except Exception as exc:  # a lost log must not lose the attempt's outcome
             log.warning("could not store the log of %s: %s", key, exc)
             return ""
+
+    def dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                    reason: str) -> None:
+        log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
+        record = DeadLetter(topic, partition, offset, reason, now_ms(), key, value)
+        self._producer.produce(self.dlq, key=key, value=self.codec.encode(record))
+        self._producer.poll(0)
 
     def _send(self, event: Any) -> None:
         self._producer.produce(self.inbox, key=event.job_id.encode(), value=self.codec.encode(event))

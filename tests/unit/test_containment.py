@@ -132,7 +132,7 @@ def test_the_process_limit_holds(iso: Isolation, home: Path) -> None:
 
 
 def test_the_memory_limit_holds(iso: Isolation, home: Path) -> None:
-    code, out = run(iso, home, job(home, "mem", "dd if=/dev/zero of=/dev/null bs=200M count=1 2>&1; echo $?\n"),
+    _code, out = run(iso, home, job(home, "mem", "dd if=/dev/zero of=/dev/null bs=200M count=1 2>&1; echo $?\n"),
                     limits=Limits(memory_mb=64))
     assert out.strip().splitlines()[-1] != "0" and "memory" in out.lower()
 
