@@ -419,6 +419,10 @@ def _fire(ctx: _Ctx, scheduled_ms: int, trigger: str) -> None:
     """An occurrence is due: apply the overlap policy, then start its run."""
     job = ctx.job
     run_id = _occ(ctx, scheduled_ms)
+    if run_id in job.runs and trigger == Trigger.ONCE and job.runs[run_id].revision != job.revision:
+        # A one-off job runs once per revision: a new revision due at the instant an earlier one ran (two
+        # submissions in one tick) gets the run id of its own revision, still derived, not random.
+        run_id = f"{run_id}.r{job.revision}"
     if run_id in job.runs:
         return  # already fired (a duplicate never starts a second run)
     active = _active_runs(job)
