@@ -64,6 +64,12 @@ class Settings:
     lookahead_s: float = 10.0
     #: Seconds after which a silent streams worker or executor leaves its consumer group.
     session_timeout_s: float = 10.0
+    #: Client security settings (librdkafka names: security.protocol, sasl.mechanism, sasl.username,
+    #: sasl.password, ssl.ca.location, ...) from KSCHED_KAFKA_CONFIG and KSCHED_KAFKA_* (see `kafka_security`).
+    kafka: tuple[tuple[str, str], ...] = ()
+
+    def kafka_config(self) -> dict[str, str]:
+        return dict(self.kafka)
 
     @property
     def artifacts(self) -> str:
@@ -71,6 +77,49 @@ class Settings:
 
     def topic(self, name: str) -> str:
         return f"{self.prefix}.{name}"
+
+
+#: The client settings ksched takes from its configuration: how to reach a secured cluster, nothing that would
+#: change how ksched's clients behave (partitioner, acks, isolation) and so break its guarantees.
+SECURITY_PREFIXES = ("security.protocol", "sasl.", "ssl.")
+_ENV_KEYS = {
+    "KSCHED_KAFKA_SECURITY_PROTOCOL": "security.protocol",
+    "KSCHED_KAFKA_SASL_MECHANISM": "sasl.mechanism",
+    "KSCHED_KAFKA_SASL_USERNAME": "sasl.username",
+    "KSCHED_KAFKA_SASL_PASSWORD": "sasl.password",
+    "KSCHED_KAFKA_SSL_CA_LOCATION": "ssl.ca.location",
+}
+
+
+def kafka_security(env: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """Client security settings: a Java-style properties file named by KSCHED_KAFKA_CONFIG (`key=value` lines,
+    `#` comments), then KSCHED_KAFKA_* variables over it. Keys other than security.protocol, sasl.* and ssl.*
+    are refused with the line that has them."""
+    conf: dict[str, str] = {}
+    path = env.get("KSCHED_KAFKA_CONFIG")
+    if path:
+        try:
+            text = Path(path).expanduser().read_text()
+        except OSError as exc:
+            raise ConfigError(f"KSCHED_KAFKA_CONFIG: cannot read {path}: {exc.strerror}") from None
+        for n, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith(("#", "!")):
+                continue
+            key, sep, value = line.partition("=")
+            if not sep:
+                raise ConfigError(f"KSCHED_KAFKA_CONFIG: {path}:{n}: expected key=value")
+            conf[key.strip()] = value.strip()
+    for var, key in _ENV_KEYS.items():
+        if env.get(var):
+            conf[key] = env[var]
+    if "sasl.mechanisms" in conf:  # librdkafka's older spelling
+        conf.setdefault("sasl.mechanism", conf.pop("sasl.mechanisms"))
+    for key in conf:
+        if not key.startswith(SECURITY_PREFIXES):
+            raise ConfigError(f"KSCHED_KAFKA_CONFIG: {key}: only security.protocol, sasl.* and ssl.* settings "
+                              "are taken (ksched sets the others itself)")
+    return tuple(sorted(conf.items()))
 
 
 def load(env: dict[str, str] | None = None) -> Settings:
@@ -94,6 +143,7 @@ def load(env: dict[str, str] | None = None) -> Settings:
         commit_interval_s=_float(e, "KSCHED_COMMIT_INTERVAL_S", 0.5),
         session_timeout_s=_float(e, "KSCHED_SESSION_TIMEOUT_S", 10.0),
         lookahead_s=_float(e, "KSCHED_LOOKAHEAD_S", 10.0),
+        kafka=kafka_security(e),
     )
     if s.partitions < 1 or s.ready_partitions < 1 or s.control_partitions < 1:
         raise ConfigError("KSCHED_*PARTITIONS: partition counts must be at least 1")

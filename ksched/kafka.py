@@ -19,8 +19,13 @@ _quiet = logging.getLogger("ksched.kafka")
 _quiet.setLevel(logging.ERROR)
 
 
+def client_config(settings: Settings) -> dict[str, Any]:
+    """What every librdkafka client of ksched starts from: the cluster, and how to authenticate to it."""
+    return {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka_config()}
+
+
 def _base(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.bootstrap_servers, "logger": _quiet}
+    return {**client_config(settings), "logger": _quiet}
 
 
 def producer(settings: Settings, **overrides: Any) -> Producer:

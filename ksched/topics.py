@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ksched.config import Settings
 from ksched.errors import ConfigError
+from ksched.kafka import client_config
 
 DAY_MS = 86_400_000
 #: The largest job record (state and outbox) the changelog takes; a 2,000-task DAG run fits, compressed.
@@ -81,6 +82,11 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(s.topic("inbox"), s.partitions, "job id (ticks: none, explicit partition)",
                   "every input the scheduler decides on: submissions and lifecycle commands from any client, "
                   "ticks, executor claims and reports; the audit history", inbox, True),
+        TopicSpec(s.topic("commands"), s.partitions, "job id",
+                  "submissions and lifecycle commands from clients (CLI, any producer); the streams workers forward "
+                  "each into the inbox, so ACLs can let clients write commands and not reports",
+                  {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS),
+                   "max.message.bytes": str(MAX_RECORD_BYTES)}),
         TopicSpec(s.topic("events"), s.partitions, "job id",
                   "the decision log: everything the scheduler concluded, with derived event ids", history, True),
         TopicSpec(s.topic("jobs"), s.partitions, "job id", "job catalog (tombstone on delete)", compact, True),
@@ -105,7 +111,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0, pools: tuple[str,
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, "log_level": 3})
+    admin = AdminClient({**client_config(settings), "log_level": 3})
     existing = admin.list_topics(timeout=timeout_s).topics
     specs = topic_specs(settings) + [sp for pool in pools for sp in pool_topic_specs(settings, pool)]
     for spec in specs:
@@ -139,8 +145,7 @@ def _wait_until_served(settings: Settings, partitions: dict[str, int], timeout_s
     NOT_LEADER errors. Wait until each partition answers an offsets request."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"{settings.prefix}-admin",
-                  "log_level": 3})
+    c = Consumer({**client_config(settings), "group.id": f"{settings.prefix}-admin", "log_level": 3})
     try:
         pending = [TopicPartition(t, p) for t, n in partitions.items() for p in range(n)]
         deadline = time.monotonic() + timeout_s

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ksched import kafka
 from ksched.config import Settings
 from ksched.reader import JobStatus, job_status, read_partition
 from ksched.schemas.codec import default_codec
@@ -146,9 +147,7 @@ class Cluster:
         codec = default_codec()
         out = []
         name = self.settings.topic(topic)
-        from confluent_kafka.admin import AdminClient
-
-        md = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers}).list_topics(name, timeout=10)
+        md = kafka.admin(self.settings).list_topics(name, timeout=10)
         for p in md.topics[name].partitions:
             for m in read_partition(self.settings, name, p):
                 if m.value() is not None:

@@ -96,10 +96,10 @@ def send_and_wait(settings: Settings, job_id: str, event: Any, until: Callable[[
         raise JobSpecError("job", f"encoded, it is {len(value)} bytes; the inbox takes at most {MAX_RECORD_BYTES}")
     p = kafka.producer(settings, **{"message.max.bytes": MAX_RECORD_BYTES + 65536})
     errors: list[str] = []
-    p.produce(settings.topic("inbox"), key=job_id.encode(), value=value,
+    p.produce(settings.topic("commands"), key=job_id.encode(), value=value,
               on_delivery=lambda e, _m: errors.append(str(e)) if e else None)
     if p.flush(30) or errors:
-        raise KschedError(f"could not deliver to {settings.topic('inbox')}: {errors or 'timeout'}")
+        raise KschedError(f"could not deliver to {settings.topic('commands')}: {errors or 'timeout'}")
     if consumer is None or until is None:
         return None
     try:

@@ -21,6 +21,8 @@ import faust
 from faust.types import TP
 
 from ksched.config import Settings
+from ksched.errors import ConfigError
+from ksched.partitioning import partition_for
 from ksched.schemas.codec import default_codec
 from ksched.schemas.events import Tick
 from ksched.topics import MAX_STATE_BYTES, app_id
@@ -68,6 +70,30 @@ class StreamsApp:
         self.publisher.producer.flush(30)
 
 
+def faust_credentials(settings: Settings) -> Any:
+    """The librdkafka-style security settings as Faust (aiokafka) takes them, or None for a plaintext cluster."""
+    conf = settings.kafka_config()
+    protocol = conf.get("security.protocol", "PLAINTEXT").upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        import ssl
+
+        context = ssl.create_default_context(cafile=conf.get("ssl.ca.location"))
+        if conf.get("ssl.certificate.location"):
+            context.load_cert_chain(conf["ssl.certificate.location"], conf.get("ssl.key.location"),
+                                    conf.get("ssl.key.password"))
+        if conf.get("ssl.endpoint.identification.algorithm", "https") == "none":
+            context.check_hostname = False
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    if protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
+        raise ConfigError(f"security.protocol: {protocol!r} is not one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
+    return faust.SASLCredentials(username=conf.get("sasl.username"), password=conf.get("sasl.password"),
+                                 mechanism=conf.get("sasl.mechanism", "PLAIN"), ssl_context=context)
+
+
 def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | None = None,
                params: Params | None = None, web_port: int | None = None, web_host: str = "127.0.0.1",
                web_url: str | None = None) -> StreamsApp:
@@ -103,6 +129,7 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
         broker_rebalance_timeout=max(20.0, settings.session_timeout_s * 2),
         consumer_group_instance_id=f"{app_id(settings)}-{worker_name}",
         canonical_url=web_url or f"http://{web_host}:{web_port or 6066}",
+        broker_credentials=faust_credentials(settings),
         logging_config=None,
     )
     metrics = Metrics()
@@ -134,6 +161,20 @@ def _wire(streams: StreamsApp, worker_name: str) -> Any:
             publisher.publish(outputs, (msg.partition, msg.offset))
 
     app.agent(inbox, name="scheduler")(scheduler)
+
+    # Clients write commands to their own topic, so the broker's ACLs can let them submit without letting them
+    # write executor reports; the forwarder copies each into the inbox partition of its job (the inbox stays the
+    # one history replay reads). A command forwarded twice is one command: its command id is remembered.
+    commands = app.topic(settings.topic("commands"), key_type=bytes, value_type=bytes,
+                         partitions=settings.partitions)
+
+    async def forwarder(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            owner = partition_for(msg.key.decode(errors="replace"), settings.partitions) if msg.key else None
+            publisher.publish([Message(inbox_name, msg.key, msg.value, owner)])
+
+    app.agent(commands, name="forwarder")(forwarder)
 
     async def on_assigned(sender: Any, assigned: set[TP], **_: Any) -> None:
         partitions = {tp.partition for tp in assigned if tp.topic == inbox_name}
