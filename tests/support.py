@@ -97,6 +97,9 @@ class Cluster:
 
     settings: Settings
     procs: list[Proc] = field(default_factory=list)
+    #: On a secured broker: the client properties file of each role ("streams", "executor", "submitter");
+    #: each process gets its role's (the CLI is a submitter). `settings.kafka` is what this test process uses.
+    credentials: dict[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.settings.home.mkdir(parents=True, exist_ok=True)
@@ -107,18 +110,24 @@ class Cluster:
     def env(self) -> dict[str, str]:
         return env_for(self.settings)
 
-    def _spawn(self, name: str, args: list[str]) -> Proc:
+    def env_of(self, role: str) -> dict[str, str]:
+        env = self.env
+        if role in self.credentials:
+            env["KSCHED_KAFKA_CONFIG"] = str(self.credentials[role])
+        return env
+
+    def _spawn(self, name: str, args: list[str], role: str) -> Proc:
         log = self.settings.home / f"{name}.{len(self.procs)}.log"
         with open(log, "wb") as out:
-            popen = subprocess.Popen([sys.executable, "-m", "ksched.cli.main", *args], env=self.env, cwd=REPO,
-                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            popen = subprocess.Popen([sys.executable, "-m", "ksched.cli.main", *args], env=self.env_of(role),
+                                     cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         proc = Proc(name, popen, log)
         self.procs.append(proc)
         return proc
 
     def streams(self, name: str = "w1", web_port: int | None = None) -> Proc:
         args = ["streams", "--name", name] + (["--web-port", str(web_port)] if web_port else [])
-        return self._spawn(f"streams-{name}", args)
+        return self._spawn(f"streams-{name}", args, "streams")
 
     def executor(self, slots: int = 4, executor_id: str | None = None, *extra: str, contained: bool = False) -> Proc:
         """An executor. Its jobs run uncontained unless `contained`: most tests' jobs append to one ledger
@@ -127,11 +136,11 @@ class Cluster:
         args = ["executor", "--slots", str(slots), *extra, *([] if contained else ["--uncontained"])]
         if executor_id:
             args += ["--id", executor_id]
-        return self._spawn(f"executor-{executor_id or len(self.procs)}", args)
+        return self._spawn(f"executor-{executor_id or len(self.procs)}", args, "executor")
 
     def ksched(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "ksched.cli.main", *args], env=self.env, cwd=REPO, text=True,
-                              capture_output=True, timeout=timeout, check=False)
+        return subprocess.run([sys.executable, "-m", "ksched.cli.main", *args], env=self.env_of("submitter"),
+                              cwd=REPO, text=True, capture_output=True, timeout=timeout, check=False)
 
     def status(self, job: str) -> JobStatus:
         return job_status(self.settings, job)

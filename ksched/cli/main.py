@@ -13,14 +13,31 @@ from ksched import config
 from ksched.errors import KschedError
 
 
+def _grant_roles(info: Any, settings: config.Settings) -> None:
+    """An auth broker: ACLs for the roles of the installation `settings.prefix`, and each role's client file."""
+    from dataclasses import replace
+
+    from ksched import acl, devbroker
+
+    admin_file = devbroker.client_properties(info.data_dir, "admin")
+    admin = replace(settings, bootstrap_servers=info.bootstrap,
+                    kafka=config.kafka_security({"KSCHED_KAFKA_CONFIG": str(admin_file)}))
+    acl.apply(admin, admin, devbroker.ROLE_USERS)
+    print(f"SASL/SCRAM and ACLs on; roles of the installation {settings.prefix!r} granted. Client settings:")
+    for role, user in {"admin": "admin", **devbroker.ROLE_USERS}.items():
+        print(f"  {role:9} KSCHED_KAFKA_CONFIG={devbroker.client_properties(info.data_dir, user)}")
+
+
 def _dev_broker(args: argparse.Namespace, settings: config.Settings) -> int:
     from ksched import devbroker
 
     data = Path(args.data) if args.data else settings.home / "broker"
     if args.action == "up":
         port = args.port or int(settings.bootstrap_servers.rsplit(":", 1)[1])
-        info = devbroker.up(data, port=port)
+        info = devbroker.up(data, port=port, auth=args.auth)
         print(f"broker up at {info.bootstrap} (pid {info.pid}, data {info.data_dir})")
+        if (info.data_dir / "users.json").exists():
+            _grant_roles(info, settings)
     elif args.action == "down":
         print("broker stopped" if devbroker.down(data) else "no broker running")
     else:
@@ -183,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = dev.add_subparsers(dest="what", required=True)
     b = dsub.add_parser("broker", help="a local single-node Apache Kafka broker (KRaft)")
     b.add_argument("action", choices=["up", "down", "status"])
+    b.add_argument("--auth", action="store_true",
+                   help="SASL/SCRAM users and ACLs per role (streams, executor, submitter); kept for this data dir")
     b.add_argument("--data", default=None, help="data directory (default $KSCHED_HOME/broker)")
     b.add_argument("--port", type=int, default=None)
     b.set_defaults(fn=_dev_broker)

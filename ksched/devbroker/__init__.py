@@ -76,16 +76,85 @@ class BrokerInfo:
         return f"127.0.0.1:{self.port}"
 
 
-def _properties(data_dir: Path, port: int, controller_port: int) -> str:
+#: The users of a broker started with `auth`: the admin (the broker's own principal, a super user) and one per
+#: ksched role (`ksched.acl`). Passwords are made at the first start and kept in `users.json` (mode 0600).
+USERS = ("admin", "ksched-streams", "ksched-executor", "ksched-submitter")
+ROLE_USERS = {"streams": "ksched-streams", "executor": "ksched-executor", "submitter": "ksched-submitter"}
+SCRAM = "SCRAM-SHA-512"
+
+
+def users(data_dir: Path) -> dict[str, str]:
+    """The users and passwords of the auth broker in `data_dir` (made on first use)."""
+    import json
+    import secrets
+
+    path = data_dir / "users.json"
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    made = {u: secrets.token_urlsafe(18) for u in USERS}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(made))
+    return made
+
+
+def client_properties(data_dir: Path, user: str) -> Path:
+    """A client properties file (KSCHED_KAFKA_CONFIG) that authenticates as `user` to the auth broker."""
+    path = data_dir / "clients" / f"{user}.properties"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(f"security.protocol=SASL_PLAINTEXT\nsasl.mechanism={SCRAM}\nsasl.username={user}\n"
+                    f"sasl.password={users(data_dir)[user]}\n")
+    return path
+
+
+def _client_conf(data_dir: Path) -> dict[str, str]:
+    if not (data_dir / "users.json").exists():
+        return {}
+    return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": SCRAM, "sasl.username": "admin",
+            "sasl.password": users(data_dir)["admin"]}
+
+
+def _listeners(data_dir: Path, port: int, controller_port: int, auth: bool) -> list[str]:
+    if not auth:
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ]
+    pw = users(data_dir)["admin"]
+    plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+    # Clients and the broker itself authenticate with SCRAM on the client listener (credentials in the cluster's
+    # metadata, written at format time); the controller listener, which SCRAM cannot serve in KRaft, with PLAIN
+    # and the admin's password. The broker's own principal is the only super user; everyone else needs ACLs.
+    return [
+        f"listeners=SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{port}",
+        "inter.broker.listener.name=SASL_PLAINTEXT",
+        "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
+        f"sasl.enabled.mechanisms={SCRAM}",
+        f"sasl.mechanism.inter.broker.protocol={SCRAM}",
+        "sasl.mechanism.controller.protocol=PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+        f'listener.name.controller.plain.sasl.jaas.config={plain} required username="admin" password="{pw}" '
+        f'user_admin="{pw}";',
+        f'listener.name.sasl_plaintext.{SCRAM.lower()}.sasl.jaas.config={scram} required username="admin" '
+        f'password="{pw}";',
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users=User:admin",
+        "allow.everyone.if.no.acl.found=false",
+    ]
+
+
+def _properties(data_dir: Path, port: int, controller_port: int, auth: bool = False) -> str:
     return "\n".join([
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
-        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        *_listeners(data_dir, port, controller_port, auth),
         "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         f"log.dirs={data_dir / 'logs'}",
         # Topics are created explicitly with their partition counts; a typo must not create one silently.
         "auto.create.topics.enable=false",
@@ -147,12 +216,16 @@ def _java() -> str:
     return java
 
 
-def up(data_dir: Path, port: int | None = None, heap_mb: int = 768, timeout_s: float = 90.0) -> BrokerInfo:
-    """Start (or find running) the broker in `data_dir`; return once an admin request is answered."""
+def up(data_dir: Path, port: int | None = None, heap_mb: int = 768, timeout_s: float = 90.0,
+       auth: bool = False) -> BrokerInfo:
+    """Start (or find running) the broker in `data_dir`; return once an admin request is answered.
+    With `auth`: SASL/SCRAM on, an authorizer that denies what no ACL allows, and the users of `USERS` (a data
+    dir made with auth stays an auth broker)."""
     data_dir = data_dir.resolve()
+    auth = auth or (data_dir / "users.json").exists()
     running = status(data_dir)
     if running is not None:
-        wait_ready(running.bootstrap, timeout_s)
+        wait_ready(running.bootstrap, timeout_s, conf=_client_conf(data_dir))
         return running
     libs = ensure_jars()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -163,7 +236,9 @@ def up(data_dir: Path, port: int | None = None, heap_mb: int = 768, timeout_s: f
         port = port or free_port()
         controller = free_port()
     props = data_dir / "server.properties"
-    props.write_text(_properties(data_dir, port, controller))
+    if auth:
+        users(data_dir)
+    props.write_text(_properties(data_dir, port, controller, auth))
     java = _java()
     cp = f"{libs}/*"
     log_cfg = f"-Dlog4j2.configurationFile={_HERE / 'log4j2.yaml'}"
@@ -171,7 +246,9 @@ def up(data_dir: Path, port: int | None = None, heap_mb: int = 768, timeout_s: f
         shutil.rmtree(data_dir / "logs", ignore_errors=True)
         fmt = subprocess.run(
             [java, log_cfg, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
-             "-c", str(props), "--standalone"],
+             "-c", str(props), "--standalone",
+             *[a for u, pw in (users(data_dir).items() if auth else ()) for a in
+               ("--add-scram", f"{SCRAM}=[name={u},password={pw}]")]],
             capture_output=True, text=True, check=False,
         )
         if fmt.returncode != 0:
@@ -187,7 +264,7 @@ def up(data_dir: Path, port: int | None = None, heap_mb: int = 768, timeout_s: f
     (data_dir / "broker.pid").write_text(str(proc.pid))
     info = BrokerInfo(data_dir, port, controller, proc.pid)
     try:
-        wait_ready(info.bootstrap, timeout_s, proc=proc)
+        wait_ready(info.bootstrap, timeout_s, proc=proc, conf=_client_conf(data_dir))
     except BrokerError:
         down(data_dir)
         raise
@@ -205,7 +282,8 @@ def _cluster_id() -> str:
             return cid
 
 
-def wait_ready(bootstrap: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_ready(bootstrap: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None,
+               conf: dict[str, str] | None = None) -> None:
     """Block until the broker answers a metadata request from the admin client."""
     from confluent_kafka.admin import AdminClient
 
@@ -220,7 +298,7 @@ def wait_ready(bootstrap: str, timeout_s: float, proc: subprocess.Popen[bytes] |
         except OSError:
             time.sleep(0.1)
             continue
-        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, **(conf or {})})
         try:
             md = admin.list_topics(timeout=2)
             if md.brokers:

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", ("ksched.cli",)),
     ("services", ("ksched.streams", "ksched.executor")),
     ("platform", ("ksched.kafka", "ksched.topics", "ksched.partitioning", "ksched.reader", "ksched.artifacts",
-                  "ksched.devbroker", "ksched.config")),
+                  "ksched.acl", "ksched.devbroker", "ksched.config")),
     ("pure core", ("ksched.streams.core",)),
     ("records", ("ksched.schemas", "ksched.instants", "ksched.errors", "ksched")),
 ]
