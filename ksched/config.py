@@ -67,6 +67,10 @@ class Settings:
     #: Client security settings (librdkafka names: security.protocol, sasl.mechanism, sasl.username,
     #: sasl.password, ssl.ca.location, ...) from KSCHED_KAFKA_CONFIG and KSCHED_KAFKA_* (see `kafka_security`).
     kafka: tuple[tuple[str, str], ...] = ()
+    #: Bearer tokens of the HTTP API: when either is set, every /api and /metrics request needs one. The admin
+    #: token is for the operations that change things (none are served over HTTP yet); both may read.
+    api_token: str = ""
+    api_admin_token: str = ""
 
     def kafka_config(self) -> dict[str, str]:
         return dict(self.kafka)
@@ -144,6 +148,8 @@ def load(env: dict[str, str] | None = None) -> Settings:
         session_timeout_s=_float(e, "KSCHED_SESSION_TIMEOUT_S", 10.0),
         lookahead_s=_float(e, "KSCHED_LOOKAHEAD_S", 10.0),
         kafka=kafka_security(e),
+        api_token=e.get("KSCHED_API_TOKEN", ""),
+        api_admin_token=e.get("KSCHED_API_ADMIN_TOKEN", ""),
     )
     if s.partitions < 1 or s.ready_partitions < 1 or s.control_partitions < 1:
         raise ConfigError("KSCHED_*PARTITIONS: partition counts must be at least 1")

@@ -100,6 +100,8 @@ class Cluster:
     #: On a secured broker: the client properties file of each role ("streams", "executor", "submitter");
     #: each process gets its role's (the CLI is a submitter). `settings.kafka` is what this test process uses.
     credentials: dict[str, Path] = field(default_factory=dict)
+    #: More environment for every process (API tokens, ...).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.settings.home.mkdir(parents=True, exist_ok=True)
@@ -111,7 +113,7 @@ class Cluster:
         return env_for(self.settings)
 
     def env_of(self, role: str) -> dict[str, str]:
-        env = self.env
+        env = {**self.env, **self.extra_env}
         if role in self.credentials:
             env["KSCHED_KAFKA_CONFIG"] = str(self.credentials[role])
         return env

@@ -9,6 +9,7 @@ compacted `runs`/`tasks` topics. The API is described in `openapi.json` (GET /ap
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -227,13 +228,27 @@ def install(app: Any, table: Any, shell: InboxShell, settings: Settings, worker:
         ("/api/runs/{run_id}", api.run),
         ("/api/runs/{run_id}/tasks/{task}/attempts/{attempt}/log", api.log),
     ]
+    tokens = {t for t in (settings.api_token, settings.api_admin_token) if t}
     for path, handler in routes:
-        app.page(path, name=f"ksched{path}")(_as_view(handler))
+        guarded = tokens if path.startswith(("/api", "/metrics")) else set()
+        app.page(path, name=f"ksched{path}")(_as_view(handler, guarded))
     return api
 
 
-def _as_view(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def authorized(header: str | None, tokens: set[str]) -> bool:
+    """Whether an Authorization header carries one of `tokens` (no tokens: the API is open, on loopback)."""
+    if not tokens:
+        return True
+    scheme, _, token = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and any(hmac.compare_digest(token.strip(), t) for t in tokens)
+
+
+def _as_view(handler: Callable[..., Awaitable[Any]], tokens: set[str]) -> Callable[..., Awaitable[Any]]:
     async def view_fn(view: Any, request: Any, **match: Any) -> Any:
+        if not authorized(request.headers.get("Authorization"), tokens):
+            response = view.json({"error": "a bearer token is required (Authorization: Bearer ...)"}, status=401)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="ksched"'
+            return response
         try:
             return await handler(view, request, **match)
         except QueryError as exc:

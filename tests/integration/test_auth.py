@@ -4,6 +4,8 @@ broker's authorizer decides; nothing here is checked by ksched's own code."""
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -15,11 +17,13 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from ksched import acl, devbroker, kafka
 from ksched.config import Settings, kafka_security
+from ksched.devbroker import free_port
 from ksched.schemas.codec import default_codec
 from ksched.schemas.events import TaskCompleted
 from tests.support import Cluster, eventually, settings_for, write_job, write_script
 
 pytestmark = pytest.mark.broker
+WEB_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +46,9 @@ def cluster(auth_broker: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
                     kafka=creds(auth_broker, "admin"))
     acl.apply(admin, admin, devbroker.ROLE_USERS)
     c = Cluster(admin, credentials={role: devbroker.client_properties(auth_broker, user)
-                                    for role, user in devbroker.ROLE_USERS.items()})
-    c.streams("w1")
+                                    for role, user in devbroker.ROLE_USERS.items()},
+                extra_env={"KSCHED_API_TOKEN": "read-token", "KSCHED_API_ADMIN_TOKEN": "admin-token"})
+    c.streams("w1", web_port=WEB_PORT)
     c.executor(2, "secure-ex")
     yield c
     c.stop()
@@ -108,3 +113,24 @@ def test_an_anonymous_client_and_a_wrong_password_are_refused(cluster: Cluster, 
     wrong: Any = (("sasl.mechanism", "SCRAM-SHA-512"), ("sasl.password", "not-it"),
                   ("sasl.username", "ksched-submitter"), ("security.protocol", "SASL_PLAINTEXT"))
     assert deliver(replace(cluster.settings, kafka=wrong), cluster.settings.topic("commands"), b"x") != "ok"
+
+
+def test_the_api_needs_a_bearer_token_when_tokens_are_configured(cluster: Cluster) -> None:
+    port = WEB_PORT
+
+    def status(path: str, token: str | None) -> int:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    eventually(lambda: status("/api/openapi.json", "read-token") == 200, 60, what="the API up")
+    assert status("/api/jobs", None) == 401
+    assert status("/api/jobs", "wrong") == 401
+    assert status("/metrics", None) == 401
+    assert status("/api/jobs", "read-token") == 200
+    assert status("/api/jobs", "admin-token") == 200
+    assert status("/", None) == 200  # the UI page itself; its requests carry the token

@@ -46,3 +46,14 @@ def test_an_attempt_is_a_number_from_1(text: str) -> None:
     with pytest.raises(QueryError, match=r"^attempt: "):
         attempt_number(text)
     assert attempt_number("3") == 3
+
+
+def test_a_bearer_token_is_needed_only_when_tokens_are_configured() -> None:
+    from ksched.streams.web import authorized
+
+    assert authorized(None, set())
+    assert authorized("Bearer read", {"read", "admin"}) and authorized("bearer admin", {"read", "admin"})
+    assert not authorized(None, {"read"})
+    assert not authorized("Bearer nope", {"read"})
+    assert not authorized("Basic read", {"read"})
+    assert not authorized("read", {"read"})

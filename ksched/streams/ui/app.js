@@ -6,8 +6,13 @@ const ts = (ms) => (ms ? new Date(ms).toISOString().replace("T", " ").replace("Z
 const badge = (state) => `<span class="badge s-${esc(state)}">${esc(state)}</span>`;
 const enc = encodeURIComponent;
 
+// With API tokens configured, open the UI once as /?token=...: it keeps the token for this tab only.
+const given = new URLSearchParams(location.search).get("token");
+if (given) { sessionStorage.setItem("ksched-token", given); history.replaceState(null, "", location.pathname + location.hash); }
+
 async function api(path) {
-  const r = await fetch(path);
+  const token = sessionStorage.getItem("ksched-token");
+  const r = await fetch(path, token ? { headers: { Authorization: `Bearer ${token}` } } : {});
   if (!r.ok) throw new Error(`${path}: ${r.status}`);
   return (r.headers.get("content-type") || "").includes("json") ? r.json() : r.text();
 }
