@@ -36,5 +36,13 @@ class ArtifactError(KschedError):
         super().__init__(message)
 
 
+class SecretError(KschedError):
+    """A secret a task references could not be resolved by the executor (`reason`: SECRET_MISSING)."""
+
+    def __init__(self, message: str) -> None:
+        self.reason = "SECRET_MISSING"
+        super().__init__(message)
+
+
 class BrokerError(KschedError):
     """The local development broker could not be assembled, started or reached."""

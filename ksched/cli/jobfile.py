@@ -31,8 +31,8 @@ JOB_FIELDS = {
     "job", "description", "schedule", "at", "timezone", "misfire", "misfire_grace", "catchup_window", "overlap",
     "spread", "max_active_runs", "tasks",
 }
-TASK_FIELDS = {"binary", "args", "env", "priority", "timeout", "retries", "labels", "depends_on", "trigger_rule",
-               "levels", "limits"}
+TASK_FIELDS = {"binary", "args", "env", "env_from", "priority", "timeout", "retries", "labels", "depends_on",
+               "trigger_rule", "levels", "limits"}
 LEVEL_FIELDS = {"priority", "timeout"}
 LIMIT_FIELDS = {"cpu", "memory", "open_files", "processes", "log_bytes"}
 RETRY_FIELDS = {"max_attempts", "backoff", "max_backoff", "multiplier", "jitter", "no_retry_exit_codes"}
@@ -204,6 +204,7 @@ def _task(name: str, data: dict[str, Any], where: str, base: Path) -> tuple[Task
         labels=_string_map(data, "labels", where),
         levels=_levels(data, where),
         limits=_limits(data, where),
+        env_from=_string_map(data, "env_from", where),
     )
     return spec, bin_ref
 

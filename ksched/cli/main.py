@@ -80,7 +80,8 @@ def _executor(args: argparse.Namespace, settings: config.Settings) -> int:
                   ExecutorConfig(slots=args.slots, staging=args.staging, prefetch=args.prefetch,
                                  max_artifact_bytes=args.max_artifact_bytes, pool=args.pool,
                                  claim_timeout_s=args.claim_timeout, isolated=not args.uncontained,
-                                 job_uid_base=args.job_uid_base, shared=tuple(Path(p) for p in args.share)),
+                                 job_uid_base=args.job_uid_base, shared=tuple(Path(p) for p in args.share),
+                                 secrets=args.secrets),
                   executor_id=args.id)
 
     def stop(signum: int, frame: Any) -> None:
@@ -187,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="jobs of a root executor run as uids from this one up, one per attempt (default 200000)")
     sp.add_argument("--share", action="append", default=[], metavar="DIR",
                     help="a host directory jobs see read-write at the same path (repeatable)")
+    sp.add_argument("--secrets", default="", metavar="DIR|s3://BUCKET/PREFIX",
+                    help="where env_from: {NAME: secret:<name>} resolves: a file per secret (hidden from jobs)")
     sp.add_argument("--uncontained", action="store_true",
                     help="run jobs as this executor's own user with no namespace (trusted jobs only)")
     sp.add_argument("--claim-timeout", type=float, default=30.0,

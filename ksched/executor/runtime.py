@@ -26,11 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ksched.errors import ArtifactError
+from ksched.errors import ArtifactError, SecretError
 from ksched.schemas.events import ClaimGranted, FailureReason, TaskReady
 
 from .cache import ArtifactCache
 from .sandbox import Isolation, Process, attempt_env, spawn
+from .secrets import SecretStore, resolve
 
 log = logging.getLogger(__name__)
 _RANK = {"high": 0, "normal": 1, "low": 2}
@@ -81,6 +82,8 @@ class Runtime:
     max_held: int = 1000
     #: How attempts are contained (None: as the executor's own user, in no namespace: tests of the parts).
     isolation: Isolation | None = None
+    #: Where `env_from` secrets are resolved (None: tasks that reference secrets fail with SECRET_MISSING).
+    secrets: SecretStore | None = None
     _held: int = 0
     _heap: list[tuple[float, int, Attempt]] = field(default_factory=list)
     #: Due attempts waiting for a slot: highest priority first, then the earliest instant.
@@ -173,11 +176,16 @@ class Runtime:
         try:
             attempt.workdir = self.workroot / attempt.key.replace("/", "_")
             attempt.held = spawn(self.cache.get(attempt.ready.artifact), list(attempt.ready.args),
-                                 attempt_env(attempt.ready, attempt.grant, attempt.workdir), attempt.workdir,
+                                 self._env(attempt, attempt.workdir), attempt.workdir,
                                  attempt.ready.limits, hold=True, isolation=self.isolation)
-        except (OSError, ArtifactError) as err:  # it is started the usual way at its instant
+        except (OSError, ArtifactError, SecretError) as err:  # it is started the usual way at its instant
             log.warning("could not create the process of %s ahead: %s", attempt.key, err)
             self._unhold()
+
+    def _env(self, attempt: Attempt, workdir: Path) -> dict[str, str]:
+        """The process's whole environment, its secrets resolved now (SecretError if one is missing)."""
+        return {**attempt_env(attempt.ready, attempt.grant, workdir),
+                **resolve(attempt.ready.env_from, self.secrets)}
 
     def _unhold(self) -> None:
         with self._cond:
@@ -243,11 +251,11 @@ class Runtime:
             if proc is None:
                 binary = self.cache.get(attempt.ready.artifact)
                 workdir.mkdir(parents=True, exist_ok=True)
-                proc = spawn(binary, list(attempt.ready.args), attempt_env(attempt.ready, attempt.grant, workdir),
+                proc = spawn(binary, list(attempt.ready.args), self._env(attempt, workdir),
                              workdir, attempt.ready.limits, isolation=self.isolation)
-        except (OSError, ArtifactError) as err:
+        except (OSError, ArtifactError, SecretError) as err:
             self._release()
-            reason = err.reason if isinstance(err, ArtifactError) else FailureReason.SPAWN_ERROR
+            reason = err.reason if isinstance(err, ArtifactError | SecretError) else FailureReason.SPAWN_ERROR
             self._ended(Ended(attempt, reason, f"cannot start {attempt.ready.artifact.name}: {err}",
                               finished_at_ms=_now_ms()))
             return

@@ -35,6 +35,7 @@ from .ledger import Ledger, Stats, free_capacity
 from .reporting import Reporter
 from .runtime import Runtime
 from .sandbox import Isolation
+from .secrets import DirectorySecrets, SecretStore, open_secrets
 from .supervision import Supervisor
 
 GRANT_WAIT_ON_STOP_S = 3.0  # how long a stopping executor waits for the answers to its open claims
@@ -71,6 +72,8 @@ class ExecutorConfig:
     job_uid_base: int = 200_000
     #: Host directories jobs see read-write at the same path (data they share, a ledger).
     shared: tuple[Path, ...] = ()
+    #: The secret store `env_from` references resolve in: a directory or s3://bucket/prefix ("": none).
+    secrets: str = ""
 
 
 class Executor:
@@ -97,12 +100,13 @@ class Executor:
     def stop(self) -> None:
         self._stop.set()
 
-    def _isolation(self) -> Isolation | None:
+    def _isolation(self, secrets: SecretStore | None) -> Isolation | None:
         if not self.config.isolated:
             log.warning("jobs run uncontained, as %s", "root" if os.geteuid() == 0 else "this executor's user")
             return None
         root = self.workroot.parent
-        hidden = tuple(dict.fromkeys(p.resolve() for p in (self.settings.home, root)))
+        secret_dir = [secrets.root] if isinstance(secrets, DirectorySecrets) else []
+        hidden = tuple(dict.fromkeys(p.resolve() for p in (self.settings.home, root, *secret_dir)))
         # Up to `slots` running and 1,000 held at once, each with its own uid.
         return Isolation.default(hidden, self.config.slots + 1000 + 8, self.config.job_uid_base,
                                  shared=tuple(p.resolve() for p in self.config.shared))
@@ -112,9 +116,11 @@ class Executor:
         return free_capacity(self.config.slots, self.config.prefetch, self.config.staging, *self.ledger.load())
 
     def run(self) -> None:
+        secrets = open_secrets(self.config.secrets, self.settings.s3_endpoint_url)
         self.runtime = Runtime(self.config.slots, self.cache, self.workroot, self.supervisor.on_started,
                                self.supervisor.on_ended, grace_s=self.config.grace_s,
-                               keep_workdirs=self.config.keep_workdirs, isolation=self._isolation())
+                               keep_workdirs=self.config.keep_workdirs, isolation=self._isolation(secrets),
+                               secrets=secrets)
         self.claimer.init_transactions()
         self.control.assign()
         self._control_thread = self._spawn_thread(self.control.run, "control", self.runtime, self._closed)

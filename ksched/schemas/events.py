@@ -72,6 +72,8 @@ class FailureReason:
     #: The executor had given up waiting for the answer to its claim (and used the slot otherwise) when the grant
     #: came: the attempt is handed back unstarted.
     CLAIM_ABANDONED = "CLAIM_ABANDONED"
+    #: A secret the task references (`env_from`) is not in this executor's secret store.
+    SECRET_MISSING = "SECRET_MISSING"
 
 
 class Trigger:
@@ -142,6 +144,9 @@ class TaskSpec:
     #: Later rungs for attempts after a timeout; the task's own priority and timeout are rung 0.
     levels: list[Level] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
+    #: Environment variables whose values are secrets: NAME -> "secret:<name>", resolved by the executor from its
+    #: own secret store when the attempt starts. Only the reference is ever in the history.
+    env_from: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,6 +431,7 @@ class TaskReady:
     at_ms: int
     labels: dict[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
+    env_from: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

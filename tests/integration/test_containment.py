@@ -14,6 +14,7 @@ import pytest
 
 from tests.support import Cluster, eventually, settings_for, write_job, write_script
 
+SECRET = "tok-6f1c0e9d-never-in-the-history"
 pytestmark = [
     pytest.mark.broker,
     pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (./dev setup installs it)"),
@@ -25,8 +26,11 @@ pytestmark = [
 def cluster(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(settings_for(bootstrap, tmp_path_factory.mktemp("contained")))
     (c.settings.home / "credentials.properties").write_text("sasl.password=hunter2\n")
+    secrets = c.settings.home.parent / "secrets"
+    secrets.mkdir()
+    (secrets / "deploy-token").write_text(SECRET + "\n")
     c.streams("w1")
-    c.executor(2, "jailer", contained=True)
+    c.executor(2, "jailer", "--secrets", str(secrets), contained=True)
     yield c
     c.stop()
 
@@ -78,3 +82,36 @@ def test_a_timed_out_job_takes_its_setsid_children_with_it(cluster: Cluster) -> 
     assert "started" in log
     assert cluster.status("overrun").ordered_runs()[-1].state == "FAILED"
     eventually(lambda: sleepers(f"sleep {tag}") == [], 10, what="the timed-out job's children gone")
+
+
+def test_a_secret_reaches_the_job_and_nothing_of_ksched_holds_its_value(cluster: Cluster) -> None:
+    import hashlib
+
+    secrets = cluster.settings.home.parent / "secrets"
+    log = run_once(cluster, "uses-secret", f'printf %s "$TOKEN" | sha256sum\ncat {secrets}/deploy-token 2>&1 || true\n',
+                   "env_from: {TOKEN: 'secret:deploy-token'}\n")
+    digest, _ = log.split(maxsplit=1)
+    assert digest == hashlib.sha256(SECRET.encode()).hexdigest()
+    assert SECRET not in log  # the store itself is hidden from the job
+    for topic in ("inbox", "events", "jobs", "runs", "tasks", "commands"):
+        assert all(SECRET not in repr(v) for _, v in cluster.records(topic)), topic
+    history = cluster.ksched("history", "uses-secret")
+    status = cluster.ksched("status", "uses-secret", "--json")
+    assert history.returncode == 0 and "SubmitJob" in history.stdout
+    assert SECRET not in history.stdout + status.stdout
+    assert any("secret:deploy-token" in repr(v) for _, v in cluster.records("inbox"))  # the reference is kept
+
+
+def test_a_missing_secret_fails_the_attempt_naming_it(cluster: Cluster) -> None:
+    name = "needs-missing"
+    d = cluster.settings.home.parent / f"jobs-{name}"
+    d.mkdir(exist_ok=True)
+    write_script(d / "job.sh", "echo should-not-run\n")
+    r = cluster.ksched("submit", str(write_job(d, name, f"job: {name}\nbinary: job.sh\n"
+                                                        "env_from: {X: 'secret:absent'}\n")), "--wait")
+    assert r.returncode == 0, r.stderr
+    run = eventually(lambda: next((x for x in cluster.status(name).ordered_runs() if x.state == "FAILED"), None),
+                     120, what="the run failed")
+    (task,) = cluster.status(name).tasks[run.run_id].values()
+    (attempt,) = task.attempts
+    assert attempt.reason.startswith("SECRET_MISSING: ") and "no secret 'absent'" in attempt.reason

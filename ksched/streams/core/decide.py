@@ -488,6 +488,7 @@ def _make_ready(ctx: _Ctx, run_id: str, task: Task) -> None:
         task_name=task.name, attempt=attempt.number, revision=run.revision, priority=attempt.priority,
         artifact=spec.artifact, args=list(spec.args), env=dict(spec.env), timeout_ms=attempt.timeout_ms,
         scheduled_for_ms=run.scheduled_for_ms, at_ms=ctx.now, labels=dict(spec.labels), limits=spec.limits,
+        env_from=dict(spec.env_from),
     )
     ctx.emit(READY, tid, ready)
     ctx.log(ready)

@@ -96,7 +96,24 @@ def _validate_extras(t: TaskSpec, prefix: str) -> None:
     lim = t.limits
     if min(lim.cpu_seconds, lim.memory_mb, lim.open_files, lim.processes, lim.log_bytes) < 0:
         raise JobSpecError(f"{prefix}limits", "limits must not be negative")
+    _validate_env_from(t, prefix)
     pool = t.labels.get("pool")
     if pool is not None and not POOL.match(pool):
         raise JobSpecError(f"{prefix}labels.pool",
                            f"invalid pool name {pool!r}: lowercase letters, digits and '-' (max 32)")
+
+
+SECRET_REF = re.compile(r"^secret:([A-Za-z0-9][A-Za-z0-9._-]{0,127})$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _validate_env_from(t: TaskSpec, prefix: str) -> None:
+    """Secret references: `NAME: secret:<name>`; a name the executor sets itself, or `env:` too, is refused."""
+    for name, ref in t.env_from.items():
+        where = f"{prefix}env_from.{name}"
+        if not ENV_NAME.match(name) or name.startswith("KSCHED_"):
+            raise JobSpecError(where, "not a variable name a job may set (letters, digits, '_'; not KSCHED_*)")
+        if not SECRET_REF.match(ref):
+            raise JobSpecError(where, f"expected secret:<name>, got {ref!r} (a plain value belongs in env:)")
+        if name in t.env:
+            raise JobSpecError(where, "also set in env: one source per variable")
