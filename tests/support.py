@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ksched import kafka
-from ksched.config import Settings
+from ksched.config import Settings, kafka_security
 from ksched.reader import JobStatus, job_status, read_partition
 from ksched.schemas.codec import default_codec
 from ksched.topics import ensure_topics
@@ -38,12 +38,14 @@ def eventually(fn: Callable[[], T], timeout: float = 60.0, interval: float = 0.2
 def settings_for(bootstrap: str, home: Path, **overrides: Any) -> Settings:
     base = Settings(bootstrap_servers=bootstrap, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3,
                     ready_partitions=3, control_partitions=2, home=home, heartbeat_s=0.5, lease_s=6.0,
-                    commit_interval_s=0.3)
+                    commit_interval_s=0.3, kafka=kafka_security(dict(os.environ)))
     return replace(base, **overrides)
 
 
 def env_for(s: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KSCHED_") or k == "KSCHED_PROFILE"}
+    # The client security settings pass through (a suite run against a secured cluster), the rest is the test's.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("KSCHED_") or k == "KSCHED_PROFILE" or k.startswith("KSCHED_KAFKA_")}
     env.update({
         "KSCHED_BOOTSTRAP_SERVERS": s.bootstrap_servers, "KSCHED_PREFIX": s.prefix, "KSCHED_HOME": str(s.home),
         "KSCHED_PARTITIONS": str(s.partitions), "KSCHED_READY_PARTITIONS": str(s.ready_partitions),
