@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 from ksched import kafka
 from ksched.config import Settings, kafka_security
-from ksched.reader import JobStatus, job_status, read_partition
+from ksched.reader import JobStatus, group_progress, job_status, read_partition
 from ksched.schemas.codec import default_codec
-from ksched.topics import ensure_topics
+from ksched.topics import app_id, ensure_topics
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -154,6 +154,31 @@ class Cluster:
 
     def run_states(self, job: str) -> dict[str, str]:
         return {r.run_id: r.state for r in self.status(job).ordered_runs()}
+
+    def inbox_progress(self) -> dict[int, tuple[int, int]]:
+        """Per inbox partition: (the streams workers' committed offset, the partition's end offset)."""
+        return group_progress(self.settings, self.settings.topic("inbox"), app_id(self.settings))
+
+    def processed(self, partition: int, offset: int) -> bool:
+        """Whether the streams worker has processed inbox record `offset` of `partition`, and every decision
+        and view it made for that record and the ones before it is on the broker: Faust commits an input's
+        offset only after flushing the outputs (the publisher's flush is part of Faust's)."""
+        return self.inbox_progress().get(partition, (0, 0))[0] > offset
+
+    def wait_processed(self, partition: int, offset: int, timeout: float = 60.0) -> None:
+        eventually(lambda: self.processed(partition, offset), timeout,
+                   what=f"the worker processed inbox[{partition}]@{offset}")
+
+    def drain_inbox(self, timeout: float = 60.0) -> dict[int, int]:
+        """Wait until the worker has processed every inbox record written so far, in every partition.
+
+        After this, every decision caused by those records can be read: a test that counts decisions exactly
+        counts them after a drain, so that a duplicate still on its way cannot arrive after the count.
+        Returns the end offsets that were drained."""
+        ends = {p: end for p, (_, end) in self.inbox_progress().items()}
+        eventually(lambda: all(self.inbox_progress().get(p, (0, 0))[0] >= end for p, end in ends.items()),
+                   timeout, what=f"the worker processed the inbox up to {ends}")
+        return ends
 
     def records(self, topic: str) -> list[tuple[bytes | None, Any]]:
         """Every decodable record of a topic (all partitions), as (key, event)."""

@@ -56,6 +56,10 @@ echo "END $KSCHED_TASK_ID $KSCHED_ATTEMPT $KSCHED_FENCING_TOKEN $(date +%s%N)" >
         return counts
 
     eventually(lambda: states()["SUCCEEDED"] == TASKS, 240, interval=2, what="every task succeeds")
+    # Every report written so far decided (a late second success among them would be in the log now), and
+    # every run's latest view says SUCCEEDED: nothing is left to run, so the ledger is complete.
+    cluster.drain_inbox()
+    assert states() == {"SUCCEEDED": TASKS}
 
     # Exactly one success per task, as the scheduler recorded it.
     distinct: dict[str, set[str]] = collections.defaultdict(set)
