@@ -49,3 +49,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
         for cluster in LIVE:
             rep.sections.append((f"ksched processes ({cluster.settings.prefix})", cluster.logs()))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures of the fault tests (operations, faults, losses, duplicates, longest pause in firing)."""
+    from tests.faults import FIGURES
+
+    if FIGURES:
+        terminalreporter.section("fault test figures")
+        for line in FIGURES:
+            terminalreporter.line(line)

@@ -143,6 +143,8 @@ class Cluster:
         return self._spawn(f"executor-{executor_id or len(self.procs)}", args, "executor")
 
     def ksched(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        if "--timeout" in args:  # the command's own wait, and a margin: a loaded machine must fail in it, not here
+            timeout = max(timeout, float(args[args.index("--timeout") + 1]) + 30)
         return subprocess.run([sys.executable, "-m", "ksched.cli.main", *args], env=self.env_of("submitter"),
                               cwd=REPO, text=True, capture_output=True, timeout=timeout, check=False)
 

@@ -28,9 +28,33 @@ def _grant_roles(info: Any, settings: config.Settings) -> None:
         print(f"  {role:9} KSCHED_KAFKA_CONFIG={devbroker.client_properties(info.data_dir, user)}")
 
 
+def _dev_cluster(args: argparse.Namespace, settings: config.Settings) -> int:
+    from ksched.devbroker import cluster
+
+    data = Path(args.data) if args.data else settings.home / "cluster"
+    if args.action == "up":
+        info = cluster.up(data, nodes=args.nodes)
+        print(f"{len(info.nodes)} nodes up at {info.bootstrap} (data {info.data_dir}); replication factor "
+              f"{min(3, len(info.nodes))}, min.insync.replicas {min(2, len(info.nodes))}: set "
+              f"KSCHED_BOOTSTRAP_SERVERS={info.bootstrap} KSCHED_REPLICATION_FACTOR={min(3, len(info.nodes))}")
+    elif args.action == "down":
+        print("cluster stopped" if cluster.down(data) else "no cluster running")
+    else:
+        state = cluster.status(data)
+        if state is None:
+            print("no cluster here")
+            return 1
+        for n in state.nodes:
+            print(f"node {n.node_id} 127.0.0.1:{n.port} " + (f"pid {n.pid}" if n.pid else "stopped"))
+        return 0 if all(n.pid for n in state.nodes) else 1
+    return 0
+
+
 def _dev_broker(args: argparse.Namespace, settings: config.Settings) -> int:
     from ksched import devbroker
 
+    if args.nodes > 1:
+        return _dev_cluster(args, settings)
     data = Path(args.data) if args.data else settings.home / "broker"
     if args.action == "up":
         port = args.port or int(settings.bootstrap_servers.rsplit(":", 1)[1])
@@ -203,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = dev.add_subparsers(dest="what", required=True)
     b = dsub.add_parser("broker", help="a local single-node Apache Kafka broker (KRaft)")
     b.add_argument("action", choices=["up", "down", "status"])
+    b.add_argument("--nodes", type=int, default=1,
+                   help="nodes (KRaft, combined controller+broker); 3: replication factor 3, min.insync.replicas 2")
     b.add_argument("--auth", action="store_true",
                    help="SASL/SCRAM users and ACLs per role (streams, executor, submitter); kept for this data dir")
     b.add_argument("--data", default=None, help="data directory (default $KSCHED_HOME/broker)")

@@ -1,0 +1,95 @@
+"""A three-node Kafka cluster (replication factor 3, min.insync.replicas 2) under a mixed load, and its faults:
+the inbox leader killed, the transaction coordinator of the executors' claims killed, a rolling restart.
+After each, nothing acknowledged is lost and nothing runs twice (tests/faults.py judges)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ksched import kafka
+from ksched.devbroker import cluster as kcluster
+from tests.faults import Load, check
+from tests.support import Cluster, eventually, settings_for
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kcluster.ClusterInfo]:
+    data = Path(tmp_path_factory.mktemp("threenodes"))
+    info = kcluster.up(data, nodes=3)
+    yield info
+    kcluster.down(data)
+
+
+@pytest.fixture
+def load(nodes: kcluster.ClusterInfo, tmp_path: Path) -> Iterator[Load]:
+    settings = replace(settings_for(nodes.bootstrap, tmp_path / "home", lookahead_s=0.0, session_timeout_s=6.0),
+                       replication_factor=3)
+    c = Cluster(settings)
+    c.streams("w1")
+    c.executor(8, "fault-ex")
+    load = Load(c, tmp_path)
+    load.start()
+    yield load
+    load.stop()
+    c.stop()
+
+
+def leader_of(settings: object, topic: str, partition: int) -> int:
+    md = kafka.admin(settings).list_topics(topic, timeout=15)  # type: ignore[arg-type]
+    return int(md.topics[topic].partitions[partition].leader)
+
+
+def java_hash(s: str) -> int:
+    h = 0
+    for ch in s:
+        h = (31 * h + ord(ch)) & 0xFFFFFFFF
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
+def coordinator_of_transactions(settings: object, transactional_id: str) -> int:
+    """The broker leading the __transaction_state partition of a transactional id (Kafka: abs(hashCode) % n)."""
+    partition = abs(java_hash(transactional_id)) % 8  # transaction.state.log.num.partitions of the dev cluster
+    return leader_of(settings, "__transaction_state", partition)
+
+
+def fully_replicated(settings: object) -> bool:
+    md = kafka.admin(settings).list_topics(timeout=15)  # type: ignore[arg-type]
+    return all(len(p.isrs) == 3 for t in md.topics.values() for p in t.partitions.values())
+
+
+def kill_and_restart(nodes: kcluster.ClusterInfo, node_id: int, down_s: float) -> None:
+    kcluster.stop_node(nodes.data_dir, node_id, kill=True)
+    time.sleep(down_s)  # the load goes on against two nodes
+    kcluster.start_node(nodes.data_dir, node_id)
+
+
+def test_killing_the_inbox_leader_and_then_the_claims_coordinator_loses_and_doubles_nothing(
+        nodes: kcluster.ClusterInfo, load: Load) -> None:
+    s = load.cluster.settings
+    victim = leader_of(s, s.topic("inbox"), 0)
+    kill_and_restart(nodes, victim, down_s=8)
+    eventually(lambda: fully_replicated(s), 120, what="in sync again after the inbox leader came back")
+    time.sleep(5)
+    victim = coordinator_of_transactions(s, f"{s.prefix}-executor-fault-ex")
+    kill_and_restart(nodes, victim, down_s=8)
+    eventually(lambda: fully_replicated(s), 120, what="in sync again after the coordinator came back")
+    verdict = check(load, "kill -9 of the inbox leader, then of the claims' transaction coordinator", 2)
+    assert (verdict.lost, verdict.doubled, verdict.overlapping) == ([], [], [])
+
+
+def test_a_rolling_restart_of_every_node_loses_and_doubles_nothing(nodes: kcluster.ClusterInfo,
+                                                                   load: Load) -> None:
+    s = load.cluster.settings
+    for node in nodes.nodes:
+        kcluster.stop_node(nodes.data_dir, node.node_id)  # SIGTERM: a clean shutdown moves its leadership
+        kcluster.start_node(nodes.data_dir, node.node_id)
+        eventually(lambda: fully_replicated(s), 120, what=f"in sync again after node {node.node_id} restarted")
+    verdict = check(load, "rolling restart of 3 nodes (SIGTERM, wait for in-sync, next)", 3)
+    assert (verdict.lost, verdict.doubled, verdict.overlapping) == ([], [], [])
