@@ -14,7 +14,7 @@ import pytest
 from ksched import kafka
 from ksched.devbroker import cluster as kcluster
 from tests.faults import Load, check
-from tests.support import Cluster, eventually, settings_for
+from tests.support import Cluster, settings_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -59,9 +59,18 @@ def coordinator_of_transactions(settings: object, transactional_id: str) -> int:
     return leader_of(settings, "__transaction_state", partition)
 
 
-def fully_replicated(settings: object) -> bool:
+def lagging(settings: object) -> list[str]:
+    """Partitions with a replica out of sync (so `not lagging(s)`: fully replicated again)."""
     md = kafka.admin(settings).list_topics(timeout=15)  # type: ignore[arg-type]
-    return all(len(p.isrs) == 3 for t in md.topics.values() for p in t.partitions.values())
+    return [f"{name}-{p}:isr={pm.isrs},leader={pm.leader}" for name, t in md.topics.items()
+            for p, pm in t.partitions.items() if len(pm.isrs) < len(pm.replicas)]
+
+
+def wait_in_sync(settings: object, what: str, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (bad := lagging(settings)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not bad, f"{what}: not in sync after {timeout_s:.0f}s: {bad[:6]}"
 
 
 def kill_and_restart(nodes: kcluster.ClusterInfo, node_id: int, down_s: float) -> None:
@@ -75,11 +84,11 @@ def test_killing_the_inbox_leader_and_then_the_claims_coordinator_loses_and_doub
     s = load.cluster.settings
     victim = leader_of(s, s.topic("inbox"), 0)
     kill_and_restart(nodes, victim, down_s=8)
-    eventually(lambda: fully_replicated(s), 120, what="in sync again after the inbox leader came back")
+    wait_in_sync(s, "in sync again after the inbox leader came back")
     time.sleep(5)
     victim = coordinator_of_transactions(s, f"{s.prefix}-executor-fault-ex")
     kill_and_restart(nodes, victim, down_s=8)
-    eventually(lambda: fully_replicated(s), 120, what="in sync again after the coordinator came back")
+    wait_in_sync(s, "in sync again after the coordinator came back")
     verdict = check(load, "kill -9 of the inbox leader, then of the claims' transaction coordinator", 2)
     assert (verdict.lost, verdict.doubled, verdict.overlapping) == ([], [], [])
 
@@ -90,6 +99,6 @@ def test_a_rolling_restart_of_every_node_loses_and_doubles_nothing(nodes: kclust
     for node in nodes.nodes:
         kcluster.stop_node(nodes.data_dir, node.node_id)  # SIGTERM: a clean shutdown moves its leadership
         kcluster.start_node(nodes.data_dir, node.node_id)
-        eventually(lambda: fully_replicated(s), 120, what=f"in sync again after node {node.node_id} restarted")
+        wait_in_sync(s, f"in sync again after node {node.node_id} restarted")
     verdict = check(load, "rolling restart of 3 nodes (SIGTERM, wait for in-sync, next)", 3)
     assert (verdict.lost, verdict.doubled, verdict.overlapping) == ([], [], [])
