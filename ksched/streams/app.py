@@ -180,7 +180,7 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
         canonical_url=f"http://127.0.0.1:{web_port or 6066}",
         logging_config=None,
     )
-    metrics = Metrics()
+    metrics = Metrics(settings.partitions)
     shell = InboxShell(settings, default_codec(), params or Params(
         lease_ms=int(settings.lease_s * 1000), lookahead_ms=int(settings.lookahead_s * 1000)), hooks=metrics)
     streams = StreamsApp(app, shell, settings, Publisher(settings), metrics)
