@@ -166,6 +166,17 @@ def test_a_job_submitted_again_after_its_deletion_continues_its_revisions_and_fe
 # --- pause, resume, delete, cancel ------------------------------------------------------------------------
 
 
+def test_pausing_cancels_the_runs_fired_ahead_of_their_instant_but_not_manual_or_due_ones() -> None:
+    sim = Sim(params=Params(lookahead_ms=5 * SEC))
+    sim.submit(job("j1", "*/10 * * * * *"))
+    sim.send(TriggerJob("t", "j1", T0))
+    sim.tick(T0 + 5 * SEC)  # fires 08:00:10 ahead of its instant
+    emits = sim.send(PauseJob("p", "j1", T0))
+    cancelled = [(s.run_id, s.state, s.reason) for s in sim.logged(TaskSettled, emits)]
+    assert cancelled == [("j1@2027-01-15T08:00:10Z", "CANCELLED", "job paused before the run's instant")]
+    assert sim.state is not None and sim.state.runs["j1@manual-t"].state == "RUNNING"
+
+
 def test_pause_resume_and_delete_log_exactly_what_changed() -> None:
     sim = Sim()
     sim.submit(job("j1", "*/10 * * * * *"))
@@ -300,15 +311,16 @@ def test_a_claim_repeated_after_the_start_is_ignored_and_says_why() -> None:
 
 @pytest.mark.parametrize(("schedule", "reason"), [
     ({"misfire": "skip"}, "late; policy skip"),
+    ({"misfire": "once"}, "late; covered by one catch-up run"),
     ({"misfire": "all", "catchup_window_ms": 5 * SEC}, "late beyond the catch-up window"),
 ])
 def test_a_missed_occurrence_is_logged_with_its_policy_and_reason(schedule: dict[str, Any], reason: str) -> None:
     sim = Sim()
     sim.submit(job("j1", "*/10 * * * * *", misfire_grace_ms=SEC, **schedule))
-    emits = sim.tick(T0 + 21 * SEC)
+    emits = sim.tick(T0 + 31 * SEC)  # 10 s and 20 s are late
     first = sim.logged(OccurrenceMissed, emits)[0]
     assert first == OccurrenceMissed("j1@2027-01-15T08:00:10Z/missed", "j1", T0 + 10 * SEC, schedule["misfire"],
-                                     reason, T0 + 21 * SEC)
+                                     reason, T0 + 31 * SEC)
 
 
 def test_an_occurrence_exactly_at_the_edge_of_the_catch_up_window_still_runs() -> None:
@@ -325,3 +337,11 @@ def test_an_occurrence_exactly_at_the_end_of_the_grace_is_on_time() -> None:
     sim.tick(T0 + 11 * SEC)
     assert [r.scheduled_for_ms - T0 for r in sim.readies()] == [10 * SEC]
     assert not sim.logged(OccurrenceMissed)
+
+
+def test_pausing_at_a_runs_instant_leaves_that_run_alone() -> None:
+    sim = Sim(params=Params(lookahead_ms=5 * SEC))
+    sim.submit(job("j1", "*/10 * * * * *"))
+    sim.tick(T0 + 10 * SEC)
+    assert sim.logged(TaskSettled, sim.send(PauseJob("p", "j1", T0))) == []
+    assert sim.state is not None and sim.state.runs["j1@2027-01-15T08:00:10Z"].state == "RUNNING"
