@@ -10,6 +10,7 @@ import pytest
 
 from ksched.schemas.events import (
     ArtifactRef,
+    AttemptEnded,
     CancelRun,
     ClaimGranted,
     ClaimRejected,
@@ -19,11 +20,15 @@ from ksched.schemas.events import (
     JobChanged,
     JobRejected,
     JobSpec,
+    Level,
     OccurrenceMissed,
+    OccurrenceSkipped,
     PauseJob,
     ReportIgnored,
     RerunTasks,
     ResumeJob,
+    RetryPolicy,
+    RunFinished,
     RunTriggered,
     SubmitJob,
     TaskReady,
@@ -345,3 +350,127 @@ def test_pausing_at_a_runs_instant_leaves_that_run_alone() -> None:
     sim.tick(T0 + 10 * SEC)
     assert sim.logged(TaskSettled, sim.send(PauseJob("p", "j1", T0))) == []
     assert sim.state is not None and sim.state.runs["j1@2027-01-15T08:00:10Z"].state == "RUNNING"
+
+
+# --- what mutation testing found unchecked ------------------------------------------------------------------
+
+
+def test_an_identical_resubmission_is_acknowledged_once_with_the_current_revision() -> None:
+    sim = Sim()
+    sim.submit(job("j1", "*/10 * * * * *"))
+    sim.now = T0 + 2 * SEC
+    again = SubmitJob("c2", job("j1", "*/10 * * * * *"), T0)
+    assert logged(sim.send(again)) == [JobAccepted("c2/accepted", "c2", "j1", 1, job("j1", "*/10 * * * * *"),
+                                                   T0 + 2 * SEC)]
+    assert sim.send(again) == []  # its command id is remembered
+
+
+def test_a_one_off_job_turned_into_a_cron_job_fires_from_now_on_not_from_the_epoch() -> None:
+    sim = Sim()
+    sim.submit(job("j1", at_ms=T0 + 50 * SEC))  # never fired: no cursor
+    sim.now = T0 + 5 * SEC
+    emits = sim.submit(job("j1", "*/10 * * * * *"))
+    assert [type(r).__name__ for r in logged(emits)] == ["JobAccepted"]
+    assert sim.state is not None and sim.state.cursor_ms == T0 + 5 * SEC
+    sim.tick(T0 + 10 * SEC)
+    assert [r.scheduled_for_ms - T0 for r in sim.logged(RunTriggered)] == [10 * SEC]
+
+
+def test_a_job_created_again_after_its_deletion_keeps_its_runs_and_remembered_commands() -> None:
+    sim = Sim()
+    ready = one(sim.submit(job("j1")), TaskReady)
+    sim.send(DeleteJob("d", "j1", T0))
+    sim.now = T0 + SEC
+    sim.send(SubmitJob("c2", job("j1"), T0))
+    assert sim.state is not None and ready.run_id in sim.state.runs
+    assert sim.send(DeleteJob("d", "j1", T0)) == []  # the old delete, redelivered, does not delete it again
+    assert not sim.state.deleted
+
+
+def test_every_spec_an_active_run_still_needs_is_kept_across_updates() -> None:
+    sim = Sim()
+    first = job("j1", "*/10 * * * * *")
+    sim.submit(first)
+    sim.tick(T0 + 10 * SEC)  # a run of revision 1 is active
+    second = job("j1", "*/20 * * * * *")
+    sim.submit(second)
+    sim.tick(T0 + 20 * SEC)  # and one of revision 2
+    sim.submit(job("j1", "*/30 * * * * *"))
+    assert sim.state is not None and sim.state.revisions == {1: first, 2: second}
+
+
+def test_a_rerun_starts_a_task_again_on_its_own_rung_after_timeouts_moved_it_up() -> None:
+    sim = Sim()
+    task = replace(TaskSpec("main", ART), priority="low", timeout_ms=1000, retry=RetryPolicy(max_attempts=2,
+                                                                                             backoff_ms=0),
+                   levels=[Level("high", 5000)])
+    ready = one(sim.submit(JobSpec("j1", [task])), TaskReady)
+    sim.fail(one(sim.claim(ready), ClaimGranted), "TIMEOUT")
+    sim.fail(one(sim.claim(sim.readies()[-1]), ClaimGranted), "TIMEOUT")
+    emits = sim.send(RerunTasks("rr", "j1", ready.run_id, "main", T0))
+    again = one(emits, TaskReady)
+    assert (again.attempt, again.priority, again.timeout_ms) == (3, "low", 1000)
+
+
+def test_a_skipped_occurrence_is_logged_in_full() -> None:
+    sim = Sim()
+    sim.submit(job("j1", "*/10 * * * * *", overlap="forbid"))
+    sim.tick(T0 + 10 * SEC)
+    emits = sim.tick(T0 + 20 * SEC)
+    assert logged(emits) == [OccurrenceSkipped("j1@2027-01-15T08:00:20Z/skipped", "j1", T0 + 20 * SEC, "OVERLAP",
+                                               T0 + 20 * SEC, "j1@2027-01-15T08:00:10Z")]
+
+
+def test_the_runs_that_finished_first_are_forgotten_first_whatever_their_ids() -> None:
+    sim = Sim(params=Params(keep_finished_runs=1))
+    sim.submit(job("j1", "* * * * * *", overlap="allow"))
+    sim.tick(T0 + 2 * SEC)
+    early, late = sim.readies()
+    second = one(sim.claim(late), ClaimGranted)
+    first = one(sim.claim(early), ClaimGranted)
+    sim.complete(second)  # the later occurrence finishes first...
+    sim.now += SEC
+    sim.complete(first)  # ...so it is the one forgotten
+    assert sim.state is not None and list(sim.state.runs) == [early.run_id]
+
+
+def test_with_two_runs_allowed_at_once_the_third_waits_and_starts_when_one_ends() -> None:
+    sim = Sim()
+    sim.submit(replace(job("j1"), max_active_runs=2))
+    sim.send(TriggerJob("t1", "j1", T0))
+    sim.send(TriggerJob("t2", "j1", T0))
+    assert [r.run_id for r in sim.readies()] == ["j1@2027-01-15T08:00:00Z", "j1@manual-t1"]
+    assert sim.state is not None and sim.state.runs["j1@manual-t2"].state == "QUEUED"
+    sim.run(sim.readies()[0])
+    assert sim.readies()[-1].run_id == "j1@manual-t2"
+
+
+def test_cancelling_a_queued_run_ends_it_cancelled_without_running_anything() -> None:
+    sim = Sim()
+    sim.submit(replace(job("j1"), max_active_runs=1))
+    sim.send(TriggerJob("t1", "j1", T0))
+    emits = sim.send(CancelRun("c", "j1", "j1@manual-t1", T0, "not needed"))
+    assert one(emits, RunFinished) == RunFinished("j1@manual-t1/finished", "j1", "j1@manual-t1", "CANCELLED", T0)
+    assert [r.run_id for r in sim.readies()] == ["j1@2027-01-15T08:00:00Z"]
+
+
+def test_a_cancel_sent_to_an_executor_is_also_in_the_decision_log() -> None:
+    sim = Sim()
+    ready = one(sim.submit(job("j1")), TaskReady)
+    one(sim.claim(ready), ClaimGranted)
+    emits = sim.send(CancelRun("c", "j1", ready.run_id, T0))
+    assert [type(r).__name__ for r in logged(emits)][:1] == ["CancelRequested"]
+
+
+def test_another_executors_claim_on_a_running_task_is_rejected_not_ignored() -> None:
+    sim = Sim()
+    ready = one(sim.submit(job("j1")), TaskReady)
+    sim.start(one(sim.claim(ready, "ex1"), ClaimGranted))
+    assert one(sim.claim(ready, "ex2"), ClaimRejected).reason == "task is running by ex1"
+
+
+def test_a_grant_never_started_lapses_a_lease_after_the_grant() -> None:
+    sim = Sim()
+    ready = one(sim.submit(job("j1")), TaskReady)
+    sim.claim(ready)
+    assert [e.outcome for e in sim.logged(AttemptEnded, sim.tick(T0 + 10 * SEC))] == ["LOST"]

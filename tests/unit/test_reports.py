@@ -64,9 +64,9 @@ def test_a_success_logs_the_attempts_end_the_tasks_and_the_runs() -> None:
 def test_a_failure_with_a_retry_left_logs_the_retry_and_offers_the_next_attempt() -> None:
     sim, _ = started(max_attempts=2, backoff_ms=5 * SEC)
     sim.now = T0 + SEC
-    emits = sim.send(TaskCompleted("j1", RUN, TID, 1, 1, "ex1", 7, T0, T0 + SEC))
+    emits = sim.send(TaskCompleted("j1", RUN, TID, 1, 1, "ex1", 1, T0, T0 + SEC))
     assert logged(emits) == [
-        AttemptEnded(f"{TID}#1/ended", "j1", RUN, TID, 1, 1, "FAILED", "exit code 7", T0 + SEC, 7),
+        AttemptEnded(f"{TID}#1/ended", "j1", RUN, TID, 1, 1, "FAILED", "exit code 1", T0 + SEC, 1),
         RetryScheduled(f"{TID}#2/retry", "j1", RUN, TID, 2, T0 + 6 * SEC, 5 * SEC, "normal", 0, "attempt 1 failed",
                        T0 + SEC),
     ]
@@ -119,12 +119,14 @@ def test_a_report_after_the_attempt_ended_names_the_tasks_state() -> None:
     sim, g = started()
     sim.complete(g, 1)
     emits = sim.heartbeat(g)
-    assert one(emits, ReportIgnored).reason == "attempt already ended (task failed)"
+    assert logged(emits) == [ReportIgnored(f"TaskHeartbeat:{TID}#1:1:ex1:{T0}/ignored", "j1", TID, 1, 1, "ex1",
+                                           "TaskHeartbeat", "attempt already ended (task failed)", T0)]
 
 
 def test_a_report_for_a_job_this_worker_does_not_know_is_ignored_under_the_job_id_of_its_task() -> None:
     sim = Sim()
-    emits = sim.send(TaskHeartbeat("other", "other@r", "other@r/main", 1, 1, "ex1", T0))
+    # (a command id, part of a manual run's id, may hold an '@' too)
+    emits = sim.send(TaskHeartbeat("other", "other@manual-a@b", "other@manual-a@b/main", 1, 1, "ex1", T0))
     assert [(e.key, e.record.job_id, e.record.reason) for e in emits] == [("other", "other", "unknown task")]
 
 
@@ -162,3 +164,28 @@ def test_only_the_newest_finished_runs_are_kept_and_the_oldest_go_first() -> Non
         sim.run(sim.readies()[-1])
     assert sim.state is not None
     assert list(sim.state.runs) == ["j1@2027-01-15T08:00:02Z", "j1@2027-01-15T08:00:03Z"]
+
+
+@pytest.mark.parametrize("report", ["completed", "failed"])
+def test_an_end_reported_without_a_start_report_takes_the_start_time_from_the_end_report(report: str) -> None:
+    sim = Sim()
+    grant = one(sim.claim(one(sim.submit(job("j1")), TaskReady)), ClaimGranted)  # the start report was lost
+    if report == "completed":
+        sim.send(TaskCompleted("j1", RUN, TID, 1, grant.fencing_token, "ex1", 0, T0 + 2 * SEC, T0 + 3 * SEC))
+    else:
+        sim.send(TaskFailed("j1", RUN, TID, 1, grant.fencing_token, "ex1", "TIMEOUT", "slow", True, T0 + 3 * SEC,
+                            started_at_ms=T0 + 2 * SEC))
+    assert sim.state is not None
+    (att,) = sim.state.runs[RUN].tasks["main"].attempts
+    assert (att.started_at_ms, att.finished_at_ms) == (T0 + 2 * SEC, T0 + 3 * SEC)
+
+
+def test_an_offered_attempt_carries_the_tasks_labels_and_limits_to_the_executor() -> None:
+    from ksched.schemas.events import Limits
+
+    sim = Sim()
+    spec = job("j1")
+    limits = Limits(cpu_seconds=5, memory_mb=64, open_files=32, processes=4, log_bytes=1000)
+    spec = replace(spec, tasks=[replace(spec.tasks[0], labels={"pool": "gpu", "team": "x"}, limits=limits)])
+    ready = one(sim.submit(spec), TaskReady)
+    assert (ready.labels, ready.limits) == ({"pool": "gpu", "team": "x"}, limits)
