@@ -474,3 +474,29 @@ def test_a_grant_never_started_lapses_a_lease_after_the_grant() -> None:
     ready = one(sim.submit(job("j1")), TaskReady)
     sim.claim(ready)
     assert [e.outcome for e in sim.logged(AttemptEnded, sim.tick(T0 + 10 * SEC))] == ["LOST"]
+
+
+def test_a_tick_that_finds_only_late_occurrences_runs_the_latest_once_and_records_the_rest_missed() -> None:
+    sim = Sim()
+    sim.submit(job("j1", "*/10 * * * * *", misfire="once", misfire_grace_ms=SEC))
+    emits = sim.tick(T0 + 35 * SEC)  # 10, 20 and 30 s are late; 40 s is still ahead
+    assert [m.scheduled_for_ms - T0 for m in sim.logged(OccurrenceMissed, emits)] == [10 * SEC, 20 * SEC]
+    assert [(r.scheduled_for_ms - T0, r.trigger) for r in sim.logged(RunTriggered, emits)] == [(30 * SEC, "CATCHUP")]
+    assert sim.state is not None and sim.state.owed_catchup_ms is None
+
+
+def test_tasks_settled_without_running_say_why() -> None:
+    sim = Sim()
+    pipe = JobSpec("pipe", [TaskSpec("a", ART), TaskSpec("b", ART, depends_on=["a"]),
+                            TaskSpec("alert", ART, depends_on=["a"], trigger_rule="one_failed")])
+    sim.run(one(sim.submit(pipe), TaskReady))  # a succeeds: b runs, alert is skipped
+    assert [(s.task_id.rsplit("/", 1)[1], s.state, s.reason) for s in sim.logged(TaskSettled)][1:] == [
+        ("alert", "SKIPPED", "trigger rule not met")]
+    sim.run(sim.readies()[-1], exit_code=1)
+    pipe2 = replace(pipe, tasks=[*pipe.tasks[:2], TaskSpec("c", ART, depends_on=["b"])])
+    sim.submit(pipe2)
+    sim.send(TriggerJob("t", "pipe", T0))
+    sim.run(sim.readies()[-1])
+    sim.run(sim.readies()[-1], exit_code=1)  # b fails: c cannot run
+    settled = [(s.task_id.rsplit("/", 1)[1], s.state, s.reason) for s in sim.logged(TaskSettled)]
+    assert settled[-1] == ("c", "UPSTREAM_FAILED", "upstream failed")
