@@ -1,8 +1,9 @@
 """Domain events and records, as plain typed classes.
 
-Each class mirrors one Avro record in `schemas/ksched.<Name>.avsc` (field for field, same defaults);
-`schemas.codec` turns them into bytes and back and a test keeps the two in step. Nothing here knows
-about Kafka or Avro. Times are epoch milliseconds (UTC) in fields ending in `_ms`.
+Each class mirrors one Avro record in `schemas/ksched.<Name>.avsc`, which is the contract: the same fields in
+the same order, types that map onto the Avro ones, the same defaults (tests/unit/test_schema_contract.py checks
+every class field by field). `schemas.codec` turns them into bytes and back. Nothing here knows about Kafka or
+Avro. Times are epoch milliseconds (UTC) in fields ending in `_ms`.
 """
 
 from __future__ import annotations

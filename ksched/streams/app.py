@@ -132,7 +132,7 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
         broker_credentials=faust_credentials(settings),
         logging_config=None,
     )
-    metrics = Metrics()
+    metrics = Metrics(settings.partitions)
     shell = InboxShell(settings, default_codec(), params or Params(
         lease_ms=int(settings.lease_s * 1000), lookahead_ms=int(settings.lookahead_s * 1000)), hooks=metrics)
     streams = StreamsApp(app, shell, settings, Publisher(settings), metrics)

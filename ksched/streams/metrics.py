@@ -4,7 +4,8 @@ series. A failing hook is logged and never stops the agent.
     ksched_firing_lag_seconds        scheduled instant -> process started, first attempt of a fired run
     ksched_handoff_seconds           last parent's process ended -> child's process started (DAG)
     ksched_ready_queue_depth{pool,priority}  ready records not yet claimed by that pool's executors
-    ksched_running_tasks             claimed or running tasks in this worker's partitions
+    ksched_running_tasks             claimed or running tasks in this worker's partitions (counted per job, and
+                                     dropped with a partition when it is revoked)
     ksched_retries_total             retries scheduled
     ksched_dead_letters_total        inbox records dead-lettered
     ksched_inbox_records_total       inbox records processed
@@ -19,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ksched.config import Settings
+from ksched.partitioning import partition_for
 from ksched.schemas.events import PRIORITIES, RetryScheduled, TaskStarted, TaskState, Trigger
 
 from .core.model import JobState, split_task_id
@@ -40,6 +42,9 @@ class ShellHooks:
     def processed(self) -> None:
         pass
 
+    def revoked(self, partitions: set[int]) -> None:
+        """This worker no longer owns these inbox partitions: their jobs are another worker's to report."""
+
 
 def _live(state: JobState | None) -> int:
     if state is None:
@@ -48,7 +53,13 @@ def _live(state: JobState | None) -> int:
 
 
 class Metrics(ShellHooks):
-    def __init__(self) -> None:
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions  # of the inbox, to tell which jobs a revoked partition takes away
+        #: Claimed or running tasks per job (jobs with none are left out), and their sum. Each decision sets its
+        #: job's count from the state it leaves, so a job this worker took over with tasks already running is
+        #: counted right from its next decision on, and never below zero.
+        self._live: dict[str, int] = {}
+        self._live_total = 0
         self.registry = CollectorRegistry()
         self.firing_lag = Histogram("ksched_firing_lag_seconds", "Scheduled instant to process start (first attempt)",
                                     buckets=_BUCKETS, registry=self.registry)
@@ -78,10 +89,22 @@ class Metrics(ShellHooks):
         except Exception:  # a metrics bug must never stop scheduling
             log.exception("metrics hook failed")
 
+    def revoked(self, partitions: set[int]) -> None:
+        try:
+            for job_id in [j for j in self._live if partition_for(j, self.partitions) in partitions]:
+                self._live_total -= self._live.pop(job_id)
+            self.running.set(self._live_total)
+        except Exception:
+            log.exception("metrics hook failed")
+
     def _observe(self, event: Any, before: JobState | None, after: JobState | None, emits: list[Any]) -> None:
-        delta = _live(after) - _live(before)
-        if delta:
-            self.running.inc(delta)
+        job = after or before
+        if job is not None:
+            live = _live(after)
+            self._live_total += live - (self._live.pop(job.job_id, 0))
+            if live:
+                self._live[job.job_id] = live
+            self.running.set(self._live_total)
         for e in emits:
             if isinstance(e.record, RetryScheduled) and e.channel == "events":
                 self.retries.inc()

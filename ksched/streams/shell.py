@@ -72,6 +72,7 @@ class InboxShell:
         self._recover |= partitions
 
     def revoked(self, partitions: set[int]) -> None:
+        self.hooks.revoked(partitions)
         for p in partitions:
             self._due.pop(p, None)
             self._clock.forget(p)

@@ -78,9 +78,52 @@ def test_failure_propagates_down_a_chain_in_one_step() -> None:
 def test_cycles_are_found_with_their_path() -> None:
     specs = spec(("a", ["c"], "all_success"), ("b", ["a"], "all_success"), ("c", ["b"], "all_success"),
                  ("d", [], "all_success"))
-    cycle = dag.find_cycle(specs)
-    assert cycle is not None and cycle[0] == cycle[-1] and set(cycle) == {"a", "b", "c"}
+    assert dag.find_cycle(specs) == ["a", "c", "b", "a"]  # a depends on c depends on b depends on a
     assert dag.find_cycle(spec(("a", [], "all_success"), ("b", ["a"], "all_success"))) is None
+
+
+def test_a_cycle_is_found_past_a_dependency_on_a_task_that_does_not_exist() -> None:
+    specs = spec(("a", ["nope", "b"], "all_success"), ("b", ["a"], "all_success"))
+    assert dag.find_cycle(specs) == ["a", "b", "a"]
+
+
+def test_a_diamond_is_no_cycle() -> None:
+    specs = spec(("a", [], "all_success"), ("b", ["a"], "all_success"), ("c", ["a"], "all_success"),
+                 ("d", ["b", "c"], "all_success"))
+    assert dag.find_cycle(specs) is None
+    assert dag.find_cycle([*reversed(specs)]) is None
+
+
+@pytest.mark.parametrize(("tasks", "expected"), [
+    ((("c", ["b"], "all_success"), ("b", ["a"], "all_success"), ("a", [], "all_success")), ["a", "b", "c"]),
+    ((("x", [], "all_success"), ("y", [], "all_success"), ("z", ["x"], "all_success")), ["x", "y", "z"]),
+    # A cycle (validation rejects these): what can be ordered first, then the rest in the spec's order.
+    ((("p", ["q"], "all_success"), ("q", ["p"], "all_success"), ("r", [], "all_success")), ["r", "p", "q"]),
+])
+def test_topological_order_puts_dependencies_first_and_keeps_the_specs_order_otherwise(
+        tasks: tuple[tuple[str, list[str], str], ...], expected: list[str]) -> None:
+    assert dag.topological_order(spec(*tasks)) == expected
+
+
+def test_descendants_are_the_task_and_everything_downstream_in_order() -> None:
+    specs = spec(("a", [], "all_success"), ("b", ["a"], "all_success"), ("c", ["a"], "all_success"),
+                 ("d", ["b", "c"], "all_success"), ("e", [], "all_success"), ("f", ["d"], "all_success"))
+    assert dag.descendants(specs, "b") == ["b", "d", "f"]
+    assert dag.descendants(specs, "a") == ["a", "b", "c", "d", "f"]
+    assert dag.descendants(specs, "e") == ["e"]
+
+
+def test_settling_skips_tasks_already_decided_and_goes_on_past_them() -> None:
+    specs = spec(("a", [], "all_success"), ("b", ["a"], "all_success"), ("c", ["a"], "all_success"),
+                 ("d", ["b", "c"], "all_done"))
+    tasks = {"a": Task("a", F), "b": Task("b", R), "c": Task("c"), "d": Task("d")}
+    by_name = {t.name: t for t in specs}
+    children = {"a": ["b", "c"], "b": ["d"], "c": ["d"], "d": []}
+    # b is running (not WAITING): left alone; c fails upstream; d waits for b, however often it is reached.
+    assert dag.settle_waiting(specs, tasks, by_name, children, ["a", "a"]) == {"c": U}
+    assert dag.settle_waiting(specs, tasks, by_name, children) == {"c": U}
+    done = {**tasks, "b": Task("b", S), "c": Task("c", U)}
+    assert dag.settle_waiting(specs, done, by_name, children, ["b"]) == {"d": TaskState.READY}
 
 
 @pytest.mark.parametrize(
@@ -92,6 +135,10 @@ def test_cycles_are_found_with_their_path() -> None:
         ([S, U], False, "FAILED"),
         ([S, R], False, None),
         ([S, C], True, "CANCELLED"),
+        ([S, C], False, "CANCELLED"),
+        ([F, C], False, "FAILED"),
+        ([S, S], True, "CANCELLED"),
+        ([C, R], True, None),
     ],
 )
 def test_a_run_ends_when_no_task_can_progress(states: list[str], cancelled: bool, expected: str | None) -> None:

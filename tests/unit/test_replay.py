@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from dataclasses import replace
 from typing import Any
 
@@ -22,7 +23,10 @@ from ksched.schemas.events import (
     TaskStarted,
     Tick,
 )
-from ksched.streams.replay import replay
+from ksched.streams.core.model import JobState, Params
+from ksched.streams.jobstore import RESERVED, decode_record
+from ksched.streams.replay import MemoryStore, replay
+from ksched.streams.shell import InboxShell
 from tests.samples import job
 from tests.sim import T0
 
@@ -31,16 +35,25 @@ SETTINGS = Settings(prefix="r", partitions=2, lease_s=5.0, lookahead_s=0.0)
 
 
 class History:
-    """Builds an inbox as executors and clients would have written it, and records the decisions."""
+    """Builds an inbox as executors and clients would have written it, and decides each record as it arrives,
+    as a live worker does (its own shell and stores, records in arrival order across partitions). `log` is that
+    worker's decision log: replay, folding the inbox partition by partition on its own, must reproduce it."""
 
     def __init__(self) -> None:
         self.inbox: list[Record] = []
         self.now = T0
+        self.log: list[Any] = []
+        self._worker = InboxShell(SETTINGS, CODEC, Params(lease_ms=int(SETTINGS.lease_s * 1000),
+                                                          lookahead_ms=int(SETTINGS.lookahead_s * 1000)))
+        self._stores: dict[int, MemoryStore] = collections.defaultdict(MemoryStore)
 
     def add(self, key: str | None, event: Any, partition: int | None = None) -> None:
         p = partition if partition is not None else partition_for(key or "", SETTINGS.partitions)
         offset = sum(1 for r in self.inbox if r.partition == p)
-        self.inbox.append(Record("r.inbox", p, offset, self.now, key.encode() if key else None, CODEC.encode(event)))
+        rec = Record("r.inbox", p, offset, self.now, key.encode() if key else None, CODEC.encode(event))
+        self.inbox.append(rec)
+        out = self._worker.process(self._stores[p], p, offset, rec.key, rec.value)
+        self.log += [CODEC.decode(m.value) for m in out if m.topic == "r.events" and m.value is not None]
 
     def tick(self, at: int) -> None:
         """Ticks up to `at`, one a second as the ticker produces them (a longer gap means it was away)."""
@@ -49,17 +62,18 @@ class History:
             for p in range(SETTINGS.partitions):
                 self.add(None, Tick(p, t), p)
 
-    def decisions(self) -> list[Any]:
-        return replay(SETTINGS, self.inbox).decisions
+    def jobs(self) -> dict[str, JobState]:
+        """The worker's state of every job."""
+        return {key.decode(): decode_record(raw).state for store in self._stores.values()
+                for key, raw in store.items() if not key.startswith(RESERVED)}
 
     def recorded(self, extra: list[Any] = ()) -> list[Record]:  # type: ignore[assignment]
-        return [Record("r.events", 0, i, self.now, None, CODEC.encode(d))
-                for i, d in enumerate([*self.decisions(), *extra])]
+        return [Record("r.events", 0, i, self.now, None, CODEC.encode(d)) for i, d in enumerate([*self.log, *extra])]
 
     def run(self, ready: TaskReady, code: int = 0, executor: str = "ex1", finish: bool = True) -> ClaimGranted:
         self.add(ready.job_id, ClaimTask(f"{ready.task_id}#{ready.attempt}@{executor}", ready.job_id, ready.run_id,
                                          ready.task_id, ready.attempt, executor, self.now))
-        grant = next(d for d in self.decisions() if isinstance(d, ClaimGranted) and d.task_id == ready.task_id
+        grant = next(d for d in self.log if isinstance(d, ClaimGranted) and d.task_id == ready.task_id
                      and d.attempt == ready.attempt)
         self.add(ready.job_id, TaskStarted(ready.job_id, ready.run_id, ready.task_id, ready.attempt,
                                            grant.fencing_token, executor, self.now))
@@ -69,7 +83,7 @@ class History:
         return grant
 
     def readies(self) -> list[TaskReady]:
-        return [d for d in self.decisions() if isinstance(d, TaskReady)]
+        return [d for d in self.log if isinstance(d, TaskReady)]
 
 
 def rich_history() -> History:
@@ -103,29 +117,46 @@ def rich_history() -> History:
     return h
 
 
-def test_a_history_with_retries_a_lapsed_lease_and_a_dag_failure_replays_clean() -> None:
+def by_job(decisions: list[Any]) -> dict[str, list[Any]]:
+    """Decisions per job in the order they were made (jobs decide independently, so only that order counts)."""
+    jobs: dict[str, list[Any]] = collections.defaultdict(list)
+    for d in decisions:
+        jobs[d.job_id].append(d)
+    return dict(jobs)
+
+
+def test_a_history_with_retries_a_lapsed_lease_and_a_dag_failure_replays_to_the_workers_decisions() -> None:
     h = rich_history()
     result = replay(SETTINGS, h.inbox, h.recorded())
     assert result.ok, (result.violations, result.missing_from_log, result.not_reproduced)
-    assert result.jobs["retry"].runs[next(iter(result.jobs["retry"].runs))].state == "SUCCEEDED"
+    assert by_job(result.decisions) == by_job(h.log)  # the same decisions, field for field, in the same order
+    ended = [(d.attempt, d.outcome) for d in result.decisions if isinstance(d, AttemptEnded) and d.job_id == "retry"]
+    assert ended == [(1, "FAILED"), (2, "LOST"), (3, "SUCCEEDED")]
+    assert [r.state for r in result.jobs["retry"].runs.values()] == ["SUCCEEDED"]
     assert [r.state for r in result.jobs["pipe"].runs.values()] == ["FAILED"]
-    assert sum(1 for d in result.decisions if isinstance(d, AttemptEnded) and d.outcome == "LOST") == 1
+    assert {n: t.state for n, t in next(iter(result.jobs["pipe"].runs.values())).tasks.items()} == {
+        "build": "FAILED", "test": "UPSTREAM_FAILED", "notify": "SUCCEEDED"}
 
 
-def test_replaying_twice_gives_identical_state() -> None:
+def test_replay_rebuilds_the_workers_state_whatever_order_the_partitions_come_in() -> None:
     h = rich_history()
-    assert replay(SETTINGS, h.inbox).digest() == replay(SETTINGS, list(reversed(h.inbox))).digest()
+    forward, backward = replay(SETTINGS, h.inbox), replay(SETTINGS, list(reversed(h.inbox)))
+    assert forward.jobs == h.jobs()
+    assert backward.digest() == forward.digest()
 
 
 def test_replay_until_an_instant_stops_there() -> None:
     h = rich_history()
     early = replay(SETTINGS, h.inbox, until_ms=T0 + 1000)
-    assert all(r.state != "SUCCEEDED" for r in early.jobs["retry"].runs.values())
+    assert by_job(early.decisions) == by_job([d for d in h.log if d.at_ms <= T0 + 1000])
+    (run,) = early.jobs["retry"].runs.values()
+    (task,) = run.tasks.values()
+    assert (run.state, task.state, task.number) == ("RUNNING", "RUNNING", 2)
 
 
 def test_a_doubled_success_in_the_log_fails_the_replay_and_names_the_events() -> None:
     h = rich_history()
-    real = next(d for d in h.decisions() if isinstance(d, AttemptEnded) and d.outcome == "SUCCEEDED")
+    real = next(d for d in h.log if isinstance(d, AttemptEnded) and d.outcome == "SUCCEEDED")
     forged = replace(real, event_id=real.event_id.replace("#", "#9"), attempt=9)
     result = replay(SETTINGS, h.inbox, h.recorded([forged]))
     assert not result.ok
@@ -146,7 +177,7 @@ def test_an_occurrence_decided_twice_is_named() -> None:
     h = rich_history()
     from ksched.schemas.events import RunTriggered
 
-    fired = next(d for d in h.decisions() if isinstance(d, RunTriggered) and d.job_id == "cron")
+    fired = next(d for d in h.log if isinstance(d, RunTriggered) and d.job_id == "cron")
     twin = replace(fired, event_id=fired.event_id + "-again")
     result = replay(SETTINGS, h.inbox, h.recorded([twin]))
     assert any(v.invariant == "occurrence decided once" for v in result.violations)
