@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Message as KMessage
 
 from ksched import kafka
@@ -31,12 +31,32 @@ class Record:
     value: bytes | None
 
 
+#: Errors that say a partition's leadership is moving, not that the request is wrong.
+_MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.REQUEST_TIMED_OUT,
+           KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS,
+           KafkaError.OFFSET_NOT_AVAILABLE}
+
+
+def _watermarks(c: Any, tp: TopicPartition, timeout_s: float) -> Any:
+    """The partition's offsets, asking again while the cluster answers with a retriable error (a leader that
+    just moved, a node that is restarting) until `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return c.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not (err.retriable() or err.code() in _MOVING) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
 def read_partition(settings: Settings, topic: str, partition: int, timeout_s: float = 15.0,
                    start: int = OFFSET_BEGINNING) -> Iterator[KMessage]:
     """Every record of one partition, from `start` up to the end it had when the read began."""
     c = kafka.consumer(settings, group=f"{settings.prefix}-reader-{uuid.uuid4().hex[:8]}")
     try:
-        marks = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+        marks = _watermarks(c, TopicPartition(topic, partition), timeout_s)
         low, high = (int(marks[0] or 0), int(marks[1] or 0)) if marks else (0, 0)
         if high <= (low if start == OFFSET_BEGINNING else max(low, start)):
             return
@@ -140,8 +160,7 @@ def group_progress(settings: Settings, topic: str, group: str,
             return {}
         found = c.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout_s)
         return {tp.partition: (max(int(tp.offset), 0),
-                               int(c.get_watermark_offsets(TopicPartition(topic, tp.partition),
-                                                           timeout=timeout_s)[1]))
+                               int(_watermarks(c, TopicPartition(topic, tp.partition), timeout_s)[1]))
                 for tp in found}
     finally:
         c.close()
