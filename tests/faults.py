@@ -156,6 +156,18 @@ def _successes(load: Load) -> collections.Counter[str]:
     return won
 
 
+def _why(load: Load, stuck: list[str]) -> str:
+    """The tasks and attempts of stuck runs, for the failure message."""
+    out = []
+    for entry in stuck:
+        run_id = entry.split("=", 1)[0]
+        st = load.cluster.status(run_id.split("@", 1)[0])
+        for t in st.tasks.get(run_id, {}).values():
+            out.append(f"{t.task_id} {t.state} " + ", ".join(
+                f"#{a.attempt} {a.executor_id} {a.outcome} {a.reason} started={a.started_at_ms}" for a in t.attempts))
+    return "; ".join(out)
+
+
 def _unfinished(load: Load, horizon: int) -> list[str]:
     return [f"{r.run_id}={r.state}" for j in [*load.crons, *load.submitted]
             for r in load.cluster.status(j).ordered_runs()
@@ -176,7 +188,10 @@ def check(load: Load, fault: str, faults: int) -> Verdict:
             if fired[n][t] == 0 and t not in missed[n]]
     lost += [j for j in load.submitted if j not in accepted]
     doubled = [f"{n}@{t}" for n in load.crons for t, k in fired[n].items() if k > 1]
-    eventually(lambda: not _unfinished(load, horizon), 180, what="every run up to the fault's end succeeded")
+    deadline = time.monotonic() + 180
+    while (stuck := _unfinished(load, horizon)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not stuck, f"runs not succeeded 180 s after the fault: {stuck[:5]}; " + _why(load, stuck[:3])
     doubled += [t for t, k in _successes(load).items() if k > 1]
     overlapping, pause = _ledger(load)
     replay = subprocess.run([sys.executable, "-m", "ksched.cli.main", "replay"], env=cluster.env, cwd=REPO,

@@ -16,7 +16,7 @@ from ksched.devbroker import cluster as kcluster
 from tests.faults import Load, check
 from tests.support import Cluster, settings_for
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.cluster]
 
 
 @pytest.fixture(scope="module")
