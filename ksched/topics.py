@@ -58,6 +58,12 @@ def pool_topic_specs(s: Settings, pool: str) -> list[TopicSpec]:
             for prio in ("high", "normal", "low")]
 
 
+def submit_topic(settings: Settings) -> str:
+    """Where clients write commands: the commands topic on a secured cluster (so ACLs can tell submitters from
+    executors, whose reports go to the inbox), the inbox itself on an open one (one hop less)."""
+    return settings.topic("commands") if settings.kafka else settings.topic("inbox")
+
+
 def pools_in(settings: Settings, topic_names: Iterable[str]) -> set[str]:
     """The executor pools that have ready topics among `topic_names` ("" is the default pool, always in)."""
     prefix = settings.topic("ready.")

@@ -37,7 +37,7 @@ from ksched.schemas.events import (
     TriggerJob,
 )
 from ksched.streams.core.schedule import preview
-from ksched.topics import MAX_RECORD_BYTES, POOL_LABEL, ensure_topics
+from ksched.topics import MAX_RECORD_BYTES, POOL_LABEL, ensure_topics, submit_topic
 
 from . import render
 from .jobfile import JobFile, load_job
@@ -96,10 +96,11 @@ def send_and_wait(settings: Settings, job_id: str, event: Any, until: Callable[[
         raise JobSpecError("job", f"encoded, it is {len(value)} bytes; the inbox takes at most {MAX_RECORD_BYTES}")
     p = kafka.producer(settings, **{"message.max.bytes": MAX_RECORD_BYTES + 65536})
     errors: list[str] = []
-    p.produce(settings.topic("commands"), key=job_id.encode(), value=value,
+    topic = submit_topic(settings)
+    p.produce(topic, key=job_id.encode(), value=value,
               on_delivery=lambda e, _m: errors.append(str(e)) if e else None)
     if p.flush(30) or errors:
-        raise KschedError(f"could not deliver to {settings.topic('commands')}: {errors or 'timeout'}")
+        raise KschedError(f"could not deliver to {topic}: {errors or 'timeout'}")
     if consumer is None or until is None:
         return None
     try:

@@ -244,7 +244,7 @@ def limit_args(limits: Limits) -> list[str]:
     if limits.open_files:
         opts.append(f"--nofile={limits.open_files}")
     if limits.processes:
-        opts.append(f"--nproc={limits.processes}")  # not enforced for root, as the kernel decides
+        opts.append(f"--nproc={limits.processes}")  # per uid: it holds for the pool uids, not for root
     return opts
 
 
