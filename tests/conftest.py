@@ -59,3 +59,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("fault test figures")
         for line in FIGURES:
             terminalreporter.line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the processes of every installation a test left running (a fixture that failed before its
+    teardown), so a failed run leaves no worker or executor behind."""
+    from tests.support import LIVE
+
+    for cluster in list(LIVE):
+        cluster.stop()
