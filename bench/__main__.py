@@ -12,6 +12,7 @@ BENCHES = {
     "firing_lag_100": ["--due", "100", "--slots", "600"],
     "throughput": [],
     "dag": [],
+    "spawn": [],
 }
 
 

@@ -1,0 +1,1 @@
+"""The `ksched` command line."""

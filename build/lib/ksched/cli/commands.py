@@ -1,0 +1,293 @@
+"""What the `ksched` subcommands do. Each takes parsed arguments and settings and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from ksched import kafka
+from ksched.artifacts import open_store
+from ksched.config import Settings
+from ksched.errors import JobSpecError, KschedError
+from ksched.partitioning import partition_for
+from ksched.reader import find_run, job_status, read_partition
+from ksched.schemas.codec import default_codec
+from ksched.schemas.events import (
+    ArtifactRef,
+    CancelRun,
+    DeleteJob,
+    JobAccepted,
+    JobChanged,
+    JobRejected,
+    JobSpec,
+    PauseJob,
+    ReportIgnored,
+    RerunTasks,
+    ResumeJob,
+    SubmitJob,
+    TaskReady,
+    TriggerJob,
+)
+from ksched.streams.core.schedule import preview
+from ksched.topics import MAX_RECORD_BYTES, POOL_LABEL, ensure_topics, submit_topic
+
+from . import render
+from .jobfile import JobFile, load_job
+
+
+def new_command_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def err(msg: str) -> int:
+    print(f"ksched: {msg}", file=sys.stderr)
+    return 2
+
+
+class Progress:
+    """A one-line progress bar on stderr for uploads over 1 MiB."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if total < (1 << 20) or not sys.stderr.isatty():
+            return
+        pct = int(done * 100 / total)
+        if pct != self.last:
+            self.last = pct
+            bar = "#" * (pct // 4)
+            end = "\n" if done >= total else ""
+            print(f"\r{self.name} [{bar:<25}] {pct:3d}% of {total / 1048576:.1f} MiB", end=end, file=sys.stderr)
+
+
+def upload(settings: Settings, path: Path) -> ArtifactRef:
+    store = open_store(settings.artifacts, settings.s3_endpoint_url)
+    return store.put_file(path, Progress(path.name))
+
+
+def send_and_wait(settings: Settings, job_id: str, event: Any, until: Callable[[Any], bool] | None,
+                  timeout_s: float) -> Any | None:
+    """Produce `event` to the inbox; if `until` is given, wait for a decision it accepts and return it."""
+    codec = default_codec()
+    topic = settings.topic("events")
+    partition = partition_for(job_id, settings.partitions)
+    start = 0
+    consumer = None
+    if until is not None:
+        consumer = kafka.consumer(settings, group=f"{settings.prefix}-cli-{uuid.uuid4().hex[:8]}")
+        _, start = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
+        consumer.assign([TopicPartition(topic, partition, start)])
+    value = codec.encode(event)
+    if len(value) > MAX_RECORD_BYTES:
+        raise JobSpecError("job", f"encoded, it is {len(value)} bytes; the inbox takes at most {MAX_RECORD_BYTES}")
+    p = kafka.producer(settings, **{"message.max.bytes": MAX_RECORD_BYTES + 65536})
+    errors: list[str] = []
+    topic = submit_topic(settings)
+    p.produce(topic, key=job_id.encode(), value=value,
+              on_delivery=lambda e, _m: errors.append(str(e)) if e else None)
+    if p.flush(30) or errors:
+        raise KschedError(f"could not deliver to {topic}: {errors or 'timeout'}")
+    if consumer is None or until is None:
+        return None
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            m = consumer.poll(0.2)
+            if m is None or m.error() is not None or m.value() is None:
+                continue
+            try:
+                decision = codec.decode(m.value())
+            except KschedError:
+                continue
+            if until(decision):
+                return decision
+        return None
+    finally:
+        consumer.close()
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    path = Path(args.file)
+    try:
+        jf: JobFile = load_job(path)
+        refs: dict[str, ArtifactRef] = {}
+        store = open_store(settings.artifacts, settings.s3_endpoint_url)
+        for b in jf.binaries:
+            if b.path is not None:
+                refs[b.task] = store.put_file(b.path, Progress(b.path.name))
+            else:
+                assert b.digest is not None
+                if not store.exists(b.digest):
+                    raise JobSpecError("binary", f"artifact {b.digest} is not in {store.url} (ksched upload it)")
+                refs[b.task] = ArtifactRef(b.digest, b.digest[7:19], store.size(b.digest))
+        spec: JobSpec = jf.with_artifacts(refs)
+        pools = tuple(sorted({t.labels[POOL_LABEL] for t in spec.tasks if POOL_LABEL in t.labels}))
+        if pools:
+            ensure_topics(settings, pools=pools)
+    except JobSpecError as exc:
+        return err(f"{path}: {exc}")
+    command_id = new_command_id()
+    cmd = SubmitJob(command_id, spec, now_ms(), args.by or "cli")
+    if not args.wait:
+        send_and_wait(settings, spec.job_id, cmd, None, 0)
+        print(f"submitted {spec.job_id} ({spec.kind}), command {command_id}")
+        return 0
+    decision = send_and_wait(settings, spec.job_id, cmd,
+                             lambda d: isinstance(d, JobAccepted | JobRejected) and d.command_id == command_id,
+                             args.timeout)
+    if isinstance(decision, JobAccepted):
+        print(f"accepted {spec.job_id} ({spec.kind}), revision {decision.revision}")
+        return 0
+    if isinstance(decision, JobRejected):
+        return err(f"rejected {spec.job_id}: {decision.reason}")
+    return err(f"submitted {spec.job_id}, but no decision within {args.timeout:.0f}s (is a streams worker running?)")
+
+
+def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        return err(f"{path}: file not found")
+    ref = upload(settings, path)
+    print(f"{ref.digest}  {ref.name}  {ref.size} bytes")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    st = job_status(settings, args.job)
+    if not st.known:
+        return err(f"unknown job {args.job!r}")
+    print(render.status_json(st) if args.json else render.status_text(st))
+    return 0
+
+
+def _lifecycle(args: argparse.Namespace, settings: Settings, event: Any, verb: str) -> int:
+    decision = send_and_wait(
+        settings, args.job, event,
+        lambda d: isinstance(d, JobChanged | JobRejected) and d.command_id == event.command_id, args.timeout)
+    if isinstance(decision, JobRejected):
+        return err(decision.reason)
+    print(f"{verb} {args.job}" if decision else f"requested: {verb} {args.job} (no answer yet)")
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace, settings: Settings) -> int:
+    return _lifecycle(args, settings, PauseJob(new_command_id(), args.job, now_ms(), args.reason or ""), "paused")
+
+
+def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
+    return _lifecycle(args, settings, ResumeJob(new_command_id(), args.job, now_ms()), "resumed")
+
+
+def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
+    return _lifecycle(args, settings, DeleteJob(new_command_id(), args.job, now_ms()), "deleted")
+
+
+def cmd_trigger(args: argparse.Namespace, settings: Settings) -> int:
+    command_id = new_command_id()
+    send_and_wait(settings, args.job, TriggerJob(command_id, args.job, now_ms()), None, 0)
+    print(f"triggered {args.job}: run {args.job}@manual-{command_id}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    job_id = args.run.split("@", 1)[0]
+    send_and_wait(settings, job_id, CancelRun(new_command_id(), job_id, args.run, now_ms(), args.reason or ""),
+                  None, 0)
+    print(f"cancel requested for {args.run}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    st = job_status(settings, args.job)
+    if not st.known:
+        return err(f"unknown job {args.job!r}")
+    if args.json:
+        data = render.status_data(st)
+        data["runs"] = data["runs"][-args.limit:]
+        print(json.dumps(data, indent=2))
+    else:
+        print(render.runs_grid(st, args.limit))
+    return 0
+
+
+def cmd_rerun(args: argparse.Namespace, settings: Settings) -> int:
+    job_id = args.run.split("@", 1)[0]
+    command_id = new_command_id()
+    decision = send_and_wait(
+        settings, job_id, RerunTasks(command_id, job_id, args.run, args.from_task, now_ms()),
+        lambda d: (isinstance(d, ReportIgnored) and d.event_id == f"{command_id}/ignored")
+        or (isinstance(d, TaskReady) and d.run_id == args.run), args.timeout)
+    if isinstance(decision, ReportIgnored):
+        return err(f"cannot rerun {args.run} from {args.from_task}: {decision.reason}")
+    print(f"rerunning {args.run} from {args.from_task}" if decision else f"rerun requested for {args.run}")
+    return 0
+
+
+def cmd_next(args: argparse.Namespace, settings: Settings) -> int:
+    target = Path(args.job)
+    if target.suffix in (".yaml", ".yml") and target.exists():
+        try:
+            spec = load_job(target).spec
+        except JobSpecError as exc:
+            return err(f"{target}: {exc}")
+    else:
+        st = job_status(settings, args.job)
+        if st.definition is None:
+            return err(f"unknown job {args.job!r}")
+        spec = st.definition.job
+    s = spec.schedule
+    times = preview(s, spec.job_id, now_ms(), args.count)
+    if args.json:
+        print(json.dumps([{"utc": render.zoned(t, "UTC"), s.timezone: render.zoned(t, s.timezone)} for t in times]))
+        return 0
+    rows = [[render.zoned(t, "UTC"), render.zoned(t, s.timezone)] for t in times]
+    print(render.table(rows, ["UTC", s.timezone]) if rows else "(no further fire times)")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
+    run, tasks = find_run(settings, args.run)
+    if run is None:
+        return err(f"unknown run {args.run!r}")
+    store = open_store(settings.artifacts, settings.s3_endpoint_url)
+    selected = [t for t in tasks.values() if args.task is None or t.name == args.task]
+    if not selected:
+        return err(f"run {args.run} has no task {args.task!r}")
+    for t in selected:
+        for a in t.attempts:
+            if args.attempt is not None and a.attempt != args.attempt:
+                continue
+            print(f"==> {t.task_id} attempt {a.attempt} ({a.outcome or 'running'}) <==")
+            if not a.log_ref:
+                print("(no log stored)")
+                continue
+            try:
+                sys.stdout.write(store.read_log(a.log_ref).decode(errors="replace"))
+            except KschedError as exc:
+                print(f"({exc})")
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
+    codec = default_codec()
+    rows = []
+    for p in range(settings.partitions):
+        for m in read_partition(settings, settings.topic("dlq"), p):
+            d = codec.decode(m.value())
+            rows.append([d.source_topic, str(d.partition), str(d.offset), d.reason])
+    print(render.table(rows, ["TOPIC", "PARTITION", "OFFSET", "REASON"]) if rows else "(dead-letter topic is empty)")
+    return 0

@@ -1,0 +1,165 @@
+"""`ksched demo`: the whole path on one machine, from nothing to finished runs, then it cleans up.
+
+Starts a local Apache Kafka broker (unless KSCHED_BOOTSTRAP_SERVERS names one), creates the topics, starts
+a streams worker and an executor as separate processes, submits an example cron job (every 2 s) and an
+example one-off job, and waits until three cron runs and the one-off run have succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from ksched import devbroker
+from ksched.config import Settings
+from ksched.reader import group_progress, job_status
+from ksched.topics import app_id, ensure_topics
+
+from . import render
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+UI_PORT = 6066
+
+
+def say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def _child(settings: Settings, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "ksched.cli.main", *args], env=_env(settings), stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _succeeded(settings: Settings, job: str) -> int:
+    return sum(1 for r in job_status(settings, job).runs.values() if r.state == "SUCCEEDED")
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return dict(os.environ, KSCHED_HOME=str(settings.home), KSCHED_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
+                KSCHED_PREFIX=settings.prefix)
+
+
+def _ksched(settings: Settings, *args: str, check: bool = True) -> None:
+    subprocess.run([sys.executable, "-m", "ksched.cli.main", *args], env=_env(settings), check=check)
+
+
+def _start_broker(settings: Settings, fresh: bool) -> tuple[Settings, bool]:
+    """The demo's own broker in its own home (fresh each time unless --reuse), or the configured cluster."""
+    home = settings.home / "demo"
+    if "KSCHED_BOOTSTRAP_SERVERS" in os.environ:
+        settings = replace(settings, home=home, prefix=f"demo{uuid.uuid4().hex[:6]}")
+        say(f"using the cluster at {settings.bootstrap_servers} with topic prefix {settings.prefix}")
+        return settings, False
+    if fresh and home.exists():
+        devbroker.down(home / "broker")
+        shutil.rmtree(home)
+    home.mkdir(parents=True, exist_ok=True)
+    settings = replace(settings, home=home)
+    say(f"starting Apache Kafka {devbroker.KAFKA_VERSION} (KRaft, single node; the first run fetches its jars)")
+    t0 = time.monotonic()
+    info = devbroker.up(home / "broker", port=int(settings.bootstrap_servers.rsplit(":", 1)[1]))
+    say(f"broker ready at {info.bootstrap} in {time.monotonic() - t0:.1f}s")
+    return settings, True
+
+
+def _wait_for_runs(settings: Settings, children: list[subprocess.Popen[bytes]], logs: Path) -> tuple[int, int]:
+    deadline = time.monotonic() + 180
+    cron = once = 0
+    while time.monotonic() < deadline:
+        for c in children:
+            if c.poll() is not None:
+                say(f"a child process exited with code {c.returncode}; see {logs}")
+                return cron, once
+        cron, once = _succeeded(settings, "hello-cron"), _succeeded(settings, "hello-once")
+        if cron >= 3 and once >= 1:
+            break
+        time.sleep(1.0)
+    return cron, once
+
+
+def _show(settings: Settings) -> None:
+    for job in ("hello-cron", "hello-once"):
+        say(f"$ ksched status {job}")
+        print(render.status_text(job_status(settings, job)), flush=True)
+    runs = job_status(settings, "hello-once").ordered_runs()
+    if runs:
+        say(f"$ ksched logs {runs[-1].run_id}")
+        _ksched(settings, "logs", runs[-1].run_id, check=False)
+
+
+
+def _stop_executor_then_worker(settings: Settings, children: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the executor first and let the worker decide what it reported on its way out (its staged attempts
+    are handed back), so the decision log the replay compares with is complete."""
+    worker, executor = children
+    _stop([executor])
+    inbox = settings.topic("inbox")
+    ends = {p: end for p, (_, end) in group_progress(settings, inbox, app_id(settings)).items()}
+    deadline = time.monotonic() + 20
+    while worker.poll() is None and time.monotonic() < deadline:
+        done = group_progress(settings, inbox, app_id(settings))
+        if all(done.get(p, (0, 0))[0] >= end for p, end in ends.items()):
+            break
+        time.sleep(0.5)
+    _stop([worker])
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    for c in children:
+        if c.poll() is None:
+            c.send_signal(signal.SIGTERM)
+    for c in children:
+        try:
+            c.wait(20)
+        except subprocess.TimeoutExpired:
+            c.kill()
+
+
+def run_demo(settings: Settings, keep_running: bool = False, fresh: bool = True) -> int:
+    t0 = time.monotonic()
+    settings, own_broker = _start_broker(settings, fresh)
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        ensure_topics(settings)
+        say(f"topics ready (prefix {settings.prefix!r}); see `ksched topics`")
+        logs = settings.home / "logs"
+        logs.mkdir(exist_ok=True)
+        children += [
+            _child(settings, ["streams", "--name", "demo", "--web-port", str(UI_PORT)], logs / "streams.log"),
+            _child(settings, ["executor", "--slots", "4"], logs / "executor.log"),
+        ]
+        say(f"streams worker (pid {children[0].pid}) and executor (pid {children[1].pid}) started; logs: {logs}")
+        say(f"web UI and API: http://127.0.0.1:{UI_PORT}/")
+        for name in ("cron.yaml", "oneoff.yaml"):
+            say(f"$ ksched submit examples/{name}")
+            _ksched(settings, "submit", str(EXAMPLES / name))
+        say("waiting for 3 runs of hello-cron and the run of hello-once to succeed...")
+        cron, once = _wait_for_runs(settings, children, logs)
+        _show(settings)
+        ok = cron >= 3 and once >= 1
+        say(f"{'done' if ok else 'FAILED'}: {cron} cron runs and {once} one-off run succeeded "
+            f"in {time.monotonic() - t0:.1f}s")
+        if keep_running and ok:
+            say(f"still running (KSCHED_HOME={settings.home}); stop with Ctrl-C")
+            with contextlib.suppress(KeyboardInterrupt):
+                while all(c.poll() is None for c in children):
+                    time.sleep(1)
+        _stop_executor_then_worker(settings, children)
+        say("$ ksched replay   (the workers have stopped: rebuild the state from the inbox, check the invariants "
+            "and compare with the decision log)")
+        proved = subprocess.run([sys.executable, "-m", "ksched.cli.main", "replay"], env=_env(settings), check=False)
+        return 0 if ok and proved.returncode == 0 else 1
+    finally:
+        _stop(children)
+        if own_broker:
+            devbroker.down(settings.home / "broker")
+            say("stopped the streams worker, the executor and the broker")

@@ -1,0 +1,1 @@
+"""The executor service: claims ready attempts under Kafka transactions and runs them sandboxed."""

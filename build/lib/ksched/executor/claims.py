@@ -1,0 +1,245 @@
+"""Claiming ready attempts: the ready topics' consumer, flow control, and the claim transactions.
+
+Owns the consumer of the ready topics (high before normal before low; one group per pool) and the transactional
+producer. Records are buffered per partition, a partition with a long backlog is paused until it drains, and the
+records that fit the free slots and staging places are claimed in one Kafka transaction together with their
+offsets and the consumer group metadata, so a fenced (zombie) executor cannot claim. A failed transaction
+forgets its claims and rewinds their partitions, so the records are delivered again. Which records to take and
+which partitions to pause are pure functions below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Set
+from typing import Any, TypeVar
+
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
+from ksched import kafka
+from ksched.config import Settings
+from ksched.errors import CodecError
+from ksched.schemas.codec import default_codec
+from ksched.schemas.events import PRIORITIES, ClaimTask, DeadLetter, TaskReady
+from ksched.topics import ready_topic
+
+from .ledger import Ledger, Pending, Stats, now_ms
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M")
+K = TypeVar("K")
+Partition = tuple[str, int]  # (topic, partition)
+
+
+# --- pure decisions -------------------------------------------------------------------------------
+
+
+def take(buffers: Mapping[Partition, deque[tuple[M, TaskReady | None]]], topics: Iterable[str], free_now: int,
+         free_staged: int, soon_ms: float) -> list[tuple[M, TaskReady | None, bool]]:
+    """Take from the buffers the records to claim, as (record, ready or None if undecodable, staged): high
+    priority first (the order of `topics`), each partition's records in order, round robin over a topic's
+    partitions. An attempt due by `soon_ms` needs a free slot; one fired ahead of its instant needs a free staging
+    place. A partition whose next attempt finds no place stops there, so its order is kept."""
+    taken: list[tuple[M, TaskReady | None, bool]] = []
+    budget = {False: free_now, True: free_staged}
+    for topic in topics:
+        queues = [q for (t, _), q in buffers.items() if t == topic and q]
+        while queues:
+            for q in list(queues):
+                m, ready = q[0]
+                staged = ready is not None and ready.scheduled_for_ms > soon_ms
+                if ready is not None and budget[staged] <= 0:
+                    queues.remove(q)  # this partition waits; its order is kept
+                    continue
+                q.popleft()
+                if ready is not None:
+                    budget[staged] -= 1
+                taken.append((m, ready, staged))
+                if not q:
+                    queues.remove(q)
+    return taken
+
+
+def flow_control(backlog: Mapping[K, int], paused: Set[K], limit: int) -> tuple[list[K], list[K]]:
+    """(partitions to pause, partitions to resume): a partition is paused once its local backlog reaches
+    `limit`, and resumed once it is down to about half."""
+    pause = [k for k, n in backlog.items() if n >= limit and k not in paused]
+    resume = [k for k, n in backlog.items() if n < limit // 2 + 1 and k in paused]
+    return pause, resume
+
+
+def positions(offsets: Iterable[tuple[Partition, int]]) -> tuple[dict[Partition, int], dict[Partition, int]]:
+    """For a batch of records' (partition, offset) in order: (the offset to commit per partition, the first
+    offset per partition, to seek back to if the batch is not claimed)."""
+    commit: dict[Partition, int] = {}
+    first: dict[Partition, int] = {}
+    for key, offset in offsets:
+        commit[key] = offset + 1
+        first.setdefault(key, offset)
+    return commit, first
+
+
+# --- the claim loop -------------------------------------------------------------------------------
+
+
+class Claimer:
+    def __init__(self, settings: Settings, executor_id: str, pool: str, ledger: Ledger, stats: Stats,
+                 capacity: Callable[[], tuple[int, int]], backlog_limit: int) -> None:
+        self.id = executor_id
+        self.ledger = ledger
+        self.stats = stats
+        self.capacity = capacity
+        self.backlog_limit = backlog_limit
+        self.codec = default_codec()
+        self.inbox = settings.topic("inbox")
+        self.dlq = settings.topic("dlq")
+        #: Why each buffered record that is not a ready record was refused, until it is dead-lettered.
+        self._garbage: dict[tuple[str, int, int], str] = {}
+        self.ready_topics = [ready_topic(settings, p, pool) for p in PRIORITIES]
+        self._buffers: dict[Partition, deque[tuple[Message, TaskReady | None]]] = {}
+        self._paused: set[Partition] = set()
+        self._settle_until = 0.0
+        self._producer = kafka.producer(settings, **{"transactional.id": f"{settings.prefix}-executor-{self.id}",
+                                                     "transaction.timeout.ms": 60000})
+        group = f"{settings.prefix}-executors" + (f"-{pool}" if pool else "")
+        # "range" splits each ready topic's partitions evenly among the executors; a sticky assignor balances only
+        # the total over the three topics, and could give one executor every partition of a priority.
+        self._consumer = kafka.consumer(settings, group=group,
+                                        **{"partition.assignment.strategy": "range",
+                                           "fetch.wait.max.ms": 20,
+                                           "session.timeout.ms": int(max(6.0, settings.session_timeout_s) * 1000),
+                                           "heartbeat.interval.ms": 1000})
+
+    def init_transactions(self) -> None:
+        self._producer.init_transactions(30)
+
+    def subscribe(self) -> None:
+        self._consumer.subscribe(self.ready_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_revoke)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._consumer.close()
+
+    def step(self) -> None:
+        """Fetch what the ready topics have, and claim what fits."""
+        free_now, free_staged = self.capacity()
+        timeout = 0.01 if self._buffered() else 0.1
+        self._flow_control()
+        # Wait for the first record only (consume() would wait for a full batch), then drain what has been
+        # fetched without waiting (flow control bounds it), so the choice sees every priority.
+        first = self._consumer.poll(timeout)
+        msgs = [first, *self._consumer.consume(num_messages=1000, timeout=0)] if first is not None else []
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("ready topic error: %s", err)
+                continue
+            self._buffers.setdefault(_tp(m), deque()).append((m, self._decode_ready(m)))
+        if self._buffered() and (free_now > 0 or free_staged > 0) and time.monotonic() >= self._settle_until:
+            taken = take(self._buffers, self.ready_topics, free_now, free_staged, time.time() * 1000 + 50)
+            if taken:
+                self._claim(taken)
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        # Fetch from every newly assigned partition before choosing, so the first claims already see
+        # the high-priority work that is waiting, not just whichever partition answered first.
+        self._settle_until = time.monotonic() + 0.3
+        log.debug("assigned %s", partitions)
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        # Unclaimed records of a revoked partition belong to its next owner (their offsets were not committed).
+        for tp in partitions:
+            self._buffers.pop((tp.topic, tp.partition), None)
+            self._paused.discard((tp.topic, tp.partition))
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._garbage = {k: v for k, v in self._garbage.items() if k[:2] not in gone}
+
+    def _buffered(self) -> int:
+        return sum(len(q) for q in self._buffers.values())
+
+    def _decode_ready(self, m: Message) -> TaskReady | None:
+        """The ready record, or None: then it is dead-lettered in the claim transaction that commits past it."""
+        try:
+            ready = self.codec.decode(m.value())
+        except CodecError as err:
+            self._garbage[(*_tp(m), int(m.offset() or 0))] = str(err)
+            return None
+        if not isinstance(ready, TaskReady):
+            self._garbage[(*_tp(m), int(m.offset() or 0))] = f"{type(ready).SCHEMA} is not a ready record"
+            return None
+        return ready
+
+    def _flow_control(self) -> None:
+        pause, resume = flow_control({key: len(q) for key, q in self._buffers.items()}, self._paused,
+                                     self.backlog_limit)
+        for key in pause:
+            self._consumer.pause([TopicPartition(*key)])
+            self._paused.add(key)
+        for key in resume:
+            self._consumer.resume([TopicPartition(*key)])
+            self._paused.discard(key)
+
+    def _claim(self, msgs: list[tuple[Message, TaskReady | None, bool]]) -> None:
+        offsets, first = positions((_tp(m), int(m.offset() or 0)) for m, _, _ in msgs)
+        # Unique per claim: an answer to an earlier claim of the same attempt (re-sent by a scheduler that
+        # re-decided it after a crash) can never be taken for the answer to this one. An undecodable record has
+        # no claim: its offset is committed with the batch, so it is not seen again.
+        claims = [Pending(ready, f"{ready.task_id}#{ready.attempt}@{self.id}/{uuid.uuid4().hex[:12]}",
+                          time.monotonic(), staged) for _, ready, staged in msgs if ready is not None]
+        batch = self.ledger.open(claims)  # an attempt this executor already took on is not claimed again
+        t0 = time.perf_counter()
+        try:
+            self._producer.begin_transaction()
+            for m, ready, _ in msgs:
+                if ready is None:
+                    self._dead_letter(m)
+            for p in batch:
+                claim = ClaimTask(p.claim_id, p.ready.job_id, p.ready.run_id, p.ready.task_id, p.ready.attempt,
+                                  self.id, now_ms())
+                self._producer.produce(self.inbox, key=p.ready.job_id.encode(), value=self.codec.encode(claim))
+            self._producer.send_offsets_to_transaction(
+                [TopicPartition(t, p, off) for (t, p), off in offsets.items()],
+                self._consumer.consumer_group_metadata(), 30)
+            self._producer.commit_transaction(30)
+        except KafkaException as exc:
+            self._claim_failed(exc, batch, first)
+            return
+        self.ledger.committed(batch, time.monotonic())
+        self.stats.transactions += 1
+        self.stats.claimed += len(batch)
+        self.stats.claim_txn_ms.append((time.perf_counter() - t0) * 1000)
+
+    def _dead_letter(self, m: Message) -> None:
+        topic, partition = _tp(m)
+        offset = int(m.offset() or 0)
+        reason = self._garbage.pop((topic, partition, offset), "not a ready record")
+        log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
+        record = DeadLetter(topic, partition, offset, reason, now_ms(), m.key(), m.value())
+        self._producer.produce(self.dlq, key=m.key(), value=self.codec.encode(record))
+
+    def _claim_failed(self, exc: KafkaException, batch: list[Pending], first: dict[Partition, int]) -> None:
+        self.stats.txn_aborts += 1
+        err = exc.args[0]
+        log.warning("claim transaction failed (%s); the records will be delivered again", err)
+        self.ledger.forget(batch)
+        if err.txn_requires_abort():
+            with contextlib.suppress(KafkaException):
+                self._producer.abort_transaction(30)
+        elif err.fatal():
+            # Fenced: another instance took this transactional id, or the group moved on. Start over.
+            raise SystemExit(f"executor {self.id} fenced: {err}") from None
+        for (topic, partition), offset in first.items():
+            self._buffers.pop((topic, partition), None)
+            with contextlib.suppress(KafkaException):
+                self._consumer.seek(TopicPartition(topic, partition, offset))
+
+
+def _tp(m: Message) -> Partition:
+    return str(m.topic()), int(m.partition() or 0)

@@ -1,0 +1,229 @@
+"""What this executor has claimed and taken on, shared by its threads under one lock.
+
+The ledger holds the claims waiting for the scheduler's answer, the claims given up on, the granted attempts,
+the attempts ever taken on (so none starts twice) and whether the executor is draining. The claim loop, the
+control thread, the supervisor and the runtime's hooks each change it through one method, one critical section
+each. The decisions about it (free capacity, what a grant means, when a claim is stale or due for renewal) are
+pure functions beside it, and so are the executor's counters (`Stats`).
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from ksched.schemas.events import ClaimGranted, TaskReady
+
+from .runtime import Attempt
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+TAKEN_MEMORY = 100_000
+ABANDONED_MEMORY = 10_000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Pending:
+    ready: TaskReady
+    claim_id: str
+    since: float
+    staged: bool  # fired ahead of its instant: it waits in the staging area, not in a slot
+    committed: bool = False  # the claim's transaction committed: the scheduler will read it
+    renewed: float = 0.0  # when the claim was last sent or renewed (monotonic)
+
+
+@dataclass
+class Stats:
+    claimed: int = 0
+    granted: int = 0
+    rejected: int = 0
+    started: int = 0
+    finished: int = 0
+    txn_aborts: int = 0
+    renewals: int = 0  # claims renewed while waiting for a slow scheduler's answer
+    abandoned: int = 0  # claims given up on after claim_timeout_s
+    transactions: int = 0
+    #: The last claim transactions' durations (bounded: an executor runs for months).
+    claim_txn_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+
+    def summary(self) -> str:
+        txn = sorted(self.claim_txn_ms)
+
+        def at(q: float) -> float:
+            return txn[min(len(txn) - 1, int(q * len(txn)))] if txn else 0.0
+
+        return (f"claimed {self.claimed} in {self.transactions} transactions ({self.txn_aborts} aborted; "
+                f"recent p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms), granted {self.granted}, "
+                f"rejected {self.rejected}, renewed {self.renewals}, abandoned {self.abandoned}, "
+                f"started {self.started}, finished {self.finished}")
+
+
+# --- pure decisions -------------------------------------------------------------------------------
+
+
+def free_capacity(slots: int, prefetch: int, staging: int, due_now: int, staged: int) -> tuple[int, int]:
+    """(claims of attempts due now that may still be made, free staging places), given how many claims and
+    attempts hold a slot (`due_now`) or a staging place (`staged`). A negative `prefetch` means `slots`."""
+    prefetch = prefetch if prefetch >= 0 else slots
+    return slots + prefetch - due_now, staging - staged
+
+
+class GrantAnswer(enum.Enum):
+    START = "start"  # the answer to a claim still waiting: run the attempt
+    REPEAT = "repeat"  # the attempt was taken on already (a scheduler re-deciding after a crash): ignore
+    ABANDONED = "abandoned"  # the claim was given up on: hand the attempt back unstarted
+    STOPPING = "stopping"  # the executor is draining: hand the attempt back unstarted
+    NOT_OURS = "not ours"  # no claim of ours: ignore
+
+
+def answer_grant(*, pending: bool, abandoned: bool, taken: bool, draining: bool) -> GrantAnswer:
+    """What a grant means, given whether its claim is waiting or was abandoned, whether its attempt was taken on
+    already, and whether the executor is draining."""
+    if taken:
+        return GrantAnswer.REPEAT
+    if abandoned:
+        return GrantAnswer.ABANDONED
+    if not pending:
+        return GrantAnswer.NOT_OURS
+    if draining:
+        return GrantAnswer.STOPPING
+    return GrantAnswer.START
+
+
+def is_stale(p: Pending, now: float, claim_timeout_s: float) -> bool:
+    """Whether a claim has waited longer than `claim_timeout_s` for its answer (times are monotonic)."""
+    return now - p.since > claim_timeout_s
+
+
+def needs_renewal(p: Pending, now: float, renew_every_s: float) -> bool:
+    """Whether a committed claim has waited `renew_every_s` since it was last sent or renewed."""
+    return p.committed and now - p.renewed >= renew_every_s
+
+
+def remember(memory: dict[K, V], key: K, value: V, limit: int) -> None:
+    """Add `key` to an insertion-ordered memory, forgetting the oldest entry beyond `limit`."""
+    memory[key] = value
+    if len(memory) > limit:
+        del memory[next(iter(memory))]
+
+
+# --- the ledger -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    what: GrantAnswer
+    attempt: Attempt | None = None  # the attempt the grant is for (START, ABANDONED, STOPPING)
+    claimed_at: float = 0.0  # when its claim was made (monotonic)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    attempts: list[Attempt]  # the attempts granted and not yet ended
+    renew: list[Pending]  # the claims to renew now (marked renewed)
+    abandoned: int  # how many claims were given up on
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, Pending] = {}
+        # Claims given up on (no answer within claim_timeout_s), oldest first: a grant that still comes for one
+        # is handed back at once rather than left to lapse as LOST. Bounded.
+        self._abandoned: dict[str, Pending] = {}
+        self._attempts: dict[str, Attempt] = {}
+        # Attempts this executor has taken on, most recent last: a grant for one of them again (the scheduler
+        # re-deciding after a crash) must not start it twice. Bounded; old attempts are long settled.
+        self._taken: dict[str, None] = {}
+        self._draining = False  # stopping: a grant that still arrives is handed straight back
+
+    def load(self) -> tuple[int, int]:
+        """(claims and attempts holding a slot, claims and attempts holding a staging place)."""
+        with self._lock:
+            staged = sum(1 for p in self._pending.values() if p.staged) + sum(
+                1 for a in self._attempts.values() if a.staged)
+            return len(self._pending) + len(self._attempts) - staged, staged
+
+    def open(self, batch: Iterable[Pending]) -> list[Pending]:
+        """Record new claims, leaving out attempts this executor already took on (a re-sent ready record)."""
+        with self._lock:
+            fresh = [p for p in batch if f"{p.ready.task_id}#{p.ready.attempt}" not in self._taken]
+            for p in fresh:
+                self._pending[p.claim_id] = p
+            return fresh
+
+    def committed(self, batch: Iterable[Pending], now: float) -> None:
+        with self._lock:
+            for p in batch:
+                p.committed, p.renewed = True, now
+
+    def forget(self, batch: Iterable[Pending]) -> None:
+        """Claims whose transaction failed: their records will be delivered again."""
+        with self._lock:
+            for p in batch:
+                self._pending.pop(p.claim_id, None)
+
+    def reject(self, claim_id: str) -> bool:
+        """A claim lost to another executor's; whether it was still waiting."""
+        with self._lock:
+            self._abandoned.pop(claim_id, None)
+            return self._pending.pop(claim_id, None) is not None
+
+    def answer(self, grant: ClaimGranted) -> Answer:
+        """Settle the claim a grant answers; a START attempt is recorded as granted and taken on."""
+        key = f"{grant.task_id}#{grant.attempt}"
+        with self._lock:
+            pending = self._pending.pop(grant.claim_id, None)
+            abandoned = self._abandoned.pop(grant.claim_id, None) if pending is None else None
+            what = answer_grant(pending=pending is not None, abandoned=abandoned is not None,
+                                taken=key in self._taken, draining=self._draining)
+            claim = pending or abandoned
+            if what in (GrantAnswer.REPEAT, GrantAnswer.NOT_OURS) or claim is None:
+                return Answer(what)
+            attempt = Attempt(claim.ready, grant, staged=claim.staged)
+            if what is GrantAnswer.START:
+                self._attempts[key] = attempt
+            if what is not GrantAnswer.STOPPING:
+                remember(self._taken, key, None, TAKEN_MEMORY)
+            return Answer(what, attempt, claim.since)
+
+    def attempt(self, key: str) -> Attempt | None:
+        with self._lock:
+            return self._attempts.get(key)
+
+    def ended(self, key: str) -> None:
+        with self._lock:
+            self._attempts.pop(key, None)
+
+    def sweep(self, now: float, claim_timeout_s: float, renew_every_s: float) -> Sweep:
+        """Give up on stale claims, pick the claims due for renewal, and list the running attempts."""
+        with self._lock:
+            attempts = list(self._attempts.values())
+            stale = [c for c, p in self._pending.items() if is_stale(p, now, claim_timeout_s)]
+            for c in stale:
+                remember(self._abandoned, c, self._pending.pop(c), ABANDONED_MEMORY)
+            renew = [p for p in self._pending.values() if needs_renewal(p, now, renew_every_s)]
+            for p in renew:
+                p.renewed = now
+        return Sweep(attempts, renew, len(stale))
+
+    def waiting(self) -> bool:
+        """Whether any claim still waits for its answer."""
+        with self._lock:
+            return bool(self._pending)
+
+    def drain(self) -> list[Attempt]:
+        """From now on every grant is handed back; the attempts granted so far, to end."""
+        with self._lock:
+            self._draining = True
+            return list(self._attempts.values())

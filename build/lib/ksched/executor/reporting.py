@@ -1,0 +1,109 @@
+"""What the executor tells the scheduler outside its claim transactions, and the logs it stores.
+
+Owns the reports producer (to the inbox, keyed by job id): an attempt's start, its heartbeats, its end (completed
+or failed, with the reference of its capped log in the artifact store), the hand-back of an attempt it will not
+run, and the renewals of claims that wait long for their answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ksched import kafka
+from ksched.artifacts import ArtifactStore
+from ksched.config import Settings
+from ksched.schemas.codec import default_codec
+from ksched.schemas.events import (
+    ClaimTask,
+    DeadLetter,
+    FailureReason,
+    TaskCompleted,
+    TaskFailed,
+    TaskHeartbeat,
+    TaskStarted,
+)
+
+from .ledger import Pending, now_ms
+from .runtime import Attempt, Ended
+from .sandbox import Process, cap_log
+
+log = logging.getLogger(__name__)
+
+
+def retryable(ended: Ended) -> bool:
+    """Whether an attempt the executor ended is worth another attempt: one handed back, or one that timed out
+    after it started (one that timed out before it could start was never run)."""
+    return ended.reason == FailureReason.EXECUTOR_STOPPED or (
+        ended.reason == FailureReason.TIMEOUT and ended.started_at_ms is not None)
+
+
+class Reporter:
+    def __init__(self, settings: Settings, executor_id: str, store: ArtifactStore, log_limit_bytes: int) -> None:
+        self.id = executor_id
+        self.store = store
+        self.log_limit_bytes = log_limit_bytes
+        self.codec = default_codec()
+        self.inbox = settings.topic("inbox")
+        self.dlq = settings.topic("dlq")
+        self._producer = kafka.producer(settings)
+
+    def started(self, attempt: Attempt, proc: Process) -> None:
+        r, g = attempt.ready, attempt.grant
+        self._send(TaskStarted(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id,
+                               proc.started_at_ms, proc.pid))
+
+    def ended(self, ended: Ended) -> None:
+        """Store the attempt's log, then report how it ended."""
+        attempt = ended.attempt
+        r, g = attempt.ready, attempt.grant
+        log_ref = self._upload_log(attempt.key, ended.log_path) if ended.log_path is not None else ""
+        if ended.reason:
+            self.failed(attempt, ended.reason, ended.message, retryable=retryable(ended),
+                        started=ended.started_at_ms, exit_code=ended.exit_code, log_ref=log_ref,
+                        finished=ended.finished_at_ms)
+        else:
+            assert ended.exit_code is not None and ended.started_at_ms is not None
+            self._send(TaskCompleted(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id,
+                                     ended.exit_code, ended.started_at_ms, ended.finished_at_ms, log_ref))
+
+    def failed(self, attempt: Attempt, reason: str, message: str, *, retryable: bool, started: int | None,
+               exit_code: int | None, log_ref: str = "", finished: int | None = None) -> None:
+        r, g = attempt.ready, attempt.grant
+        self._send(TaskFailed(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id, reason, message,
+                              retryable, finished or now_ms(), exit_code, started, log_ref))
+
+    def heartbeat(self, attempt: Attempt, wall_ms: int) -> None:
+        r, g = attempt.ready, attempt.grant
+        self._send(TaskHeartbeat(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id, wall_ms))
+
+    def renewal(self, p: Pending, wall_ms: int) -> None:
+        """The claim again, marked as a renewal: a scheduler this slow to answer must not let its grant lapse."""
+        self._send(ClaimTask(p.claim_id, p.ready.job_id, p.ready.run_id, p.ready.task_id, p.ready.attempt,
+                             self.id, wall_ms, renewal=True))
+
+    def poll(self) -> None:
+        self._producer.poll(0)
+
+    def flush(self, timeout_s: float) -> None:
+        self._producer.flush(timeout_s)
+
+    def _upload_log(self, key: str, path: Path) -> str:
+        try:
+            cap_log(path, self.log_limit_bytes)
+            return self.store.put_log(f"{key}.log", path)
+        except Exception as exc:  # a lost log must not lose the attempt's outcome
+            log.warning("could not store the log of %s: %s", key, exc)
+            return ""
+
+    def dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                    reason: str) -> None:
+        log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
+        record = DeadLetter(topic, partition, offset, reason, now_ms(), key, value)
+        self._producer.produce(self.dlq, key=key, value=self.codec.encode(record))
+        self._producer.poll(0)
+
+    def _send(self, event: Any) -> None:
+        self._producer.produce(self.inbox, key=event.job_id.encode(), value=self.codec.encode(event))
+        self._producer.poll(0)

@@ -1,0 +1,325 @@
+"""Running one attempt's binary: its own directory, a clean environment, its own session and process
+group, dies with the executor, and its output captured to a file with a size cap.
+
+Contained (`Isolation`, the executor's default): the attempt runs under bubblewrap in its own PID namespace,
+so every descendant — a `setsid` or double-forked one too — dies when the attempt's first process exits, or
+when it is killed at a timeout or cancel; as an unprivileged uid of its own (from a pool, one per attempt
+at a time, so process limits hold per attempt and attempts cannot touch each other's files); with a private
+/tmp, and the executor's own directories (credentials, artifact cache, other attempts' work dirs) replaced by
+empty ones. Resource limits apply through prlimit; the uid's RLIMIT_NPROC holds since it is not root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ksched.instants import iso
+from ksched.schemas.events import ClaimGranted, Limits, TaskReady
+
+_SETPRIV = shutil.which("setpriv")
+_PRLIMIT = shutil.which("prlimit")
+BWRAP = shutil.which("bwrap")
+log = logging.getLogger(__name__)
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class UidPool:
+    """Unprivileged uids handed to attempts, one per attempt while it runs (or is held)."""
+
+    def __init__(self, base: int, size: int) -> None:
+        if base < 1000:
+            raise ValueError(f"job uids start at {base}: below 1000 they may be system users")
+        self._free = list(range(base + size - 1, base - 1, -1))
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            if not self._free:
+                raise OSError("no free job uid: more attempts at once than the pool holds")
+            return self._free.pop()
+
+    def give(self, uid: int) -> None:
+        with self._lock:
+            self._free.append(uid)
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How attempts are contained. `uids` None: they run as the executor's own user (which must not be root);
+    `namespaces` False: no bubblewrap (a setsid'd descendant can then outlive its attempt)."""
+
+    uids: UidPool | None
+    namespaces: bool
+    hidden: tuple[Path, ...] = ()
+    shared: tuple[Path, ...] = ()
+
+    @staticmethod
+    def default(hidden: tuple[Path, ...], pool_size: int, uid_base: int = 200_000,
+                shared: tuple[Path, ...] = ()) -> Isolation:
+        """The executor's: namespaces where bubblewrap is installed, and unprivileged uids when it runs as root.
+        Refuses to run jobs as root at all."""
+        uids = UidPool(uid_base, pool_size) if os.geteuid() == 0 else None
+        if uids is not None and _SETPRIV is None:
+            raise OSError("setpriv (util-linux) is needed to run jobs as unprivileged users")
+        if BWRAP is None:
+            log.warning("bubblewrap (bwrap) is not installed: jobs get no PID namespace and can see this host's "
+                        "files their uid may read; a setsid'd descendant can outlive its attempt")
+        return Isolation(uids, BWRAP is not None, hidden, shared)
+
+    def wrap(self, argv: list[str], workdir: Path, binary: Path, uid: int | None) -> list[str]:
+        if uid is not None:
+            assert _SETPRIV is not None
+            deathsig = [] if self.namespaces else ["--pdeathsig", "KILL"]
+            argv = [_SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", *deathsig,
+                    "--", *argv]
+        if not self.namespaces:
+            return argv
+        assert BWRAP is not None
+        mounts = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp"]
+        roots = [Path("/tmp"), *self.shared, *self.hidden]
+        # The directories bubblewrap creates on the way to a mount point are root's and closed (0700): each
+        # mount is preceded by the walkable (0755, empty) directories above it, so the job's uid can reach its
+        # work dir, its binary and the shared directories, and nothing else there.
+        for path in self.shared:
+            mounts += [*_walkable(roots, path), "--bind", str(path), str(path)]
+        for path in sorted(self.hidden, key=lambda p: len(p.parts)):
+            if path.is_dir():
+                mounts += [*_walkable(roots, path), "--perms", "0755", "--tmpfs", str(path)]
+            elif path.exists():
+                mounts += ["--ro-bind", "/dev/null", str(path)]
+        mounts += [*_walkable(roots, workdir), "--bind", str(workdir), str(workdir),
+                   *_walkable(roots, binary), "--ro-bind", str(binary), str(binary)]
+        userns = ["--unshare-user"] if os.geteuid() != 0 else []
+        return [BWRAP, "--die-with-parent", "--unshare-pid", "--unshare-ipc", *userns, *mounts,
+                "--chdir", str(workdir), "--", *argv]
+
+
+def attempt_env(ready: TaskReady, grant: ClaimGranted, workdir: Path) -> dict[str, str]:
+    """The whole environment of the process: nothing of the executor's own (no secrets leak in)."""
+    env = {
+        "PATH": BASE_PATH,
+        "HOME": str(workdir),
+        "TMPDIR": str(workdir / "tmp"),
+        "LANG": "C.UTF-8",
+    }
+    env.update(ready.env)
+    env.update({
+        "KSCHED_JOB_ID": ready.job_id,
+        "KSCHED_RUN_ID": ready.run_id,
+        "KSCHED_TASK_ID": ready.task_id,
+        "KSCHED_ATTEMPT": str(grant.attempt),
+        "KSCHED_FENCING_TOKEN": str(grant.fencing_token),
+        "KSCHED_SCHEDULED_FOR": iso(ready.scheduled_for_ms),
+    })
+    return env
+
+
+def looks_executable(path: Path) -> bool:
+    """An ELF binary or a script with a shebang; anything else would fail with ENOEXEC."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"#!") or head == b"\x7fELF"
+
+
+@dataclass
+class Process:
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    started_at_ms: int
+    gate: int | None = None  # held: the write end of the pipe its shim waits on before it execs the binary
+    uid: int | None = None
+    pool: UidPool | None = None
+    namespaced: bool = False
+
+    def retire(self) -> None:
+        """The attempt is over (reaped or discarded): its uid goes back to the pool. Idempotent."""
+        pool, self.pool = self.pool, None
+        if pool is not None and self.uid is not None:
+            pool.give(self.uid)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def release(self) -> None:
+        """Let a held process exec its binary now. Raises OSError if it is gone (nothing then runs)."""
+        gate, self.gate = self.gate, None
+        if gate is None:
+            return
+        try:
+            os.write(gate, GO)
+        finally:
+            os.close(gate)
+        self.started_at_ms = int(time.time() * 1000)
+
+    def discard(self) -> None:
+        """Kill a held process that will not be released, and reap it."""
+        if self.gate is not None:
+            os.close(self.gate)
+            self.gate = None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+        self.retire()
+
+    def kill_tree(self, grace_s: float) -> None:
+        """SIGTERM the whole process group and every descendant (a `setsid` one too), then SIGKILL what is left
+        after `grace_s`. In a PID namespace the SIGKILL of its first process ends everything in it."""
+        for pid in _descendants(self.popen.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        if not self.namespaced:  # bubblewrap's first process would take the group's SIGTERM as the end of all
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None and not _group_alive(self.popen.pid):
+                return
+            time.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+
+
+def _walkable(roots: list[Path], target: Path) -> list[str]:
+    """bubblewrap options making the directories between the outermost of `roots` holding `target` and target's
+    parent (existing ones are left as they are)."""
+    holders = [r for r in roots if target.is_relative_to(r) and r != target]
+    if not holders:
+        return []
+    root = min(holders, key=lambda r: len(r.parts))
+    opts: list[str] = []
+    for i in range(len(root.parts) + 1, len(target.parts)):
+        opts += ["--perms", "0755", "--dir", str(Path(*target.parts[:i]))]
+    return opts
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (whatever its session), from /proc's children lists, deepest last."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(OSError, ValueError):
+                kids = [int(k) for k in (task / "children").read_text().split()]
+                found += kids
+                todo += kids
+    # bubblewrap's own processes take SIGTERM as the end: only the job's get it, to end cleanly in the grace
+    return [p for p in found if not _is_bwrap(p)]
+
+
+def _is_bwrap(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "bwrap"
+    except OSError:
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def limit_args(limits: Limits) -> list[str]:
+    """`prlimit` options for the attempt's resource limits (0: no limit)."""
+    opts = []
+    if limits.cpu_seconds:
+        opts.append(f"--cpu={limits.cpu_seconds}")
+    if limits.memory_mb:
+        opts.append(f"--as={limits.memory_mb * 1024 * 1024}")
+    if limits.open_files:
+        opts.append(f"--nofile={limits.open_files}")
+    if limits.processes:
+        opts.append(f"--nproc={limits.processes}")  # per uid: it holds for the pool uids, not for root
+    return opts
+
+
+GO = b"go\n"
+# The shim a held process runs until it is released: it execs the binary only on the go word, so a gate that
+# closes any other way (the executor died or discarded it) runs nothing.
+_SHIM = 'IFS= read -r word && [ "$word" = go ] && exec "$@" </dev/null; exit 111'
+
+
+def spawn(binary: Path, args: list[str], env: dict[str, str], workdir: Path, limits: Limits | None = None,
+          hold: bool = False, isolation: Isolation | None = None) -> Process:
+    """Start the attempt, or with `hold` create its sandboxed process now and let it exec the binary only when
+    released (so an attempt due at an instant starts with one write, not a fork and several execs).
+    `isolation` None: as the executor's own user, in no namespace (tests of the parts below it).
+    Raises OSError if it cannot be started."""
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    uid = None
+    if isolation is not None and isolation.uids is not None:
+        uid = isolation.uids.take()
+        for path in (workdir, workdir / "tmp"):
+            os.chown(path, uid, uid)
+            os.chmod(path, 0o700)  # no other attempt's uid may look in
+    try:
+        return _spawn(binary, args, env, workdir, limits, hold, isolation, uid)
+    except BaseException:
+        if uid is not None and isolation is not None and isolation.uids is not None:
+            isolation.uids.give(uid)
+        raise
+
+
+def _spawn(binary: Path, args: list[str], env: dict[str, str], workdir: Path, limits: Limits | None, hold: bool,
+           isolation: Isolation | None, uid: int | None) -> Process:
+    log_path = workdir / "output.log"
+    argv = [str(binary), *args]
+    gate_r = gate_w = -1
+    if hold:
+        gate_r, gate_w = os.pipe()
+        os.set_inheritable(gate_w, False)
+        argv = ["/bin/sh", "-c", _SHIM, "ksched-held", *argv]  # the gate is its stdin until released
+    if _SETPRIV and (isolation is None or not isolation.namespaces) and uid is None:
+        # The process is killed if the executor dies, so a dead executor leaves no orphan running (in a
+        # namespace bubblewrap's --die-with-parent does it; with a uid, the uid's setpriv).
+        argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+    opts = limit_args(limits) if limits is not None else []
+    if opts and _PRLIMIT:
+        argv = [_PRLIMIT, *opts, "--", *argv]
+    if isolation is not None:
+        argv = isolation.wrap(argv, workdir, binary, uid)
+    try:
+        with open(log_path, "wb") as out:
+            popen = subprocess.Popen(
+                argv, cwd=workdir, env=env, stdin=gate_r if hold else subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+            )
+    except OSError:
+        if hold:
+            os.close(gate_w)
+        raise
+    finally:
+        if hold:
+            os.close(gate_r)
+    pool = isolation.uids if isolation is not None else None
+    return Process(popen, log_path, int(time.time() * 1000), gate_w if hold else None, uid, pool,
+                   isolation is not None and isolation.namespaces)
+
+
+def cap_log(path: Path, limit: int) -> None:
+    """Keep the first and last `limit/2` bytes of a log that grew past `limit`."""
+    size = path.stat().st_size if path.exists() else 0
+    if size <= limit:
+        return
+    half = limit // 2
+    with open(path, "rb") as f:
+        head = f.read(half)
+        f.seek(size - half)
+        tail = f.read(half)
+    marker = f"\n[ksched: {size - 2 * half} bytes of output dropped]\n".encode()
+    path.write_bytes(head + marker + tail)

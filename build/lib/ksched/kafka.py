@@ -1,0 +1,57 @@
+"""confluent-kafka clients configured the way every ksched component needs them.
+
+The one rule that matters: keys are hashed with murmur2 like the Java client and aiokafka (Faust), not
+librdkafka's default CRC32, so a job's events from any component land in the partition that owns it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+from ksched.config import Settings
+
+_quiet = logging.getLogger("ksched.kafka")
+# librdkafka reports transient retries (coordinator loading, reconnects) at WARNING; only errors matter here.
+_quiet.setLevel(logging.ERROR)
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    """What every librdkafka client of ksched starts from: the cluster, and how to authenticate to it."""
+    return {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka_config()}
+
+
+def _base(settings: Settings) -> dict[str, Any]:
+    return {**client_config(settings), "logger": _quiet}
+
+
+def producer(settings: Settings, **overrides: Any) -> Producer:
+    conf = {
+        **_base(settings),
+        "partitioner": "murmur2_random",
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 1,
+        **overrides,
+    }
+    return Producer(conf)
+
+
+def consumer(settings: Settings, group: str | None = None, **overrides: Any) -> Consumer:
+    conf: dict[str, Any] = {
+        **_base(settings),
+        "group.id": group or f"{settings.prefix}-reader",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "fetch.wait.max.ms": 50,
+        **overrides,
+    }
+    return Consumer(conf)
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient(_base(settings))

@@ -1,0 +1,182 @@
+"""Reading state back from Kafka for the CLI: the state topics of one job's partition, folded to latest."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Message as KMessage
+
+from ksched import kafka
+from ksched.config import Settings
+from ksched.errors import CodecError, KschedError
+from ksched.partitioning import partition_for
+from ksched.schemas.codec import Codec, default_codec
+from ksched.schemas.events import JobDefinition, RunView, TaskView
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record of a topic as it was stored: where it was, and its bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+
+
+#: Errors that say a partition's leadership is moving, not that the request is wrong.
+_MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.REQUEST_TIMED_OUT,
+           KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS,
+           KafkaError.OFFSET_NOT_AVAILABLE}
+
+
+def _watermarks(c: Any, tp: TopicPartition, timeout_s: float) -> Any:
+    """The partition's offsets, asking again while the cluster answers with a retriable error (a leader that
+    just moved, a node that is restarting) until `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return c.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not (err.retriable() or err.code() in _MOVING) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
+def read_partition(settings: Settings, topic: str, partition: int, timeout_s: float = 15.0,
+                   start: int = OFFSET_BEGINNING) -> Iterator[KMessage]:
+    """Every record of one partition, from `start` up to the end it had when the read began."""
+    c = kafka.consumer(settings, group=f"{settings.prefix}-reader-{uuid.uuid4().hex[:8]}")
+    try:
+        marks = _watermarks(c, TopicPartition(topic, partition), timeout_s)
+        low, high = (int(marks[0] or 0), int(marks[1] or 0)) if marks else (0, 0)
+        if high <= (low if start == OFFSET_BEGINNING else max(low, start)):
+            return
+        c.assign([TopicPartition(topic, partition, start)])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None:
+                pos = int(c.position([TopicPartition(topic, partition)])[0].offset or 0)
+                if pos >= high:
+                    return
+                continue
+            if m.error() is not None:
+                continue
+            yield m
+            if int(m.offset() or 0) >= high - 1:
+                return
+        raise KschedError(f"timed out reading {topic}[{partition}]")
+    finally:
+        c.close()
+
+
+@dataclass
+class JobStatus:
+    job_id: str
+    definition: JobDefinition | None = None
+    deleted: bool = False
+    runs: dict[str, RunView] = field(default_factory=dict)
+    tasks: dict[str, dict[str, TaskView]] = field(default_factory=dict)
+
+    @property
+    def known(self) -> bool:
+        return self.definition is not None or self.deleted or bool(self.runs)
+
+    def ordered_runs(self) -> list[RunView]:
+        return sorted(self.runs.values(), key=lambda r: (r.scheduled_for_ms, r.created_at_ms, r.run_id))
+
+
+def _decode(codec: Codec, m: KMessage) -> object | None:
+    if m.value() is None:
+        return None
+    try:
+        decoded: object = codec.decode(m.value())
+        return decoded
+    except CodecError:
+        return None
+
+
+def job_status(settings: Settings, job_id: str, codec: Codec | None = None) -> JobStatus:
+    codec = codec or default_codec()
+    p = partition_for(job_id, settings.partitions)
+    status = JobStatus(job_id)
+    key = job_id.encode()
+    for m in read_partition(settings, settings.topic("jobs"), p):
+        if m.key() != key:
+            continue
+        rec = _decode(codec, m)
+        status.definition = rec if isinstance(rec, JobDefinition) else None
+        status.deleted = m.value() is None
+    for m in read_partition(settings, settings.topic("runs"), p):
+        rec = _decode(codec, m)
+        if isinstance(rec, RunView) and rec.job_id == job_id:
+            status.runs[rec.run_id] = rec
+    for m in read_partition(settings, settings.topic("tasks"), p):
+        rec = _decode(codec, m)
+        if isinstance(rec, TaskView) and rec.job_id == job_id:
+            status.tasks.setdefault(rec.run_id, {})[rec.name] = rec
+    return status
+
+
+def find_run(settings: Settings, run_id: str) -> tuple[RunView | None, dict[str, TaskView]]:
+    job_id = run_id.split("@", 1)[0]
+    st = job_status(settings, job_id)
+    return st.runs.get(run_id), st.tasks.get(run_id, {})
+
+
+def topic_records(settings: Settings, topic: str, timeout_s: float = 60.0) -> Iterator[Record]:
+    """Every record of every partition of `topic` (up to the end each had when read), as replay records."""
+    c = kafka.consumer(settings, group=f"{settings.prefix}-reader-{uuid.uuid4().hex[:8]}")
+    try:
+        md = c.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        partitions = sorted(md.partitions) if md is not None and md.error is None else []
+    finally:
+        c.close()
+    for p in partitions:
+        for m in read_partition(settings, topic, p, timeout_s=timeout_s):
+            yield Record(topic, p, int(m.offset() or 0), int(m.timestamp()[1]), m.key(), m.value())
+
+
+def group_progress(settings: Settings, topic: str, group: str,
+                   timeout_s: float = 15.0) -> dict[int, tuple[int, int]]:
+    """Per partition of `topic`: (the offset `group` has committed, 0 if none; the partition's end offset).
+
+    Reads with OffsetFetch and ListOffsets only: the reader never joins the group, so its members are not disturbed.
+    """
+    c = kafka.consumer(settings, group=group)
+    try:
+        md = c.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        partitions = sorted(md.partitions) if md is not None and md.error is None else []
+        if not partitions:
+            return {}
+        found = c.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout_s)
+        return {tp.partition: (max(int(tp.offset), 0),
+                               int(_watermarks(c, TopicPartition(topic, tp.partition), timeout_s)[1]))
+                for tp in found}
+    finally:
+        c.close()
+
+
+def job_history(settings: Settings, job_id: str, codec: Codec | None = None) -> list[tuple[int, str, Any]]:
+    """The job's inbox records and decisions, as (timestamp, topic, event), in time order."""
+    codec = codec or default_codec()
+    p = partition_for(job_id, settings.partitions)
+    key = job_id.encode()
+    out: list[tuple[int, str, Any]] = []
+    for topic in (settings.topic("inbox"), settings.topic("events")):
+        for m in read_partition(settings, topic, p):
+            if m.key() == key and m.value() is not None:
+                rec = _decode(codec, m)
+                if rec is not None:
+                    out.append((int(m.timestamp()[1]), topic, rec))
+    out.sort(key=lambda r: (r[0], r[1]))
+    return out

@@ -1,0 +1,136 @@
+"""Plain-data conversion of the typed records in `ksched.schemas.events` (and of state records).
+
+`to_data` turns a dataclass into dicts, lists and scalars; `from_data` builds it back, guided by the
+field types. Used by the Avro codec and by the scheduler's state store, so neither hand-writes a mapper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from functools import cache
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_Convert = Callable[[Any], Any]
+
+
+def to_data(obj: Any) -> Any:
+    """A dataclass (recursively) as dicts and lists; other values pass through."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _encoder(type(obj), False)(obj)
+    if isinstance(obj, list | tuple):
+        return [to_data(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_data(v) for k, v in obj.items()}
+    return obj
+
+
+def to_compact_data(obj: Any) -> Any:
+    """Like `to_data`, leaving out dataclass fields that hold their default (`from_data` restores them)."""
+    cls: Any = type(obj)
+    return _encoder(cls, True)(obj)
+
+
+_MISSING = object()
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return _MISSING
+
+
+@cache
+def _encoder(tp: Any, compact: bool) -> _Convert:
+    """A function turning values of type `tp` into plain data, compiled once per type from its hints."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        hints = typing.get_type_hints(tp)
+        fields = [(f.name, _encoder(hints[f.name], compact), _default(f)) for f in dataclasses.fields(tp)]
+        if compact:
+            def encode_compact(v: Any) -> Any:
+                d = {}
+                for name, enc, default in fields:
+                    value = getattr(v, name)
+                    if value is not default and value != default:
+                        d[name] = enc(value)
+                return d
+
+            return encode_compact
+        plain = [name for name, enc, _ in fields if enc is _identity]
+        nested = [(name, enc) for name, enc, _ in fields if enc is not _identity]
+
+        def encode(v: Any) -> Any:
+            d = {name: getattr(v, name) for name in plain}
+            for name, enc in nested:
+                d[name] = enc(getattr(v, name))
+            return d
+
+        return encode
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        enc = _encoder(inner[0], compact) if len(inner) == 1 else to_data
+        return _identity if enc is _identity else (lambda v: None if v is None else enc(v))
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        item = _encoder(args[0], compact) if args else to_data
+        return (lambda v: list(v)) if item is _identity else (lambda v: [item(x) for x in v])
+    if origin is dict:
+        val = _encoder(typing.get_args(tp)[1], compact)
+        return (lambda v: dict(v)) if val is _identity else (lambda v: {k: val(x) for k, x in v.items()})
+    if tp in (str, int, float, bool, bytes, type(None)):
+        return _identity
+    return to_data
+
+
+def from_data(cls: type[T], data: Any) -> T:
+    """Build `cls` from plain data produced by `to_data` (or by an Avro reader)."""
+    result: T = _converter(cls)(data)  # type: ignore[arg-type]  # classes are hashable
+    return result
+
+
+def _identity(v: Any) -> Any:
+    return v
+
+
+@cache
+def _converter(tp: Any) -> _Convert:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _dataclass_converter(tp)
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        conv = _converter(inner[0]) if len(inner) == 1 else _identity
+        return lambda v: None if v is None else conv(v)
+    if origin is list:
+        item = _converter(typing.get_args(tp)[0])
+        return _identity if item is _identity else (lambda v: [item(x) for x in v])
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        val = _converter(val_tp)
+        if key_tp is int:  # JSON turns int keys into strings
+            return lambda v: {int(k): val(x) for k, x in v.items()}
+        return _identity if val is _identity else (lambda v: {k: val(x) for k, x in v.items()})
+    if origin is tuple:
+        args = typing.get_args(tp)
+        item = _converter(args[0]) if args else _identity
+        return lambda v: tuple(item(x) for x in v)
+    return _identity
+
+
+def _dataclass_converter(cls: type) -> _Convert:
+    hints = typing.get_type_hints(cls)
+    fields = [(f.name, _converter(hints[f.name])) for f in dataclasses.fields(cls) if f.init]
+
+    def convert(v: Any) -> Any:
+        if isinstance(v, cls):
+            return v
+        kwargs = {name: conv(v[name]) for name, conv in fields if name in v}
+        return cls(**kwargs)
+
+    return convert

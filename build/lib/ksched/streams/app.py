@@ -1,0 +1,233 @@
+"""The Faust app: one agent over the inbox, one RocksDB table of job states, and the leader's ticker.
+
+The agent is a shell around `streams.shell.InboxShell` (which is a shell around the pure
+`streams.core.decide`): it hands each record to the shell with a view of the table partition the
+record belongs to, and publishes what comes back. Decisions never happen here.
+
+Outputs go out through `publisher.Publisher`; Faust's private internals are used only through `faustcompat`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from ksched.config import Settings
+from ksched.errors import ConfigError
+from ksched.partitioning import partition_for
+from ksched.schemas.codec import default_codec
+from ksched.schemas.events import Tick
+from ksched.topics import MAX_STATE_BYTES, app_id
+
+from . import faustcompat
+from .core.model import Params
+from .jobstore import Message
+from .metrics import Metrics, queue_depths
+from .publisher import Publisher
+from .shell import InboxShell
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FaustStore:
+    """`streams.jobstore.Store` over the Faust table, for the partition of the event being processed."""
+
+    table: Any
+    partition: int
+
+    def get(self, key: bytes) -> bytes | None:
+        value = self.table.get(key)
+        return None if value is None else bytes(value)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.table[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.table.pop(key, None)
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        return faustcompat.partition_items(self.table, self.partition)
+
+
+@dataclass
+class StreamsApp:
+    app: Any
+    shell: InboxShell
+    settings: Settings
+    publisher: Publisher
+    metrics: Metrics
+
+    def close(self) -> None:
+        self.publisher.producer.flush(30)
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """The librdkafka-style security settings as Faust (aiokafka) takes them, or None for a plaintext cluster."""
+    conf = settings.kafka_config()
+    protocol = conf.get("security.protocol", "PLAINTEXT").upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        import ssl
+
+        context = ssl.create_default_context(cafile=conf.get("ssl.ca.location"))
+        if conf.get("ssl.certificate.location"):
+            context.load_cert_chain(conf["ssl.certificate.location"], conf.get("ssl.key.location"),
+                                    conf.get("ssl.key.password"))
+        if conf.get("ssl.endpoint.identification.algorithm", "https") == "none":
+            context.check_hostname = False
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    if protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
+        raise ConfigError(f"security.protocol: {protocol!r} is not one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
+    return faust.SASLCredentials(username=conf.get("sasl.username"), password=conf.get("sasl.password"),
+                                 mechanism=conf.get("sasl.mechanism", "PLAIN"), ssl_context=context)
+
+
+def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | None = None,
+               params: Params | None = None, web_port: int | None = None, web_host: str = "127.0.0.1",
+               web_url: str | None = None) -> StreamsApp:
+    """`web_host` is where the API listens (loopback unless told otherwise); `web_url` is where the other
+    workers reach it when they forward a request about a job this worker owns (default: host and port)."""
+    faustcompat.read_committed()
+    app: Any = faust.App(
+        app_id(settings),
+        broker=f"kafka://{settings.bootstrap_servers}",
+        store="rocksdb://",
+        datadir=str(datadir or settings.home / "streams" / worker_name),
+        processing_guarantee="at_least_once",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        key_serializer="raw",
+        value_serializer="raw",
+        broker_commit_interval=settings.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        producer_acks=-1,
+        producer_linger=0.001,
+        # Job records of big DAG runs are large and very compressible JSON.
+        producer_compression_type="lz4",
+        producer_max_request_size=MAX_STATE_BYTES,
+        web_enabled=web_port is not None,
+        web_port=web_port or 6066,
+        web_host=web_host,
+        broker_client_id=f"{app_id(settings)}-{worker_name}",
+        # Failover: a dead worker's partitions move after `session_timeout_s`; a worker restarted under the
+        # same name rejoins at once with its old assignment (static membership, KIP-345).
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 5),
+        broker_rebalance_timeout=max(20.0, settings.session_timeout_s * 2),
+        consumer_group_instance_id=f"{app_id(settings)}-{worker_name}",
+        canonical_url=web_url or f"http://{web_host}:{web_port or 6066}",
+        broker_credentials=faust_credentials(settings),
+        logging_config=None,
+    )
+    metrics = Metrics(settings.partitions)
+    shell = InboxShell(settings, default_codec(), params or Params(
+        lease_ms=int(settings.lease_s * 1000), lookahead_ms=int(settings.lookahead_s * 1000)), hooks=metrics)
+    streams = StreamsApp(app, shell, settings, Publisher(settings), metrics)
+    table = _wire(streams, worker_name)
+    if web_port is not None:
+        from .web import install
+
+        install(app, table, shell, settings, worker_name, metrics)
+    return streams
+
+
+def _wire(streams: StreamsApp, worker_name: str) -> Any:
+    app, shell, settings, publisher = streams.app, streams.shell, streams.settings, streams.publisher
+    inbox_name = settings.topic("inbox")
+    inbox = app.topic(inbox_name, key_type=bytes, value_type=bytes, partitions=settings.partitions)
+    table = app.Table("jobstate", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+
+    faustcompat.also_flush(app, publisher.flush)
+
+    async def scheduler(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            committed = faustcompat.committed_offset(app, inbox_name, msg.partition)
+            outputs = shell.process(FaustStore(table, msg.partition), msg.partition, msg.offset, msg.key, msg.value,
+                                    committed=committed, delivered=publisher.deliveries.through(msg.partition))
+            publisher.publish(outputs, (msg.partition, msg.offset))
+
+    app.agent(inbox, name="scheduler")(scheduler)
+
+    # Clients write commands to their own topic, so the broker's ACLs can let them submit without letting them
+    # write executor reports; the forwarder copies each into the inbox partition of its job (the inbox stays the
+    # one history replay reads). A command forwarded twice is one command: its command id is remembered.
+    commands = app.topic(settings.topic("commands"), key_type=bytes, value_type=bytes,
+                         partitions=settings.partitions)
+
+    async def forwarder(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            owner = partition_for(msg.key.decode(errors="replace"), settings.partitions) if msg.key else None
+            publisher.publish([Message(inbox_name, msg.key, msg.value, owner)])
+
+    app.agent(commands, name="forwarder")(forwarder)
+
+    async def on_assigned(sender: Any, assigned: set[TP], **_: Any) -> None:
+        partitions = {tp.partition for tp in assigned if tp.topic == inbox_name}
+        publisher.deliveries.forget(partitions)
+        shell.assigned(partitions)
+
+    async def on_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
+        partitions = {tp.partition for tp in revoked if tp.topic == inbox_name}
+        publisher.deliveries.forget(partitions)
+        shell.revoked(partitions)
+
+    app.on_partitions_assigned.connect(on_assigned)
+    app.on_partitions_revoked.connect(on_revoked)
+
+    app.task(lambda: _quiet_clients())
+    app.task(lambda: _ticker(streams, worker_name))
+    app.task(lambda: _measure_queues(streams))
+    return table
+
+
+async def _ticker(streams: StreamsApp, worker_name: str) -> None:
+    """On the leader only: a tick into every inbox partition at each whole interval."""
+    app, settings = streams.app, streams.settings
+    interval = settings.tick_interval_s
+    if interval <= 0:
+        log.warning("ticker disabled (KSCHED_TICK_INTERVAL_S <= 0): time only moves with ticks from elsewhere")
+        return
+    codec = default_codec()
+    inbox_name = settings.topic("inbox")
+    while not app.should_stop:
+        now = time.time()
+        boundary = (int(now / interval) + 1) * interval
+        await asyncio.sleep(max(0.0, boundary - now))
+        if not app.is_leader():
+            continue
+        now_ms = round(boundary * 1000)
+        streams.publisher.publish([Message(inbox_name, None, codec.encode(Tick(p, now_ms, worker_name)), p)
+                                   for p in range(settings.partitions)])
+
+
+async def _quiet_clients() -> None:
+    # After the worker has set up logging: the clients' debug records cost a tenth of the CPU otherwise.
+    for name in ("aiokafka", "faust.transport", "faust.topics", "mode.timers"):
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().getEffectiveLevel()))
+
+
+async def _measure_queues(streams: StreamsApp) -> None:
+    while not streams.app.should_stop:
+        await asyncio.sleep(10)
+        try:
+            depths = await asyncio.get_running_loop().run_in_executor(None, queue_depths, streams.settings)
+        except Exception as exc:  # a metrics read must not stop the worker
+            log.debug("queue depth not measured: %s", exc)
+            continue
+        for (pool, prio), depth in depths.items():
+            streams.metrics.queue_depth.labels(pool, prio).set(depth)

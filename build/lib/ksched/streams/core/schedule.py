@@ -1,0 +1,186 @@
+"""When a job fires: cron expressions in a time zone, one-off instants, spread, and the DST rules.
+
+Pure functions of their arguments (no clock). The scheduler agent, `ksched next` and the tests all use
+these, so a preview is exactly what the agent will do.
+
+Cron dialect
+    5 fields `minute hour day-of-month month day-of-week`, or 6 with a leading seconds field
+    (`second minute hour dom month dow`, as Quartz and Spring write it). Macros: @yearly @annually
+    @monthly @weekly @daily @midnight @hourly. When both day-of-month and day-of-week are restricted,
+    either matching is enough (classic Vixie cron).
+
+Daylight saving time (decided, documented in docs/SCHEDULING.md)
+    Cron fields are matched against wall-clock time in the job's IANA zone.
+    * A wall time that does not exist (spring-forward gap) fires once, at the first valid instant
+      after the gap (the transition itself). Several matches inside one gap still fire once.
+    * A wall time that occurs twice (fall-back) fires once, at its first occurrence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from ksched.errors import JobSpecError
+from ksched.instants import from_ms
+from ksched.schemas.events import Schedule
+
+MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A validated cron expression, normalised to 6 fields (seconds first)."""
+
+    expr: str
+    fields6: str
+
+    @property
+    def has_seconds(self) -> bool:
+        return len(self.expr.split()) == 6
+
+
+@lru_cache(maxsize=4096)
+def parse_cron(expr: str) -> Cron:
+    """Validate `expr`; raise JobSpecError('schedule', ...) naming what is wrong."""
+    text = " ".join(expr.split())
+    if not text:
+        raise JobSpecError("schedule", "empty cron expression")
+    if text.startswith("@"):
+        if text.lower() not in MACROS:
+            raise JobSpecError("schedule", f"unknown macro {text!r} (known: {', '.join(MACROS)})")
+        base = MACROS[text.lower()]
+        fields6 = "0 " + base
+    else:
+        parts = text.split(" ")
+        if len(parts) == 5:
+            fields6 = "0 " + text
+        elif len(parts) == 6:
+            fields6 = text
+        else:
+            raise JobSpecError(
+                "schedule", f"cron expression {expr!r} has {len(parts)} fields; expected 5, or 6 with seconds first"
+            )
+    try:
+        if not croniter.is_valid(fields6, second_at_beginning=True):
+            raise ValueError("not a valid cron expression")
+        croniter(fields6, _EPOCH, second_at_beginning=True).get_next(datetime)
+    except Exception as exc:
+        raise JobSpecError("schedule", f"invalid cron expression {expr!r}: {exc}") from None
+    return Cron(text, fields6)
+
+
+@lru_cache(maxsize=1024)
+def zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise JobSpecError("timezone", f"unknown IANA time zone {name!r}") from None
+
+
+def to_ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000) if dt.tzinfo else int((dt - _EPOCH).total_seconds() * 1000)
+
+
+def local_to_utc_ms(naive: datetime, tz: ZoneInfo) -> int:
+    """The instant a wall-clock time stands for, with the DST rules above."""
+    first = naive.replace(tzinfo=tz, fold=0)
+    a = to_ms(first)
+    b = to_ms(naive.replace(tzinfo=tz, fold=1))
+    if a == b or _roundtrips(first, naive):
+        # Unambiguous, or ambiguous: fold=0 is the first occurrence (PEP 495).
+        return a
+    # In a gap neither fold round-trips; the transition lies between the two readings.
+    return _transition_between(min(a, b), max(a, b), tz)
+
+
+def _roundtrips(aware: datetime, naive: datetime) -> bool:
+    back = aware.astimezone(UTC).astimezone(aware.tzinfo).replace(tzinfo=None)
+    return back == naive
+
+
+def _transition_between(lo_ms: int, hi_ms: int, tz: ZoneInfo) -> int:
+    """The first instant in (lo, hi] whose UTC offset differs from lo's (a DST transition)."""
+    lo_off = from_ms(lo_ms, tz).utcoffset()
+    lo, hi = lo_ms, hi_ms
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if from_ms(mid, tz).utcoffset() == lo_off:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def spread_offset_ms(job_id: str, spread_ms: int) -> int:
+    """A stable per-job offset in [0, spread_ms), like Jenkins' `H`: same job, same offset, everywhere."""
+    if spread_ms <= 0:
+        return 0
+    digest = hashlib.sha256(job_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % spread_ms
+
+
+@lru_cache(maxsize=4096)
+def _matcher(fields6: str) -> croniter:
+    """A parsed expression to reuse: parsing costs far more than stepping (single-threaded use only)."""
+    return croniter(fields6, _EPOCH, second_at_beginning=True)
+
+
+def _nominal_next(cron: Cron, tz: ZoneInfo, after_ms: int) -> int | None:
+    """The first nominal fire instant strictly after `after_ms`, with the DST rules applied."""
+    start_local = from_ms(after_ms, tz).replace(tzinfo=None)
+    it = _matcher(cron.fields6)
+    # croniter works on naive wall time here, so it never applies DST itself.
+    it.set_current(start_local - timedelta(seconds=1), force=True)
+    for _ in range(100_000):  # a repeated hour of per-second matches is 3,600; stay far above it
+        instant = local_to_utc_ms(it.get_next(datetime), tz)
+        if instant > after_ms:
+            return instant
+    return None
+
+
+@lru_cache(maxsize=65536)
+def next_fire(schedule: Schedule, job_id: str, after_ms: int) -> int | None:
+    """The first fire instant strictly after `after_ms` (None: the schedule has no more)."""
+    offset = spread_offset_ms(job_id, schedule.spread_ms)
+    if schedule.cron:
+        nominal = _nominal_next(parse_cron(schedule.cron), zone(schedule.timezone), after_ms - offset)
+        return None if nominal is None else nominal + offset
+    if schedule.at_ms is not None and schedule.at_ms + offset > after_ms:
+        return schedule.at_ms + offset
+    return None
+
+
+def fire_times(schedule: Schedule, job_id: str, after_ms: int) -> Iterator[int]:
+    """Every fire instant strictly after `after_ms`, in order (endless for cron, at most one for `at`)."""
+    t: int | None = after_ms
+    while True:
+        t = next_fire(schedule, job_id, t)
+        if t is None:
+            return
+        yield t
+
+
+def preview(schedule: Schedule, job_id: str, after_ms: int, count: int) -> list[int]:
+    out: list[int] = []
+    for t in fire_times(schedule, job_id, after_ms):
+        out.append(t)
+        if len(out) >= count:
+            break
+    return out

@@ -1,0 +1,74 @@
+"""Every use of Faust's (and its aiokafka driver's) private internals, in one place, each with why.
+
+faust-streaming 0.x has no public API for these; when it is upgraded, this is the module to check. The rest of
+ksched talks to Faust only through its public API (App, Table, agents, tasks, signals, the web router).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+
+def read_committed() -> None:
+    """Make Faust's consumer read committed records only.
+
+    Faust sets `isolation_level=read_committed` only under exactly-once; ksched runs at-least-once but must
+    never act on claims from executor transactions that were aborted. The consumer is created inside the
+    driver's consumer thread (`_create_worker_consumer`), and aiokafka keeps the level in `_isolation_level`.
+    """
+    thread_cls: Any = faust_aiokafka.AIOKafkaConsumerThread
+    if getattr(thread_cls, "_ksched_patched", False):
+        return
+    original = thread_cls._create_worker_consumer
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._isolation_level = "read_committed"
+        return consumer
+
+    thread_cls._create_worker_consumer = create
+    thread_cls._ksched_patched = True
+
+
+def partition_items(table: Any, partition: int) -> Iterator[tuple[bytes, bytes]]:
+    """Every entry of one partition of a RocksDB-backed table.
+
+    A Faust table iterates all its partitions at once; recovery needs one partition's entries, which only the
+    RocksDB store's `_db_for_partition` gives.
+    """
+    db = table.data._db_for_partition(partition)
+    for k, v in db.items():
+        yield bytes(k), bytes(v)
+
+
+def committed_offset(app: Any, topic: str, partition: int) -> int | None:
+    """The input offset Faust last committed for a partition (the outbox is trimmed below it).
+
+    Faust's consumer tracks it in `_committed_offset` and exposes no getter.
+    """
+    offset = app.consumer._committed_offset.get(TP(topic, partition))
+    return None if offset is None else int(offset)
+
+
+def also_flush(app: Any, flush: Callable[[], Awaitable[None]]) -> None:
+    """Run `flush` whenever Faust flushes its producer before committing input offsets.
+
+    Faust commits offsets only after `app.producer.flush()`; ksched's outputs go through its own librdkafka
+    producer, so that flush must wait for it too, or an input could be committed before its outputs are out.
+    """
+    faust_flush = app.producer.flush
+
+    async def flush_both() -> None:
+        await faust_flush()
+        await flush()
+
+    app.producer.flush = flush_both
+
+
+def settling(app: Any) -> bool:
+    """True while partitions move or tables are being restored: a key may be missing only for now."""
+    return bool(app.rebalancing or getattr(app, "in_recovery", False))

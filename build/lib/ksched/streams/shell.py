@@ -1,0 +1,190 @@
+"""The inbox shell: bytes in, decisions applied, bytes out. Shared by the Faust agent and `ksched replay`.
+
+Per inbox record (partition p, offset o):
+  1. decode; an undecodable or invalid record goes to the dead-letter topic with the reason and its bytes;
+  2. a record in the wrong partition (a client with another partitioner) is forwarded to the right one;
+  3. load the job's record; if it already applied offset o (redelivery after a crash), skip it;
+  4. `decide`; write the job's new state *together with the outputs* (its outbox, `outbox.py`) as one table
+     record; then publish the outputs.
+
+The rooms around it: `jobstore` (the table value, its encoding and cache), `clock` (the partition clock),
+`outbox` (which outputs may still be unpublished), `router` (channels to topics, dead letters, forwarding),
+and the pure `core` that decides.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from ksched.config import Settings
+from ksched.errors import CodecError
+from ksched.partitioning import partition_for
+from ksched.schemas.codec import Codec
+from ksched.schemas.events import INBOX_TYPES, Tick
+from ksched.topics import MAX_RECORD_BYTES
+
+from . import outbox
+from .clock import CLOCK_KEY, PartitionClocks
+from .core import decide as core
+from .core import emit as channels
+from .core.due import DueIndex
+from .core.model import JobState, Params
+from .core.views import current_views
+from .jobstore import JobRecord, JobStore, Message, Store
+from .metrics import ShellHooks
+from .router import Router
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Counters:
+    processed: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    forwarded: int = 0
+    republished: int = 0
+
+
+@dataclass
+class InboxShell:
+    settings: Settings
+    codec: Codec
+    params: Params = field(default_factory=Params)
+    counters: Counters = field(default_factory=Counters)
+    state_cache_size: int = 20_000
+    hooks: ShellHooks = field(default_factory=ShellHooks)
+
+    def __post_init__(self) -> None:
+        self._due: dict[int, DueIndex] = {}
+        self._clock = PartitionClocks()
+        self._recover: set[int] = set()
+        self.jobs = JobStore(self.state_cache_size)
+        self.router = Router(self.settings, self.codec)
+        self.inbox = self.router.inbox
+
+    # --- partition lifecycle ---------------------------------------------------------------
+
+    def assigned(self, partitions: set[int]) -> None:
+        """These partitions (re)joined this worker: rebuild their index and republish their outbox first."""
+        self._recover |= partitions
+
+    def revoked(self, partitions: set[int]) -> None:
+        self.hooks.revoked(partitions)
+        for p in partitions:
+            self._due.pop(p, None)
+            self._clock.forget(p)
+            self._recover.discard(p)
+        self.jobs.forget(partitions)
+
+    def due_index(self, partition: int) -> DueIndex:
+        return self._due.setdefault(partition, DueIndex())
+
+    def _recover_partition(self, store: Store, partition: int, replay_from: int) -> list[Message]:
+        """Rebuild the due index; publish again every output of inputs at or after `replay_from` (the
+        position consumption restarts from: outputs of earlier inputs were flushed before the commit)."""
+        self._recover.discard(partition)
+        self.jobs.forget({partition})
+        raw_clock = store.get(CLOCK_KEY)
+        if raw_clock is not None:
+            self._clock.restore(partition, raw_clock)
+        index = DueIndex()
+        republish: list[Message] = []
+        for rec in self.jobs.scan(store):
+            index.set(rec.state.job_id, core.next_wakeup(rec.state, self.params))
+            replayed = outbox.unpublished(rec.outbox, replay_from)
+            if replayed:
+                # Decisions again (their ids make repeats harmless), then the views as they are now:
+                # an old snapshot republished last would overwrite a newer one in a compacted topic.
+                republish += [m for m in replayed if m.topic not in self.router.view_topics]
+                republish += [self.router.message(partition, e) for e in current_views(rec.state)]
+        self._due[partition] = index
+        self.counters.republished += len(republish)
+        if republish:
+            log.info("partition %d: republished %d outputs from the outbox", partition, len(republish))
+        return republish
+
+    # --- processing ---------------------------------------------------------------------------
+
+    def process(self, store: Store, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                committed: int | None = None, delivered: int | None = None) -> list[Message]:
+        """Apply one inbox record; return the messages to publish (already recorded in the outbox).
+
+        `committed` is the partition's committed input offset, if known: outbox entries below it are done.
+        `delivered`, if known: the outputs of every input of this partition up to that offset were delivered
+        (by this worker since it was assigned the partition), so those entries are done too.
+        """
+        out: list[Message] = []
+        if partition in self._recover or partition not in self._due:
+            replay_from = offset if committed is None else min(offset, committed)
+            out.extend(self._recover_partition(store, partition, replay_from))
+        self.counters.processed += 1
+        self.hooks.processed()
+        if value is not None and len(value) > MAX_RECORD_BYTES:
+            why = f"a record of {len(value)} bytes is over the inbox's maximum of {MAX_RECORD_BYTES}"
+            return [*out, self._dead_letter(partition, offset, key, value, why)]
+        try:
+            event = self.codec.decode(value)
+        except CodecError as err:
+            return [*out, self._dead_letter(partition, offset, key, value, str(err))]
+        if not isinstance(event, INBOX_TYPES):
+            why = f"{type(event).SCHEMA} is not an inbox record"
+            return [*out, self._dead_letter(partition, offset, key, value, why)]
+        settled = outbox.settled(committed, delivered)
+        if isinstance(event, Tick):
+            return out + self._tick(store, partition, offset, event, settled)
+        job_id = core.event_job_id(event)  # type: ignore[arg-type]  # an INBOX_TYPES instance
+        owner = partition_for(job_id, self.settings.partitions)
+        if owner != partition:
+            self.counters.forwarded += 1
+            return [*out, self.router.forward(job_id, value, owner)]
+        return out + self._apply(store, partition, offset, job_id, event, key, value, settled)
+
+    def _tick(self, store: Store, partition: int, offset: int, tick: Tick, settled: int | None) -> list[Message]:
+        advance = self._clock.advance(store, partition, tick, self.params.resume_gap_ms, self.params.lease_ms)
+        msgs: list[Message] = []
+        for job_id in self.due_index(partition).pop_due(advance.horizon_ms):
+            msgs += self._apply(store, partition, offset, job_id, advance.tick, None, None, settled)
+        return msgs
+
+    def _apply(self, store: Store, partition: int, offset: int, job_id: str, event: Any, key: bytes | None,
+               value: bytes | None, settled: int | None) -> list[Message]:
+        rec = self.jobs.load(store, partition, job_id)
+        if rec is not None and offset <= rec.applied:
+            self.counters.duplicates += 1
+            self.due_index(partition).set(job_id, core.next_wakeup(rec.state, self.params))
+            return []
+        before = rec.state if rec else None
+        try:
+            step = core.decide(before, event, self._clock.get(partition), self.params)
+            msgs = [self._dead_letter(partition, offset, key, value, str(e.record)) if e.channel == channels.DLQ
+                    else self.router.message(partition, e) for e in step.emits]
+        except Exception as exc:  # no record may stop the partition: this one is dead-lettered, the rest go on
+            return self._undecidable(partition, offset, job_id, event, before, key, value, exc)
+        self.hooks.applied(event, before, step.state, step.emits)
+        if step.state is not None:
+            kept = [m for m in msgs if m.topic not in self.router.view_topics]
+            new = JobRecord(offset, step.state, outbox.record(rec.outbox if rec else [], offset, kept, settled))
+            self.jobs.save(store, partition, job_id, new)
+        self.due_index(partition).set(job_id, core.next_wakeup(step.state, self.params))
+        return msgs
+
+    def _undecidable(self, partition: int, offset: int, job_id: str, event: Any, before: JobState | None,
+                     key: bytes | None, value: bytes | None, exc: Exception) -> list[Message]:
+        """A decision raised (a bug, or a state no rule foresaw). The job's state stays as it was and the record
+        goes to the dead-letter topic with the reason. A tick is not bad input: the job is taken out of the due
+        index instead, so it is not retried (and dead-lettered) every second; its next command puts it back."""
+        log.exception("partition %d offset %d: deciding %s for job %r failed", partition, offset,
+                      type(event).__name__, job_id)
+        self.due_index(partition).set(job_id, None if isinstance(event, Tick) else
+                                      core.next_wakeup(before, self.params))
+        reason = f"deciding {type(event).__name__} for job {job_id!r} failed: {type(exc).__name__}: {exc}"
+        return [self._dead_letter(partition, offset, key, value, reason)]
+
+    def _dead_letter(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                     reason: str) -> Message:
+        self.counters.dead_lettered += 1
+        self.hooks.dead_lettered()
+        return self.router.dead_letter(partition, offset, key, value, reason, self._clock.get(partition) or 0)
