@@ -131,24 +131,26 @@ class Metrics(ShellHooks):
 
 def queue_depths(settings: Settings) -> dict[tuple[str, str], int]:
     """Per (executor pool, priority), "" being the default pool: end offsets of the ready topic minus what that
-    pool's executor group has committed. Pools are found by their ready topics (created on first use)."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    pool's executor group has committed. Pools are found by their ready topics (created on first use).
+
+    The committed offsets are read by a consumer of the pool's group that never joins it (`committed` is an
+    OffsetFetch), not by the admin client: librdkafka's admin ListConsumerGroupOffsets dereferences a null
+    consumer group when the coordinator answers NOT_COORDINATOR (librdkafka issue 5040), which killed the
+    worker with SIGSEGV whenever a broker restarted."""
+    from confluent_kafka import TopicPartition
 
     from ksched import kafka
     from ksched.topics import pools_in, ready_topic
 
-    admin = kafka.admin(settings)
-    pools = pools_in(settings, admin.list_topics(timeout=10).topics)
-    consumer = kafka.consumer(settings, group=f"{settings.prefix}-metrics")
-    try:
-        depths = {}
-        for pool in sorted(pools):
-            group = f"{settings.prefix}-executors" + (f"-{pool}" if pool else "")
-            topics = {prio: ready_topic(settings, prio, pool) for prio in PRIORITIES}
+    pools = pools_in(settings, kafka.admin(settings).list_topics(timeout=10).topics)
+    depths = {}
+    for pool in sorted(pools):
+        group = f"{settings.prefix}-executors" + (f"-{pool}" if pool else "")
+        topics = {prio: ready_topic(settings, prio, pool) for prio in PRIORITIES}
+        consumer = kafka.consumer(settings, group=group)
+        try:
             request = [TopicPartition(t, i) for t in topics.values() for i in range(settings.ready_partitions)]
-            futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, request)])
-            committed = {(tp.topic, tp.partition): tp.offset
-                         for tp in futures[group].result(timeout=10).topic_partitions}
+            committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(request, timeout=10)}
             for prio, topic in topics.items():
                 total = 0
                 for i in range(settings.ready_partitions):
@@ -156,6 +158,6 @@ def queue_depths(settings: Settings) -> dict[tuple[str, str], int]:
                     done = committed.get((topic, i), -1)
                     total += max(0, high - max(low, done if done >= 0 else low))
                 depths[(pool, prio)] = total
-        return depths
-    finally:
-        consumer.close()
+        finally:
+            consumer.close()
+    return depths
