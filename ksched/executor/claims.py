@@ -4,18 +4,23 @@ Owns the consumer of the ready topics (high before normal before low; one group 
 producer. Records are buffered per partition, a partition with a long backlog is paused until it drains, and the
 records that fit the free slots and staging places are claimed in one Kafka transaction together with their
 offsets and the consumer group metadata, so a fenced (zombie) executor cannot claim. A failed transaction
-forgets its claims and rewinds their partitions, so the records are delivered again. Which records to take and
-which partitions to pause are pure functions below.
+forgets its claims and rewinds their partitions, so the records are delivered again. A transactional call that
+outlives its own timeout (librdkafka can wait forever for a group coordinator that restarted) is given up: its
+producer is abandoned and a new one with the same transactional id fences it. Which records to take and which
+partitions to pause are pure functions below.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import queue
+import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Set
+from functools import partial
 from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
@@ -32,8 +37,57 @@ from .ledger import Ledger, Pending, Stats, now_ms
 log = logging.getLogger(__name__)
 
 M = TypeVar("M")
+T = TypeVar("T")
 K = TypeVar("K")
 Partition = tuple[str, int]  # (topic, partition)
+
+#: The timeout of each transactional call, and how much longer one may take before its producer is taken for
+#: wedged. librdkafka's send_offsets_to_transaction can block forever, ignoring its timeout, when the group
+#: coordinator it cached went away and came back (librdkafka issues 5456 and 5511; seen when the single broker
+#: restarted: the executor claimed nothing ever after).
+TXN_TIMEOUT_S = 10.0
+WEDGED_AFTER_S = 5.0
+
+
+class Wedged(Exception):
+    """A transactional call did not return within its timeout and the grace after it."""
+
+
+class BoundedCalls:
+    """Runs calls on a daemon thread of its own and waits at most a deadline for each. After a call overran,
+    that thread is left behind (it may be blocked in librdkafka for good) and the next call gets a new one."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], dict[str, Any], threading.Event]] | None = None
+
+    def _start(self) -> queue.SimpleQueue[tuple[Callable[[], Any], dict[str, Any], threading.Event]]:
+        calls: queue.SimpleQueue[tuple[Callable[[], Any], dict[str, Any], threading.Event]] = queue.SimpleQueue()
+
+        def serve() -> None:
+            while True:
+                call, out, done = calls.get()
+                try:
+                    out["value"] = call()
+                except BaseException as exc:  # handed to the caller, which raises it
+                    out["error"] = exc
+                done.set()
+
+        threading.Thread(target=serve, name=self.name, daemon=True).start()
+        return calls
+
+    def call(self, what: str, fn: Callable[[], T], deadline_s: float) -> T:
+        if self._calls is None:
+            self._calls = self._start()
+        out: dict[str, Any] = {}
+        done = threading.Event()
+        self._calls.put((fn, out, done))
+        if not done.wait(deadline_s):
+            self._calls = None  # its thread is stuck in `fn`; never hand it another call
+            raise Wedged(f"{what} did not return within {deadline_s:.0f}s")
+        if "error" in out:
+            raise out["error"]
+        return out["value"]  # type: ignore[no-any-return]
 
 
 # --- pure decisions -------------------------------------------------------------------------------
@@ -92,6 +146,7 @@ class Claimer:
                  capacity: Callable[[], tuple[int, int]], backlog_limit: int) -> None:
         self.id = executor_id
         self.ledger = ledger
+        self.settings = settings
         self.stats = stats
         self.capacity = capacity
         self.backlog_limit = backlog_limit
@@ -104,8 +159,8 @@ class Claimer:
         self._buffers: dict[Partition, deque[tuple[Message, TaskReady | None]]] = {}
         self._paused: set[Partition] = set()
         self._settle_until = 0.0
-        self._producer = kafka.producer(settings, **{"transactional.id": f"{settings.prefix}-executor-{self.id}",
-                                                     "transaction.timeout.ms": 60000})
+        self._txn = BoundedCalls(f"txn-{self.id}")
+        self._producer = self._new_producer()
         group = f"{settings.prefix}-executors" + (f"-{pool}" if pool else "")
         # "range" splits each ready topic's partitions evenly among the executors; a sticky assignor balances only
         # the total over the three topics, and could give one executor every partition of a priority.
@@ -115,8 +170,36 @@ class Claimer:
                                            "session.timeout.ms": int(max(6.0, settings.session_timeout_s) * 1000),
                                            "heartbeat.interval.ms": 1000})
 
+    def _new_producer(self) -> Any:
+        return kafka.producer(self.settings, **{"transactional.id": f"{self.settings.prefix}-executor-{self.id}",
+                                                "transaction.timeout.ms": 60000})
+
+    def _bounded(self, what: str, fn: Callable[[], T]) -> T:
+        return self._txn.call(what, fn, TXN_TIMEOUT_S + WEDGED_AFTER_S)
+
     def init_transactions(self) -> None:
-        self._producer.init_transactions(30)
+        self._bounded("init_transactions", lambda: self._producer.init_transactions(TXN_TIMEOUT_S))
+
+    def _replace_producer(self, why: str) -> None:
+        """Abandon a wedged or broken producer (closing it could block as well) for a new one with the same
+        transactional id: its init fences the old one and aborts the transaction it left open, so none of its
+        claims count. Tried until the coordinator answers (a wedged init means yet another producer)."""
+        log.warning("claim producer replaced (%s)", why)
+        self.stats.replaced_producers += 1
+        producer = self._new_producer()
+        while True:
+            try:
+                self._bounded("init_transactions", partial(producer.init_transactions, TXN_TIMEOUT_S))
+                self._producer = producer
+                return
+            except Wedged as exc:
+                log.warning("claim producer not ready (%s); another one", exc)
+                producer = self._new_producer()
+            except KafkaException as exc:
+                log.warning("claim producer not ready yet (%s); trying again", exc.args[0])
+                if exc.args[0].fatal():
+                    producer = self._new_producer()
+                time.sleep(1.0)
 
     def subscribe(self) -> None:
         self._consumer.subscribe(self.ready_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -204,12 +287,20 @@ class Claimer:
                 claim = ClaimTask(p.claim_id, p.ready.job_id, p.ready.run_id, p.ready.task_id, p.ready.attempt,
                                   self.id, now_ms())
                 self._producer.produce(self.inbox, key=p.ready.job_id.encode(), value=self.codec.encode(claim))
-            self._producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, off) for (t, p), off in offsets.items()],
-                self._consumer.consumer_group_metadata(), 30)
-            self._producer.commit_transaction(30)
+            positions_ = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
+            group = self._consumer.consumer_group_metadata()
+            producer = self._producer
+            self._bounded("send_offsets_to_transaction",
+                          lambda: producer.send_offsets_to_transaction(positions_, group, TXN_TIMEOUT_S))
+            self._bounded("commit_transaction", lambda: producer.commit_transaction(TXN_TIMEOUT_S))
         except KafkaException as exc:
             self._claim_failed(exc, batch, first)
+            return
+        except Wedged as exc:
+            self.stats.txn_aborts += 1
+            self.ledger.forget(batch)
+            self._replace_producer(str(exc))
+            self._rewind(first)
             return
         self.ledger.committed(batch, time.monotonic())
         self.stats.transactions += 1
@@ -229,12 +320,19 @@ class Claimer:
         err = exc.args[0]
         log.warning("claim transaction failed (%s); the records will be delivered again", err)
         self.ledger.forget(batch)
-        if err.txn_requires_abort():
-            with contextlib.suppress(KafkaException):
-                self._producer.abort_transaction(30)
-        elif err.fatal():
+        if err.fatal():
             # Fenced: another instance took this transactional id, or the group moved on. Start over.
             raise SystemExit(f"executor {self.id} fenced: {err}") from None
+        # Whatever failed (a call timed out, the coordinator moved), the transaction must end before the next
+        # begins: abort it, or, if even that fails, fence it with a new producer.
+        try:
+            self._bounded("abort_transaction", lambda: self._producer.abort_transaction(TXN_TIMEOUT_S))
+        except (KafkaException, Wedged) as failed:
+            self._replace_producer(f"abort_transaction failed: {failed}")
+        self._rewind(first)
+
+    def _rewind(self, first: dict[Partition, int]) -> None:
+        """Drop what is buffered of these partitions and fetch again from the first record not claimed."""
         for (topic, partition), offset in first.items():
             self._buffers.pop((topic, partition), None)
             with contextlib.suppress(KafkaException):

@@ -4,6 +4,7 @@ artifact cache and the sandboxed process (real subprocesses)."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from dataclasses import replace
@@ -14,7 +15,7 @@ import pytest
 from ksched.artifacts import LocalStore
 from ksched.errors import ArtifactError
 from ksched.executor.cache import ArtifactCache
-from ksched.executor.claims import flow_control, positions, take
+from ksched.executor.claims import BoundedCalls, Wedged, flow_control, positions, take
 from ksched.executor.ledger import (
     GrantAnswer,
     Ledger,
@@ -380,3 +381,37 @@ def test_a_started_attempt_times_out_after_its_timeout(tmp_path: Path, timeout_m
     if started_at_ms is not None:
         attempt.process = Process(None, tmp_path / "log", started_at_ms)  # type: ignore[arg-type]
     assert timed_out(attempt, now_ms) is late
+
+
+# --- BoundedCalls: a transactional call that never returns does not stop the executor ------------------------
+
+
+def test_a_bounded_call_returns_its_value_or_raises_its_error() -> None:
+    calls = BoundedCalls("t")
+    assert calls.call("add", lambda: 1 + 1, 5.0) == 2
+
+    def fail() -> None:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError, match="no"):
+        calls.call("fail", fail, 5.0)
+    assert calls.call("again", lambda: "same thread serves the next call", 5.0) == "same thread serves the next call"
+
+
+def test_a_call_that_never_returns_is_given_up_and_the_next_runs_on_a_new_thread() -> None:
+    calls = BoundedCalls("t")
+    stuck = threading.Event()
+    threads: list[str] = []
+
+    def hang() -> None:
+        threads.append(str(threading.current_thread().ident))
+        stuck.wait()  # as librdkafka's send_offsets_to_transaction waiting for a coordinator that never answers
+
+    with pytest.raises(Wedged, match="send_offsets did not return within 0s"):
+        calls.call("send_offsets", hang, 0.2)
+
+    def where() -> str:
+        return str(threading.current_thread().ident)
+
+    assert calls.call("next", where, 5.0) != threads[0]
+    stuck.set()
