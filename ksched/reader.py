@@ -52,12 +52,15 @@ def _watermarks(c: Any, tp: TopicPartition, timeout_s: float) -> Any:
 
 
 def read_partition(settings: Settings, topic: str, partition: int, timeout_s: float = 15.0,
-                   start: int = OFFSET_BEGINNING) -> Iterator[KMessage]:
-    """Every record of one partition, from `start` up to the end it had when the read began."""
+                   start: int = OFFSET_BEGINNING, until: int | None = None) -> Iterator[KMessage]:
+    """Every record of one partition, from `start` up to the end it had when the read began (or `until`, if
+    that is earlier)."""
     c = kafka.consumer(settings, group=f"{settings.prefix}-reader-{uuid.uuid4().hex[:8]}")
     try:
         marks = _watermarks(c, TopicPartition(topic, partition), timeout_s)
         low, high = (int(marks[0] or 0), int(marks[1] or 0)) if marks else (0, 0)
+        if until is not None:
+            high = min(high, until)
         if high <= (low if start == OFFSET_BEGINNING else max(low, start)):
             return
         c.assign([TopicPartition(topic, partition, start)])
@@ -133,8 +136,10 @@ def find_run(settings: Settings, run_id: str) -> tuple[RunView | None, dict[str,
     return st.runs.get(run_id), st.tasks.get(run_id, {})
 
 
-def topic_records(settings: Settings, topic: str, timeout_s: float = 60.0) -> Iterator[Record]:
-    """Every record of every partition of `topic` (up to the end each had when read), as replay records."""
+def topic_records(settings: Settings, topic: str, timeout_s: float = 60.0,
+                  until: dict[int, int] | None = None) -> Iterator[Record]:
+    """Every record of every partition of `topic` (up to the end each had when read, or the offset `until`
+    gives it), as replay records."""
     c = kafka.consumer(settings, group=f"{settings.prefix}-reader-{uuid.uuid4().hex[:8]}")
     try:
         md = c.list_topics(topic, timeout=timeout_s).topics.get(topic)
@@ -142,8 +147,15 @@ def topic_records(settings: Settings, topic: str, timeout_s: float = 60.0) -> It
     finally:
         c.close()
     for p in partitions:
-        for m in read_partition(settings, topic, p, timeout_s=timeout_s):
+        for m in read_partition(settings, topic, p, timeout_s=timeout_s,
+                                until=None if until is None else until.get(p, 0)):
             yield Record(topic, p, int(m.offset() or 0), int(m.timestamp()[1]), m.key(), m.value())
+
+
+def end_offsets(settings: Settings, topic: str, timeout_s: float = 15.0) -> dict[int, int]:
+    """Per partition of `topic`: the offset the next record will have (as a read_committed reader sees it)."""
+    return {p: end for p, (_, end) in group_progress(settings, topic, f"{settings.prefix}-reader",
+                                                       timeout_s).items()}
 
 
 def group_progress(settings: Settings, topic: str, group: str,

@@ -13,7 +13,7 @@ from typing import Any
 
 from ksched.config import Settings
 from ksched.instants import parse_instant
-from ksched.reader import Record, find_run, group_progress, job_history, topic_records
+from ksched.reader import Record, end_offsets, find_run, group_progress, job_history, topic_records
 from ksched.schemas.records import to_data
 from ksched.streams.replay import ReplayResult, replay
 from ksched.topics import app_id
@@ -95,10 +95,15 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     if args.from_file:
         inbox, events, settings = load_records(Path(args.from_file), settings)
     else:
-        inbox = list(topic_records(settings, settings.topic("inbox")))
-        events = list(topic_records(settings, settings.topic("events")))
+        # Against a running installation, in this order: every decision of an input before the committed offsets
+        # is in the log by the end offsets read next, and every input of a logged decision up to those ends is
+        # in the inbox read after them. Read the other way round, decisions made while the inbox was being read
+        # would be logged decisions without their input: a divergence that is not one.
         progress = group_progress(settings, settings.topic("inbox"), app_id(settings))
         decided = {p: done for p, (done, _) in progress.items()}
+        logged_until = end_offsets(settings, settings.topic("events"))
+        inbox = list(topic_records(settings, settings.topic("inbox")))
+        events = list(topic_records(settings, settings.topic("events"), until=logged_until))
         partitions = len({r.partition for r in inbox if r.partition is not None})
         if inbox and partitions > settings.partitions:
             return err(f"{settings.topic('inbox')} has {partitions} partitions but KSCHED_PARTITIONS is "
