@@ -171,8 +171,16 @@ class Claimer:
                                            "heartbeat.interval.ms": 1000})
 
     def _new_producer(self) -> Any:
+        self._unreachable = False
         return kafka.producer(self.settings, **{"transactional.id": f"{self.settings.prefix}-executor-{self.id}",
-                                                "transaction.timeout.ms": 60000})
+                                                "transaction.timeout.ms": 60000, "error_cb": self._client_error})
+
+    def _client_error(self, err: KafkaError) -> None:
+        # After the whole cluster was unreachable (the single broker restarted), the producer's cached group
+        # coordinator may be one librdkafka never looks up again: the next send_offsets_to_transaction would
+        # wedge. Such a producer is replaced before its next claim instead, which costs one init.
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._unreachable = True
 
     def _bounded(self, what: str, fn: Callable[[], T]) -> T:
         return self._txn.call(what, fn, TXN_TIMEOUT_S + WEDGED_AFTER_S)
@@ -278,6 +286,9 @@ class Claimer:
                           time.monotonic(), staged) for _, ready, staged in msgs if ready is not None]
         batch = self.ledger.open(claims)  # an attempt this executor already took on is not claimed again
         t0 = time.perf_counter()
+        self._producer.poll(0)  # serves its error callback
+        if self._unreachable:
+            self._replace_producer("the cluster was unreachable; its coordinator may be stale")
         try:
             self._producer.begin_transaction()
             for m, ready, _ in msgs:
