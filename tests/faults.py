@@ -1,5 +1,6 @@
-"""A mixed load for fault tests and the checker that judges what survived: per-second cron jobs and a stream of
-one-off submissions, every run appending to a ledger with KSCHED_TASK_ID, KSCHED_ATTEMPT and
+"""A mixed load for fault tests and the checker that judges what survived: per-second cron jobs, a DAG job on a
+three-second schedule whose middle task fails its first attempt, and a stream of one-off submissions, every run
+appending to a ledger with KSCHED_TASK_ID, KSCHED_ATTEMPT and
 KSCHED_FENCING_TOKEN; after the fault, the history and the ledger must show nothing lost and nothing doubled."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ksched.schemas.events import (
     JobAccepted,
     JobSpec,
     OccurrenceMissed,
+    OccurrenceSkipped,
     RetryPolicy,
     RunTriggered,
     SubmitJob,
@@ -35,6 +37,19 @@ LEDGER_SCRIPT = """echo "START $KSCHED_TASK_ID $KSCHED_ATTEMPT $KSCHED_FENCING_T
 sleep 0.2
 echo "END $KSCHED_TASK_ID $KSCHED_ATTEMPT $KSCHED_FENCING_TOKEN $(date +%s%3N)" >> {ledger}
 """
+FLAKY_SCRIPT = """[ "$KSCHED_ATTEMPT" = 1 ] && {{ echo "FAIL $KSCHED_TASK_ID $KSCHED_ATTEMPT" >&2; exit 3; }}
+exec {work}
+"""
+RETRIES = "retries: {max_attempts: 5, backoff: 1s}"
+
+
+def dag_job(name: str) -> str:
+    return (f"job: {name}\nschedule: '*/3 * * * * *'\nmisfire: all\ncatchup_window: 1h\nmax_active_runs: 0\n"
+            "tasks:\n"
+            f"  extract: {{binary: work.sh, {RETRIES}}}\n"
+            f"  flaky: {{binary: flaky.sh, depends_on: [extract], {RETRIES}}}\n"
+            f"  side: {{binary: work.sh, depends_on: [extract], {RETRIES}}}\n"
+            f"  load: {{binary: work.sh, depends_on: [flaky, side], {RETRIES}}}\n")
 
 
 @dataclass
@@ -42,6 +57,7 @@ class Load:
     cluster: Cluster
     directory: Path
     crons: tuple[str, ...] = ("sec-a", "sec-b")
+    dags: tuple[str, ...] = ("dag-a",)
     submitted: list[str] = field(default_factory=list)  # one-off jobs whose submission the broker acknowledged
     refused: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -51,18 +67,26 @@ class Load:
     def ledger(self) -> Path:
         return self.directory / "ledger"
 
+    @property
+    def scheduled(self) -> dict[str, int]:
+        """Every scheduled job and its period in ms."""
+        return {**dict.fromkeys(self.crons, 1000), **dict.fromkeys(self.dags, 3000)}
+
     def start(self) -> None:
         script = write_script(self.directory / "work.sh", LEDGER_SCRIPT.format(ledger=self.ledger))
+        write_script(self.directory / "flaky.sh", FLAKY_SCRIPT.format(work=script))
         for name in self.crons:
             write_job(self.directory, name, f"job: {name}\nschedule: '* * * * * *'\nbinary: work.sh\n"
-                                            "misfire: all\ncatchup_window: 1h\nretries: {max_attempts: 5, "
-                                            "backoff: 1s}\n")
+                                            f"misfire: all\ncatchup_window: 1h\n{RETRIES}\n")
+        for name in self.dags:
+            write_job(self.directory, name, dag_job(name))
+        for name in self.scheduled:
             r = self.cluster.ksched("submit", str(self.directory / f"{name}.yaml"), "--wait", "--timeout", "120")
             assert r.returncode == 0, r.stderr
         self._artifact = open_store(self.cluster.settings.artifacts).put_file(script)
         self._thread = threading.Thread(target=self._submit_one_offs, daemon=True)
         self._thread.start()
-        for name in self.crons:
+        for name in self.scheduled:
             eventually(lambda n=name: len(self.cluster.succeeded_runs(n)) >= 2, 120, what=f"{name} runs")
 
     def _submit_one_offs(self) -> None:
@@ -103,16 +127,17 @@ class Verdict:
 
 
 def _decisions(load: Load) -> tuple[dict[str, collections.Counter[int]], dict[str, set[int]], set[str]]:
-    """Per cron job and instant, how many distinct RunTriggered; the instants recorded missed; jobs accepted."""
-    fired: dict[str, collections.Counter[int]] = {n: collections.Counter() for n in load.crons}
-    missed: dict[str, set[int]] = {n: set() for n in load.crons}
+    """Per scheduled job and instant, how many distinct RunTriggered; the instants recorded missed or skipped;
+    the jobs accepted."""
+    fired: dict[str, collections.Counter[int]] = {n: collections.Counter() for n in load.scheduled}
+    missed: dict[str, set[int]] = {n: set() for n in load.scheduled}
     accepted: set[str] = set()
     seen: set[str] = set()
     for _, e in load.cluster.records("events"):
         if isinstance(e, RunTriggered) and e.job_id in fired and e.event_id not in seen:
             seen.add(e.event_id)
             fired[e.job_id][e.scheduled_for_ms] += 1
-        elif isinstance(e, OccurrenceMissed) and e.job_id in missed:
+        elif isinstance(e, OccurrenceMissed | OccurrenceSkipped) and e.job_id in missed:
             missed[e.job_id].add(e.scheduled_for_ms)
         elif isinstance(e, JobAccepted):
             accepted.add(e.job_id)
@@ -149,11 +174,23 @@ def _ledger(load: Load) -> tuple[list[str], int]:
 
 def _successes(load: Load) -> collections.Counter[str]:
     won: collections.Counter[str] = collections.Counter()
-    for j in [*load.crons, *load.submitted]:
+    for j in [*load.scheduled, *load.submitted]:
         for run_tasks in load.cluster.status(j).tasks.values():
             for t in run_tasks.values():
                 won[t.task_id] += sum(1 for a in t.attempts if a.outcome == "SUCCEEDED")
     return won
+
+
+def _retried(load: Load) -> tuple[int, list[str]]:
+    """DAG runs finished, and the flaky tasks that succeeded without a failed attempt first (none should)."""
+    runs, unretried = 0, []
+    for j in load.dags:
+        for run_id, run_tasks in load.cluster.status(j).tasks.items():
+            runs += 1
+            flaky = run_tasks.get("flaky")
+            if flaky is not None and not any(a.outcome == "FAILED" for a in flaky.attempts):
+                unretried.append(run_id)
+    return runs, unretried
 
 
 def _why(load: Load, stuck: list[str]) -> str:
@@ -169,7 +206,7 @@ def _why(load: Load, stuck: list[str]) -> str:
 
 
 def _unfinished(load: Load, horizon: int) -> list[str]:
-    return [f"{r.run_id}={r.state}" for j in [*load.crons, *load.submitted]
+    return [f"{r.run_id}={r.state}" for j in [*load.scheduled, *load.submitted]
             for r in load.cluster.status(j).ordered_runs()
             if r.scheduled_for_ms < horizon - 2000 and r.state != "SUCCEEDED"]
 
@@ -179,26 +216,29 @@ def check(load: Load, fault: str, faults: int) -> Verdict:
     cluster = load.cluster
     load.stop()
     horizon = int(time.time() * 1000)
-    for name in load.crons:  # every occurrence up to now decided, and every acknowledged one-off
+    for name in load.scheduled:  # every occurrence up to now decided, and every acknowledged one-off
         eventually(lambda n=name: max((r.scheduled_for_ms for r in cluster.status(n).ordered_runs()), default=0)
                    >= horizon, 180, what=f"{name} fires past the fault")
     cluster.drain_inbox(timeout=120)
     fired, missed, accepted = _decisions(load)
-    lost = [f"{n}@{t}" for n in load.crons for t in range(min(fired[n]), horizon - 2000, 1000)
+    lost = [f"{n}@{t}" for n, period in load.scheduled.items() for t in range(min(fired[n]), horizon - 2000, period)
             if fired[n][t] == 0 and t not in missed[n]]
     lost += [j for j in load.submitted if j not in accepted]
-    doubled = [f"{n}@{t}" for n in load.crons for t, k in fired[n].items() if k > 1]
+    doubled = [f"{n}@{t}" for n in load.scheduled for t, k in fired[n].items() if k > 1]
     deadline = time.monotonic() + 180
     while (stuck := _unfinished(load, horizon)) and time.monotonic() < deadline:
         time.sleep(1)
     assert not stuck, f"runs not succeeded 180 s after the fault: {stuck[:5]}; " + _why(load, stuck[:3])
     doubled += [t for t, k in _successes(load).items() if k > 1]
+    dag_runs, unretried = _retried(load)
+    assert dag_runs and not unretried, f"{dag_runs} DAG runs; flaky tasks that never failed: {unretried[:5]}"
     overlapping, pause = _ledger(load)
     replay = subprocess.run([sys.executable, "-m", "ksched.cli.main", "replay"], env=cluster.env, cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert replay.returncode == 0, replay.stdout[-2000:] + replay.stderr[-2000:]
     occurrences = sum(sum(c.values()) for c in fired.values())
-    FIGURES.append(f"{fault}: {occurrences + len(load.submitted)} operations ({occurrences} cron occurrences, "
+    FIGURES.append(f"{fault}: {occurrences + len(load.submitted)} operations ({occurrences} occurrences, "
+                   f"{dag_runs} of them DAG runs each with a retried task, "
                    f"{len(load.submitted)} one-off submissions acknowledged, {load.refused} refused), {faults} "
                    f"faults injected, lost {len(lost)}, doubled {len(doubled)}, overlapping {len(overlapping)}, "
                    f"longest pause in firing {pause / 1000:.1f} s")
