@@ -23,7 +23,8 @@ def _grant_roles(info: Any, settings: config.Settings) -> None:
     admin = replace(settings, bootstrap_servers=info.bootstrap,
                     kafka=config.kafka_security({"KSCHED_KAFKA_CONFIG": str(admin_file)}))
     acl.apply(admin, admin, devbroker.ROLE_USERS)
-    print(f"SASL/SCRAM and ACLs on; roles of the installation {settings.prefix!r} granted. Client settings:")
+    over = " over TLS" if devbroker.has_tls(info.data_dir) else ""
+    print(f"SASL/SCRAM{over} and ACLs on; roles of the installation {settings.prefix!r} granted. Client settings:")
     for role, user in {"admin": "admin", **devbroker.ROLE_USERS}.items():
         print(f"  {role:9} KSCHED_KAFKA_CONFIG={devbroker.client_properties(info.data_dir, user)}")
 
@@ -58,10 +59,12 @@ def _dev_broker(args: argparse.Namespace, settings: config.Settings) -> int:
     data = Path(args.data) if args.data else settings.home / "broker"
     if args.action == "up":
         port = args.port or int(settings.bootstrap_servers.rsplit(":", 1)[1])
-        info = devbroker.up(data, port=port, auth=args.auth)
+        info = devbroker.up(data, port=port, auth=args.auth, tls=args.tls)
         print(f"broker up at {info.bootstrap} (pid {info.pid}, data {info.data_dir})")
         if (info.data_dir / "users.json").exists():
             _grant_roles(info, settings)
+        elif devbroker.has_tls(info.data_dir):
+            print(f"TLS on; client settings: KSCHED_KAFKA_CONFIG={devbroker.client_properties(info.data_dir, None)}")
     elif args.action == "down":
         print("broker stopped" if devbroker.down(data) else "no broker running")
     else:
@@ -231,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nodes (KRaft, combined controller+broker); 3: replication factor 3, min.insync.replicas 2")
     b.add_argument("--auth", action="store_true",
                    help="SASL/SCRAM users and ACLs per role (streams, executor, submitter); kept for this data dir")
+    b.add_argument("--tls", action="store_true",
+                   help="TLS on the client listener, with a certificate authority made for this data dir (openssl)")
     b.add_argument("--data", default=None, help="data directory (default $KSCHED_HOME/broker)")
     b.add_argument("--port", type=int, default=None)
     b.set_defaults(fn=_dev_broker)

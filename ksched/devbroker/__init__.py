@@ -3,6 +3,7 @@
 The jars come from Maven Central through `pom.xml` next to this file and are cached under
 `$KSCHED_CACHE` (default `~/.cache/ksched`). A broker lives in a data directory that holds its
 `server.properties`, its log and its pid file, so `up`, `status` and `down` need only that directory.
+With `auth` it also holds its users (`users.json`), with `tls` its certificate authority and key (`tls/`).
 """
 
 from __future__ import annotations
@@ -98,30 +99,91 @@ def users(data_dir: Path) -> dict[str, str]:
     return made
 
 
-def client_properties(data_dir: Path, user: str) -> Path:
-    """A client properties file (KSCHED_KAFKA_CONFIG) that authenticates as `user` to the auth broker."""
-    path = data_dir / "clients" / f"{user}.properties"
+def tls_dir(data_dir: Path) -> Path:
+    return data_dir / "tls"
+
+
+def ca_file(data_dir: Path) -> Path:
+    """The certificate of the authority that signed the TLS broker's key: what clients trust (ssl.ca.location)."""
+    return tls_dir(data_dir) / "ca.pem"
+
+
+def has_tls(data_dir: Path) -> bool:
+    return ca_file(data_dir).exists()
+
+
+def _make_tls(data_dir: Path) -> None:
+    """A certificate authority of this data dir, and the broker's key with a certificate it signed for
+    127.0.0.1 and localhost (kept: clients configured once keep working across restarts). Made with openssl."""
+    d = tls_dir(data_dir)
+    if (d / "broker.pem").exists():
+        return
+    if shutil.which("openssl") is None:
+        raise BrokerError("openssl: not on PATH; the TLS dev broker makes its certificates with it")
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    (d / "ca.cnf").write_text("[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = ksched dev CA\n"
+                              "[v3_ca]\nbasicConstraints = critical,CA:TRUE\n"
+                              "keyUsage = critical,keyCertSign,cRLSign\nsubjectKeyIdentifier = hash\n")
+    (d / "broker.ext").write_text("subjectAltName = IP:127.0.0.1,DNS:localhost\n"
+                                  "extendedKeyUsage = serverAuth,clientAuth\n")
+    steps = [
+        ["req", "-x509", "-config", "ca.cnf", "-extensions", "v3_ca", "-newkey", "rsa:2048", "-nodes",
+         "-keyout", "ca.key", "-out", "ca.pem", "-days", "3650"],
+        ["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr",
+         "-subj", "/CN=localhost"],
+        ["x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+         "-out", "broker.crt", "-days", "3650", "-extfile", "broker.ext"],
+    ]
+    for step in steps:
+        done = subprocess.run(["openssl", *step], cwd=d, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise BrokerError(f"openssl {step[0]} failed: {(done.stdout + done.stderr).strip()[-300:]}")
+    # Kafka's PEM key store: the (PKCS#8, unencrypted) key followed by its certificate chain.
+    (d / "broker.pem").write_text((d / "broker.key").read_text() + (d / "broker.crt").read_text())
+    for name in ("ca.key", "broker.key", "broker.pem"):
+        os.chmod(d / name, 0o600)
+
+
+def _protocol(auth: bool, tls: bool) -> str:
+    return {(False, False): "PLAINTEXT", (False, True): "SSL", (True, False): "SASL_PLAINTEXT",
+            (True, True): "SASL_SSL"}[(auth, tls)]
+
+
+def client_properties(data_dir: Path, user: str | None) -> Path:
+    """A client properties file (KSCHED_KAFKA_CONFIG) for the broker in `data_dir`: authenticating as `user`
+    (an auth broker), trusting its certificate authority (a TLS broker)."""
+    auth = (data_dir / "users.json").exists()
+    path = data_dir / "clients" / f"{user or 'anonymous'}.properties"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
-    path.write_text(f"security.protocol=SASL_PLAINTEXT\nsasl.mechanism={SCRAM}\nsasl.username={user}\n"
-                    f"sasl.password={users(data_dir)[user]}\n")
+    path.write_text("".join(f"{k}={v}\n" for k, v in _client_conf(data_dir, user if auth else None).items()))
     return path
 
 
-def _client_conf(data_dir: Path) -> dict[str, str]:
-    if not (data_dir / "users.json").exists():
-        return {}
-    return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": SCRAM, "sasl.username": "admin",
-            "sasl.password": users(data_dir)["admin"]}
+def _client_conf(data_dir: Path, user: str | None = "admin") -> dict[str, str]:
+    auth, tls = (data_dir / "users.json").exists(), has_tls(data_dir)
+    conf = {"security.protocol": _protocol(auth, tls)} if auth or tls else {}
+    if auth and user is not None:
+        conf.update({"sasl.mechanism": SCRAM, "sasl.username": user, "sasl.password": users(data_dir)[user]})
+    if tls:
+        conf["ssl.ca.location"] = str(ca_file(data_dir))
+    return conf
 
 
-def _listeners(data_dir: Path, port: int, controller_port: int, auth: bool) -> list[str]:
+def _listeners(data_dir: Path, port: int, controller_port: int, auth: bool, tls: bool = False) -> list[str]:
+    client = _protocol(auth, tls)
+    key_store = [
+        "ssl.keystore.type=PEM", f"ssl.keystore.location={tls_dir(data_dir) / 'broker.pem'}",
+        "ssl.truststore.type=PEM", f"ssl.truststore.location={ca_file(data_dir)}",
+    ] if tls else []
     if not auth:
         return [
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"listeners={client}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners={client}://127.0.0.1:{port}",
+            f"inter.broker.listener.name={client}",
+            f"listener.security.protocol.map={client}:{client},CONTROLLER:PLAINTEXT",
+            *key_store,
         ]
     pw = users(data_dir)["admin"]
     plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
@@ -130,30 +192,31 @@ def _listeners(data_dir: Path, port: int, controller_port: int, auth: bool) -> l
     # metadata, written at format time); the controller listener, which SCRAM cannot serve in KRaft, with PLAIN
     # and the admin's password. The broker's own principal is the only super user; everyone else needs ACLs.
     return [
-        f"listeners=SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{port}",
-        "inter.broker.listener.name=SASL_PLAINTEXT",
-        "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
+        f"listeners={client}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners={client}://127.0.0.1:{port}",
+        f"inter.broker.listener.name={client}",
+        f"listener.security.protocol.map={client}:{client},CONTROLLER:SASL_PLAINTEXT",
         f"sasl.enabled.mechanisms={SCRAM}",
         f"sasl.mechanism.inter.broker.protocol={SCRAM}",
         "sasl.mechanism.controller.protocol=PLAIN",
         "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
         f'listener.name.controller.plain.sasl.jaas.config={plain} required username="admin" password="{pw}" '
         f'user_admin="{pw}";',
-        f'listener.name.sasl_plaintext.{SCRAM.lower()}.sasl.jaas.config={scram} required username="admin" '
+        f'listener.name.{client.lower()}.{SCRAM.lower()}.sasl.jaas.config={scram} required username="admin" '
         f'password="{pw}";',
         "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         "super.users=User:admin",
         "allow.everyone.if.no.acl.found=false",
+        *key_store,
     ]
 
 
-def _properties(data_dir: Path, port: int, controller_port: int, auth: bool = False) -> str:
+def _properties(data_dir: Path, port: int, controller_port: int, auth: bool = False, tls: bool = False) -> str:
     return "\n".join([
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
-        *_listeners(data_dir, port, controller_port, auth),
+        *_listeners(data_dir, port, controller_port, auth, tls),
         "controller.listener.names=CONTROLLER",
         f"log.dirs={data_dir / 'logs'}",
         # Topics are created explicitly with their partition counts; a typo must not create one silently.
@@ -217,12 +280,14 @@ def _java() -> str:
 
 
 def up(data_dir: Path, port: int | None = None, heap_mb: int = 768, timeout_s: float = 90.0,
-       auth: bool = False) -> BrokerInfo:
+       auth: bool = False, tls: bool = False) -> BrokerInfo:
     """Start (or find running) the broker in `data_dir`; return once an admin request is answered.
-    With `auth`: SASL/SCRAM on, an authorizer that denies what no ACL allows, and the users of `USERS` (a data
-    dir made with auth stays an auth broker)."""
+    With `auth`: SASL/SCRAM on, an authorizer that denies what no ACL allows, and the users of `USERS`. With
+    `tls`: the client listener speaks TLS, with a key signed by the data dir's own authority (`ca_file`). A data
+    dir made with either keeps it."""
     data_dir = data_dir.resolve()
     auth = auth or (data_dir / "users.json").exists()
+    tls = tls or has_tls(data_dir)
     running = status(data_dir)
     if running is not None:
         wait_ready(running.bootstrap, timeout_s, conf=_client_conf(data_dir))
@@ -238,7 +303,9 @@ def up(data_dir: Path, port: int | None = None, heap_mb: int = 768, timeout_s: f
     props = data_dir / "server.properties"
     if auth:
         users(data_dir)
-    props.write_text(_properties(data_dir, port, controller, auth))
+    if tls:
+        _make_tls(data_dir)
+    props.write_text(_properties(data_dir, port, controller, auth, tls))
     java = _java()
     cp = f"{libs}/*"
     log_cfg = f"-Dlog4j2.configurationFile={_HERE / 'log4j2.yaml'}"

@@ -1,6 +1,7 @@
-"""A secured broker (SASL/SCRAM, an authorizer that denies what no ACL allows) and ksched's roles as ACLs: each
-role does its part, a submitter cannot forge a report or read grants, an anonymous client is refused. The
-broker's authorizer decides; nothing here is checked by ksched's own code."""
+"""A secured broker (SASL/SCRAM, an authorizer that denies what no ACL allows; once over plaintext, once over
+TLS) and ksched's roles as ACLs: each role does its part, a submitter cannot forge a report or read grants, an
+anonymous client is refused, a client that does not trust the broker's certificate is refused. The broker's
+authorizer decides; nothing here is checked by ksched's own code."""
 
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ pytestmark = pytest.mark.broker
 WEB_PORT = free_port()
 
 
-@pytest.fixture(scope="module")
-def auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+@pytest.fixture(scope="module", params=["sasl", "sasl+tls"])
+def auth_broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     data = Path(tmp_path_factory.mktemp("authbroker"))
-    devbroker.up(data, auth=True)
+    devbroker.up(data, auth=True, tls=request.param == "sasl+tls")
     yield data
     devbroker.down(data)
 
@@ -108,11 +109,26 @@ def test_a_submitter_cannot_read_the_control_topic(cluster: Cluster, auth_broker
 
 
 def test_an_anonymous_client_and_a_wrong_password_are_refused(cluster: Cluster, auth_broker: Path) -> None:
-    anonymous = as_user(cluster, auth_broker, None)
+    # Anonymous: no SASL, but over TLS where the broker speaks it, so the refusal is the authentication's.
+    tls: Any = (("security.protocol", "SSL"), ("ssl.ca.location", str(devbroker.ca_file(auth_broker))))
+    anonymous = replace(cluster.settings, kafka=tls if devbroker.has_tls(auth_broker) else ())
     assert deliver(anonymous, cluster.settings.topic("commands"), b"x") != "ok"
-    wrong: Any = (("sasl.mechanism", "SCRAM-SHA-512"), ("sasl.password", "not-it"),
-                  ("sasl.username", "ksched-submitter"), ("security.protocol", "SASL_PLAINTEXT"))
+    wrong: Any = tuple((k, "not-it" if k == "sasl.password" else v)
+                       for k, v in creds(auth_broker, "ksched-submitter"))
+    assert dict(wrong)["sasl.password"] == "not-it"
     assert deliver(replace(cluster.settings, kafka=wrong), cluster.settings.topic("commands"), b"x") != "ok"
+
+
+def test_a_client_that_does_not_trust_the_brokers_certificate_is_refused(cluster: Cluster,
+                                                                          auth_broker: Path) -> None:
+    if not devbroker.has_tls(auth_broker):
+        pytest.skip("the plaintext variant of the secured broker")
+    # The submitter's own credentials, but trusting only the system's authorities: the handshake fails.
+    untrusting: Any = tuple((k, v) for k, v in creds(auth_broker, "ksched-submitter") if k != "ssl.ca.location")
+    assert dict(untrusting)["security.protocol"] == "SASL_SSL"
+    assert deliver(replace(cluster.settings, kafka=untrusting), cluster.settings.topic("commands"), b"x") != "ok"
+    assert deliver(as_user(cluster, auth_broker, "ksched-submitter"), cluster.settings.topic("commands"),
+                   b"trusted: delivered (and dead-lettered)") == "ok"
 
 
 def test_the_api_needs_a_bearer_token_when_tokens_are_configured(cluster: Cluster) -> None:
