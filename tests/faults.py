@@ -182,14 +182,19 @@ def _successes(load: Load) -> collections.Counter[str]:
 
 
 def _retried(load: Load) -> tuple[int, list[str]]:
-    """DAG runs finished, and the flaky tasks that succeeded at their first attempt (none should: the first
-    attempt fails, or is lost or handed back in a fault; either way another attempt ran)."""
+    """DAG runs that succeeded, and those whose flaky task succeeded at its first attempt (none should: the
+    first attempt fails, or is lost or handed back in a fault; either way another attempt ran). Runs still going
+    (the crons fire on while the checker reads) are not judged here."""
     runs, unretried = 0, []
     for j in load.dags:
-        for run_id, run_tasks in load.cluster.status(j).tasks.items():
+        status = load.cluster.status(j)
+        for run_id, run_tasks in status.tasks.items():
+            run = status.runs.get(run_id)
+            if run is None or run.state != "SUCCEEDED":
+                continue
             runs += 1
             flaky = run_tasks.get("flaky")
-            if flaky is not None and len(flaky.attempts) < 2:
+            if flaky is None or len(flaky.attempts) < 2:
                 unretried.append(run_id)
     return runs, unretried
 
