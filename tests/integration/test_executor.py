@@ -375,6 +375,22 @@ def test_a_grant_that_comes_after_its_executor_gave_up_waiting_is_handed_back_no
         cluster.stop()
 
 
+def test_a_grant_that_lapsed_before_its_executor_handed_it_back_is_not_charged(
+        bootstrap: str, tmp_path: Path) -> None:
+    """The same, but the scheduler reads a whole lease of ticks after its grant before the hand-back (as a
+    worker that took over a dead one's partitions works through old ticks): the grant lapses first, as LOST
+    before any start, and the hand-back finds it ended. Nothing ran, so the one attempt the policy allows is
+    still to come: the task is offered again and succeeds (it used to end FAILED, "gave up after 1 attempt")."""
+    cluster = _claim_while_the_scheduler_is_frozen(bootstrap, tmp_path, "lapsed", "--claim-timeout", "3",
+                                                   lease_s=8.0, frozen_s=12.0, renewals=0)
+    try:
+        assert _finished_attempts(cluster, "lapsed") == [("LOST", "patient-ex"), ("SUCCEEDED", "patient-ex")]
+        (first, _) = task(cluster, "lapsed").attempts
+        assert "before executor patient-ex reported a start" in first.reason, first
+    finally:
+        cluster.stop()
+
+
 def test_executors_share_every_priority_not_just_the_total(lone: Cluster) -> None:
     """Each executor of a group gets partitions of each ready topic, so work of every priority is spread."""
     cluster = lone

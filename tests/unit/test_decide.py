@@ -38,9 +38,9 @@ from ksched.schemas.events import (
     TriggerJob,
 )
 from ksched.streams.core.decide import decide, next_wakeup
-from ksched.streams.core.emit import CATALOG, DLQ, RUNS, TASKS
+from ksched.streams.core.emit import CATALOG, DLQ, RUNS, TASKS, Emit
 from ksched.streams.core.model import Params
-from ksched.streams.core.retry import backoff_ms, jitter_unit
+from ksched.streams.core.retry import FREE_UNSTARTED_LAPSES, backoff_ms, jitter_unit
 from tests.samples import job
 from tests.sim import T0, Sim, one
 
@@ -464,6 +464,60 @@ def test_an_attempt_its_stopping_executor_killed_while_running_is_lost_and_count
     assert one(emits, AttemptEnded).outcome == Outcome.LOST
     sim.run(one(emits, TaskReady), exit_code=1)
     assert "gave up after 2 attempt(s)" in sim.logged(TaskSettled)[-1].reason
+
+
+def lapse_unstarted(sim: Sim, ready: TaskReady, executor: str = "ex1") -> tuple[ClaimGranted, list[Emit]]:
+    """Grant `ready`, hear nothing more from the executor, tick past the lease."""
+    grant = one(sim.claim(ready, executor), ClaimGranted)
+    return grant, sim.tick(sim.now + 11 * SEC)  # the lease is 10 s
+
+
+def test_a_grant_whose_lease_lapses_before_any_start_runs_again_at_once_without_using_a_retry() -> None:
+    """The race of a worker failover: the executor gave up on its claim (no answer in time) while the old
+    scheduler's grant was on its way, and the new scheduler lapsed that grant before the executor's
+    CLAIM_ABANDONED hand-back arrived. Nothing ran; the one attempt the policy allows is still to come."""
+    sim = Sim()
+    spec = job("j1")
+    spec = replace(spec, tasks=[replace(spec.tasks[0], retry=RetryPolicy(max_attempts=1, backoff_ms=60 * SEC))])
+    grant, emits = lapse_unstarted(sim, one(sim.submit(spec), TaskReady))
+    ended = one(emits, AttemptEnded)
+    assert (ended.outcome, ended.reason) == (Outcome.LOST, "lease expired before executor ex1 reported a start")
+    assert one(emits, RetryScheduled).delay_ms == 0
+    again = one(emits, TaskReady)
+    assert again.attempt == 2
+    # The hand-back arrives after the lapse: recorded as ignored, and it changes nothing.
+    late = sim.fail(grant, FailureReason.CLAIM_ABANDONED)
+    assert one(late, ReportIgnored) and not [e for e in late if isinstance(e.record, AttemptEnded | TaskReady)]
+    # The attempt the policy allows runs, fails, and that is final.
+    assert sim.run(again, exit_code=1).fencing_token == 2
+    assert one(sim.emits, RunFinished).state == "FAILED"
+    assert "gave up after 1 attempt(s)" in sim.logged(TaskSettled)[-1].reason
+
+
+def test_lapses_before_a_start_are_free_only_a_few_times() -> None:
+    """An executor that dies every time between its claim and the start report must not retry a job forever."""
+    sim = Sim()
+    spec = job("j1")
+    spec = replace(spec, tasks=[replace(spec.tasks[0], retry=RetryPolicy(max_attempts=1, backoff_ms=0))])
+    ready = one(sim.submit(spec), TaskReady)
+    for n in range(1, FREE_UNSTARTED_LAPSES + 1):
+        _, emits = lapse_unstarted(sim, ready)
+        ready = one(emits, TaskReady)
+        assert ready.attempt == n + 1
+    _, emits = lapse_unstarted(sim, ready)  # one more: it counts, and the one attempt allowed is used up
+    assert not [e for e in emits if isinstance(e.record, TaskReady)]
+    assert one(sim.emits, RunFinished).state == "FAILED"
+
+
+def test_a_started_attempt_whose_lease_lapses_counts() -> None:
+    sim = Sim()
+    spec = job("j1")
+    spec = replace(spec, tasks=[replace(spec.tasks[0], retry=RetryPolicy(max_attempts=1, backoff_ms=0))])
+    grant = one(sim.claim(one(sim.submit(spec), TaskReady)), ClaimGranted)
+    sim.start(grant)
+    emits = sim.tick(sim.now + 11 * SEC)
+    assert "no heartbeat from executor ex1" in one(emits, AttemptEnded).reason
+    assert one(sim.emits, RunFinished).state == "FAILED"
 
 
 def test_an_artifact_problem_is_not_retried() -> None:

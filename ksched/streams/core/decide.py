@@ -54,7 +54,7 @@ from ksched.schemas.events import (
 from . import dag
 from .emit import CONTROL, DLQ, EVENTS, READY, Emit
 from .model import Attempt, JobState, Params, Run, Task, children_of, split_task_id, task_id, tasks_by_name
-from .retry import backoff_ms, decide_retry, level_params
+from .retry import RetryDecision, attempts_charged, backoff_ms, decide_retry, level_params
 from .schedule import fire_times, next_fire
 from .validate import validate_job
 from .views import view_changes
@@ -337,7 +337,8 @@ def _tick_task(ctx: _Ctx, run_id: str, task: Task, resumed: bool = False) -> Non
         elif task.lease_deadline_ms <= ctx.now:
             att = task.attempt
             assert att is not None
-            why = f"lease expired: no heartbeat from executor {att.executor_id or '?'}"
+            why = (f"lease expired: no heartbeat from executor {att.executor_id or '?'}" if att.started_at_ms
+                   is not None else f"lease expired before executor {att.executor_id or '?'} reported a start")
             _end_attempt(ctx, run_id, task, Outcome.LOST, None, why, retryable=True)
     elif task.state == TaskState.RETRY_WAIT and task.retry_at_ms is not None and task.retry_at_ms <= ctx.now:
         _make_ready(ctx, run_id, task)
@@ -750,10 +751,15 @@ def _end_attempt(
         _settle(ctx, run_id, task, TaskState.SUCCEEDED, reason)
     else:
         spec = ctx.job.task_spec(run, task.name)
-        made = sum(1 for a in task.attempts if a.outcome != Outcome.RELEASED)
-        verdict = decide_retry(spec, made, outcome, exit_code, retryable, task.level)
+        made = attempts_charged(task.attempts)
+        free = made == attempts_charged(task.attempts[:-1])  # handed back unstarted, or lapsed before a start
+        if free and outcome == Outcome.LOST:
+            verdict = RetryDecision(True, "its lease lapsed before a start was reported: offered again, not "
+                                          "counted as an attempt", task.level)
+        else:
+            verdict = decide_retry(spec, made, outcome, exit_code, retryable, task.level)
         if verdict.retry:
-            delay = 0 if outcome == Outcome.RELEASED else backoff_ms(spec, made, f"{tid}#{att.number}")
+            delay = 0 if free else backoff_ms(spec, made, f"{tid}#{att.number}")
             task = replace(task, state=TaskState.RETRY_WAIT, retry_at_ms=ctx.now + delay, level=verdict.level)
             ctx.put_task(run_id, task)
             priority, timeout_ms = level_params(spec, verdict.level)

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ksched.schemas.events import Outcome, TaskSpec
+
+from .model import Attempt
+
+#: How many attempts of a task whose lease lapsed before any start was reported are not counted against its
+#: retries. Such an attempt may never have run: the executor gave up on a claim its scheduler answered late (a
+#: worker that failed over), or died between its claim and the start; its `CLAIM_ABANDONED` report, if any,
+#: comes after the lapse and finds the attempt ended. Beyond this many, they count: an executor that crashes
+#: each time right after starting a job must not retry it forever.
+FREE_UNSTARTED_LAPSES = 3
 
 
 def jitter_unit(key: str) -> float:
@@ -20,6 +30,24 @@ def backoff_ms(spec: TaskSpec, failed_attempt: int, key: str) -> int:
     base = min(float(p.backoff_max_ms), p.backoff_ms * p.multiplier ** (failed_attempt - 1))
     delay = base * (1.0 + p.jitter * jitter_unit(key))
     return max(0, int(min(delay, float(p.backoff_max_ms))))
+
+
+def unstarted_lapse(a: Attempt) -> bool:
+    return a.outcome == Outcome.LOST and a.started_at_ms is None
+
+
+def attempts_charged(attempts: Iterable[Attempt]) -> int:
+    """The ended attempts that count against `max_attempts`: not those handed back unstarted (RELEASED), nor
+    the first `FREE_UNSTARTED_LAPSES` whose lease lapsed before a start was reported."""
+    made = free = 0
+    for a in attempts:
+        if a.outcome == Outcome.RELEASED:
+            continue
+        if unstarted_lapse(a) and free < FREE_UNSTARTED_LAPSES:
+            free += 1
+            continue
+        made += 1
+    return made
 
 
 @dataclass(frozen=True)
