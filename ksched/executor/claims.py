@@ -47,6 +47,8 @@ Partition = tuple[str, int]  # (topic, partition)
 #: restarted: the executor claimed nothing ever after).
 TXN_TIMEOUT_S = 10.0
 WEDGED_AFTER_S = 5.0
+#: How long a transactional call that times out retriably is called again (below transaction.timeout.ms, 60 s).
+TXN_RESUME_S = 40.0
 
 
 class Wedged(Exception):
@@ -185,6 +187,21 @@ class Claimer:
     def _bounded(self, what: str, fn: Callable[[], T]) -> T:
         return self._txn.call(what, fn, TXN_TIMEOUT_S + WEDGED_AFTER_S)
 
+    def _resumed(self, what: str, fn: Callable[[], None]) -> None:
+        """A transactional call, called again while it times out retriably ("retry call to resume": the
+        coordinator is moving, as when its node died) for up to the transaction's own timeout; aborting it
+        instead would wait for the same coordinator anyway, and then claim nothing for longer."""
+        deadline = time.monotonic() + TXN_RESUME_S
+        while True:
+            try:
+                self._bounded(what, fn)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or err.txn_requires_abort() or err.fatal() or time.monotonic() > deadline:
+                    raise
+                log.info("%s timed out (%s); resuming it", what, err)
+
     def init_transactions(self) -> None:
         self._bounded("init_transactions", lambda: self._producer.init_transactions(TXN_TIMEOUT_S))
 
@@ -301,9 +318,9 @@ class Claimer:
             positions_ = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
             group = self._consumer.consumer_group_metadata()
             producer = self._producer
-            self._bounded("send_offsets_to_transaction",
+            self._resumed("send_offsets_to_transaction",
                           lambda: producer.send_offsets_to_transaction(positions_, group, TXN_TIMEOUT_S))
-            self._bounded("commit_transaction", lambda: producer.commit_transaction(TXN_TIMEOUT_S))
+            self._resumed("commit_transaction", lambda: producer.commit_transaction(TXN_TIMEOUT_S))
         except KafkaException as exc:
             self._claim_failed(exc, batch, first)
             return
