@@ -119,7 +119,9 @@ def replay(settings: Settings, inbox: Iterable[Record], recorded: Iterable[Recor
         pending_records += is_pending
         (pending_ids if is_pending else settled_ids).update(d.event_id for d in made)
         event = _decode(codec, rec.value)
-        if event is not None:
+        if event is not None and not is_pending:
+            # Only reports the log can be held to: a report past the committed offsets may answer a decision
+            # (a grant) that was made after the log was read.
             reports.append(event)
     jobs = _states(stores)
     log = [d for d in (_decode(codec, r.value) for r in recorded or []) if d is not None]

@@ -201,3 +201,19 @@ def test_decisions_of_records_past_the_committed_offsets_may_still_be_missing_fr
     assert pending.ok, pending.missing_from_log
     assert pending.pending_records == sum(1 for r in h.inbox if r.partition == cron) - cut
     assert pending.pending_decisions > 0
+
+
+def test_a_report_past_the_committed_offsets_is_not_held_to_a_log_read_before_its_grant() -> None:
+    """Replay of a running installation reads the log's end before the inbox: a claim, its grant and the
+    start report that all came after that end are in the inbox it reads but the grant is not in the log. Past
+    the committed offsets, that is pending, not a process started without a grant."""
+    h = rich_history()
+    logged = h.recorded()  # the log as read, before what follows was decided
+    cron = partition_for("cron", SETTINGS.partitions)
+    decided = {p: sum(1 for r in h.inbox if r.partition == p) for p in range(SETTINGS.partitions)}
+    h.tick(T0 + 30_000)  # fires the cron job again
+    ready = [r for r in h.readies() if r.job_id == "cron"][-1]
+    h.run(ready)  # claimed, granted, started, completed: all past the committed offset of its partition
+    assert replay(SETTINGS, h.inbox, logged, decided=decided).ok
+    held = replay(SETTINGS, h.inbox, logged, decided={**decided, cron: 10**9})  # as if all were committed
+    assert any(v.invariant == "no run without a claim" for v in held.violations)
