@@ -43,10 +43,12 @@ Partition = tuple[str, int]  # (topic, partition)
 
 #: The timeout of each transactional call, and how much longer one may take before its producer is taken for
 #: wedged. librdkafka's send_offsets_to_transaction can block forever, ignoring its timeout, when the group
-#: coordinator it cached went away and came back (librdkafka issues 5456 and 5511; seen when the single broker
-#: restarted: the executor claimed nothing ever after).
-TXN_TIMEOUT_S = 10.0
-WEDGED_AFTER_S = 5.0
+#: coordinator it cached went away (librdkafka issues 5456 and 5511; seen when the single broker restarted:
+#: the executor claimed nothing ever after, and when a node of three was killed). A call that times out in
+#: time is called again (`_resumed`), so a slow coordinator costs nothing; only a call past its own timeout
+#: is a wedge, and each wedge pauses claiming for this long.
+TXN_TIMEOUT_S = 5.0
+WEDGED_AFTER_S = 3.0
 #: How long a transactional call that times out retriably is called again (below transaction.timeout.ms, 60 s).
 TXN_RESUME_S = 40.0
 
