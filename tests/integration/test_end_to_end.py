@@ -29,6 +29,7 @@ from ksched.schemas.events import (
     TaskReady,
     Tick,
 )
+from ksched.topics import submit_topic
 from tests.samples import job
 from tests.support import Cluster, eventually, settings_for, write_job, write_script
 
@@ -206,16 +207,35 @@ def _java_classpath() -> Path:
     return libs
 
 
+def java_security(librdkafka: dict[str, str], path: Path) -> list[str]:
+    """The suite's librdkafka security settings (a run against a secured cluster) as a Java client's
+    properties file: its argument, or none on an open cluster."""
+    if not librdkafka:
+        return []
+    props = {"security.protocol": librdkafka["security.protocol"]}
+    if "sasl.mechanism" in librdkafka:
+        module = ("plain.PlainLoginModule" if librdkafka["sasl.mechanism"] == "PLAIN" else "scram.ScramLoginModule")
+        props["sasl.mechanism"] = librdkafka["sasl.mechanism"]
+        props["sasl.jaas.config"] = (f"org.apache.kafka.common.security.{module} required "
+                                     f'username="{librdkafka["sasl.username"]}" '
+                                     f'password="{librdkafka["sasl.password"]}";')
+    if "ssl.ca.location" in librdkafka:
+        props.update({"ssl.truststore.type": "PEM", "ssl.truststore.location": librdkafka["ssl.ca.location"]})
+    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    return [str(path)]
+
+
 @pytest.mark.skipif(shutil.which("java") is None or shutil.which("mvn") is None, reason="needs java and mvn")
 def test_a_java_client_submits_a_job_with_only_the_avsc_files_and_the_documented_framing(
         cluster: Cluster, jobs_dir: Path) -> None:
     ref = open_store(cluster.settings.artifacts).put_file(jobs_dir / "hello.sh")
     job_id = f"from-java-{uuid.uuid4().hex[:6]}"
     source = Path(__file__).resolve().parents[1] / "interop" / "java" / "SubmitJob.java"
+    security = java_security(dict(cluster.settings.kafka), jobs_dir / "java-client.properties")
     result = subprocess.run(
         ["java", "-cp", f"{_java_classpath()}/*", str(source), cluster.settings.bootstrap_servers,
-         cluster.settings.topic("inbox"), str(SCHEMA_DIR), job_id, ref.digest, ref.name, str(ref.size),
-         uuid.uuid4().hex, str(int(time.time() * 1000))],
+         submit_topic(cluster.settings), str(SCHEMA_DIR), job_id, ref.digest, ref.name, str(ref.size),
+         uuid.uuid4().hex, str(int(time.time() * 1000)), *security],
         capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     eventually(lambda: cluster.succeeded_runs(job_id), 60, what="the Java-submitted job runs")

@@ -3,6 +3,7 @@
 //
 //   java -cp 'libs/*' SubmitJob.java BOOTSTRAP TOPIC SCHEMA_DIR JOB_ID DIGEST NAME SIZE COMMAND_ID NOW_MS
 import java.io.File;
+import java.io.FileInputStream;
 import java.nio.ByteBuffer;
 import java.util.List;
 import java.util.Map;
@@ -50,6 +51,11 @@ public class SubmitJob {
         props.put("bootstrap.servers", bootstrap);
         props.put("key.serializer", StringSerializer.class.getName());
         props.put("value.serializer", ByteArraySerializer.class.getName());
+        if (a.length > 9) {  // a secured cluster: the Java client's own security settings
+            try (FileInputStream in = new FileInputStream(a[9])) {
+                props.load(in);
+            }
+        }
         try (KafkaProducer<String, byte[]> producer = new KafkaProducer<>(props)) {
             producer.send(new ProducerRecord<>(topic, jobId, bytes)).get();
         }
