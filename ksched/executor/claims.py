@@ -96,6 +96,23 @@ class BoundedCalls:
 
 # --- pure decisions -------------------------------------------------------------------------------
 
+#: How long the ready topics' consumer may go without fetching, with records waiting in its partitions or in
+#: the middle of a rebalance, before it is taken for stalled; and how often that is checked.
+STALL_S = 30.0
+STALL_CHECK_S = 5.0
+
+
+def stalled(now: float, fetched_at: float, assigned_at: float, revoked_at: float, backlog: bool) -> str | None:
+    """Why the consumer counts as stalled, or None. Partitions revoked (or lost) and no assignment since, for
+    `STALL_S`: a rebalance that never ended (an executor with no partitions at all is fine: it got an empty
+    assignment). Nothing fetched for `STALL_S` while its own unpaused partitions hold records it has not
+    fetched: a fetcher that stopped."""
+    if revoked_at > assigned_at and now - revoked_at >= STALL_S:
+        return f"no assignment {now - revoked_at:.0f}s after its partitions were revoked"
+    if backlog and now - fetched_at >= STALL_S:
+        return f"nothing fetched for {now - fetched_at:.0f}s while its partitions hold records"
+    return None
+
 
 def take(buffers: Mapping[Partition, deque[tuple[M, TaskReady | None]]], topics: Iterable[str], free_now: int,
          free_staged: int, soon_ms: float) -> list[tuple[M, TaskReady | None, bool]]:
@@ -165,14 +182,22 @@ class Claimer:
         self._settle_until = 0.0
         self._txn = BoundedCalls(f"txn-{self.id}")
         self._producer = self._new_producer()
-        group = f"{settings.prefix}-executors" + (f"-{pool}" if pool else "")
+        self._group = f"{settings.prefix}-executors" + (f"-{pool}" if pool else "")
+        self._consumer = self._new_consumer()
+        now = time.monotonic()
+        #: When records were last fetched, when the last assignment and the last revocation came, and when the
+        #: consumer was last checked for a stall (`stalled`).
+        self._fetched_at = self._assigned_at = self._checked_at = now
+        self._revoked_at = 0.0
+
+    def _new_consumer(self) -> Any:
         # "range" splits each ready topic's partitions evenly among the executors; a sticky assignor balances only
         # the total over the three topics, and could give one executor every partition of a priority.
-        self._consumer = kafka.consumer(settings, group=group,
-                                        **{"partition.assignment.strategy": "range",
-                                           "fetch.wait.max.ms": 20,
-                                           "session.timeout.ms": int(max(6.0, settings.session_timeout_s) * 1000),
-                                           "heartbeat.interval.ms": 1000})
+        return kafka.consumer(self.settings, group=self._group,
+                              **{"partition.assignment.strategy": "range",
+                                 "fetch.wait.max.ms": 20,
+                                 "session.timeout.ms": int(max(6.0, self.settings.session_timeout_s) * 1000),
+                                 "heartbeat.interval.ms": 1000})
 
     def _new_producer(self) -> Any:
         self._unreachable = False
@@ -230,7 +255,7 @@ class Claimer:
 
     def subscribe(self) -> None:
         self._consumer.subscribe(self.ready_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                 on_lost=self._on_revoke)
+                                 on_lost=self._on_lost)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -245,6 +270,12 @@ class Claimer:
         # fetched without waiting (flow control bounds it), so the choice sees every priority.
         first = self._consumer.poll(timeout)
         msgs = [first, *self._consumer.consume(num_messages=1000, timeout=0)] if first is not None else []
+        now = time.monotonic()
+        if msgs:
+            self._fetched_at = now
+        elif now - self._checked_at >= STALL_CHECK_S:
+            self._checked_at = now
+            self._check_stall(now)
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -257,13 +288,53 @@ class Claimer:
             if taken:
                 self._claim(taken)
 
+    def _check_stall(self, now: float) -> None:
+        """Replace the ready topics' consumer if it stalled: a rebalance that never ended, or records waiting in
+        its own partitions that it has not fetched for long. Seen after the single broker restarted under load:
+        the executor claimed nothing for the three minutes the test waited, with no error from librdkafka."""
+        backlog = False
+        if now - self._fetched_at >= STALL_S and self._revoked_at <= self._assigned_at:
+            try:
+                mine = [tp for tp in self._consumer.assignment() if (tp.topic, tp.partition) not in self._paused]
+                at = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(mine)}
+                unknown = [tp for tp in mine if at[(tp.topic, tp.partition)] < 0]  # not fetched from yet
+                for tp in self._consumer.committed(unknown, timeout=5) if unknown else []:
+                    at[(tp.topic, tp.partition)] = tp.offset
+                for tp in mine:
+                    low, high = self._consumer.get_watermark_offsets(tp, timeout=2)
+                    backlog = backlog or high > max(low, at[(tp.topic, tp.partition)])
+            except KafkaException as exc:
+                log.info("stall check not done: %s", exc)
+                return
+        why = stalled(now, self._fetched_at, self._assigned_at, self._revoked_at, backlog)
+        if why is None:
+            return
+        log.warning("ready topics' consumer stalled (%s); replacing it", why)
+        self.stats.replaced_consumers += 1
+        old = self._consumer
+        with contextlib.suppress(Exception):  # leaving the group may block as well: bounded, then abandoned
+            BoundedCalls(f"close-{self.id}").call("close", old.close, 10.0)
+        self._buffers.clear()
+        self._paused.clear()
+        self._garbage.clear()
+        self._consumer = self._new_consumer()
+        self._fetched_at = self._assigned_at = now
+        self._revoked_at = 0.0
+        self.subscribe()
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        log.warning("ready partitions lost (the group's session expired): %s", partitions)
+        self._on_revoke(consumer, partitions)
+
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._assigned_at = time.monotonic()
         # Fetch from every newly assigned partition before choosing, so the first claims already see
         # the high-priority work that is waiting, not just whichever partition answered first.
         self._settle_until = time.monotonic() + 0.3
         log.debug("assigned %s", partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._revoked_at = time.monotonic()
         # Unclaimed records of a revoked partition belong to its next owner (their offsets were not committed).
         for tp in partitions:
             self._buffers.pop((tp.topic, tp.partition), None)

@@ -54,6 +54,7 @@ class Stats:
     abandoned: int = 0  # claims given up on after claim_timeout_s
     transactions: int = 0
     replaced_producers: int = 0  # claim producers fenced by a new one: a transactional call never returned
+    replaced_consumers: int = 0  # ready topics' consumers that stalled
     #: The last claim transactions' durations (bounded: an executor runs for months).
     claim_txn_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
@@ -64,7 +65,7 @@ class Stats:
             return txn[min(len(txn) - 1, int(q * len(txn)))] if txn else 0.0
 
         return (f"claimed {self.claimed} in {self.transactions} transactions ({self.txn_aborts} aborted, "
-                f"{self.replaced_producers} producers replaced; "
+                f"{self.replaced_producers} producers and {self.replaced_consumers} consumers replaced; "
                 f"recent p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms), granted {self.granted}, "
                 f"rejected {self.rejected}, renewed {self.renewals}, abandoned {self.abandoned}, "
                 f"started {self.started}, finished {self.finished}")

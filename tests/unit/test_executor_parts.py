@@ -15,7 +15,7 @@ import pytest
 from ksched.artifacts import LocalStore
 from ksched.errors import ArtifactError
 from ksched.executor.cache import ArtifactCache
-from ksched.executor.claims import BoundedCalls, Wedged, flow_control, positions, take
+from ksched.executor.claims import BoundedCalls, Wedged, flow_control, positions, stalled, take
 from ksched.executor.ledger import (
     GrantAnswer,
     Ledger,
@@ -415,3 +415,20 @@ def test_a_call_that_never_returns_is_given_up_and_the_next_runs_on_a_new_thread
 
     assert calls.call("next", where, 5.0) != threads[0]
     stuck.set()
+
+
+# --- stalled: when the ready topics' consumer is replaced --------------------------------------------------
+
+
+@pytest.mark.parametrize(("fetched", "assigned", "revoked", "backlog", "stall"), [
+    (0, 0, 0, False, False),          # idle, nothing waiting: fine however long
+    (100, 50, 40, True, False),       # fetched just now
+    (60, 50, 40, True, True),         # 40 s without a fetch while its partitions hold records
+    (100, 50, 60, False, True),       # revoked 40 s ago, never assigned again: a rebalance that never ended
+    (100, 50, 80, False, False),      # revoked 20 s ago: a rebalance may take that long
+    (100, 90, 60, False, False),      # revoked, then assigned (perhaps nothing: more executors than partitions)
+])
+def test_the_ready_consumer_counts_as_stalled_only_when_records_wait_or_a_rebalance_never_ends(
+        fetched: float, assigned: float, revoked: float, backlog: bool, stall: bool) -> None:
+    why = stalled(100.0, fetched, assigned, revoked, backlog)
+    assert (why is not None) == stall, why
