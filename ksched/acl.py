@@ -6,6 +6,8 @@
   the inbox and garbage to the dead-letter topic, in transactions of its own id prefix.
 - submitter (CLI, any producer): write the commands topic; read the decision log, views, inbox (history) and
   dead letters. Not write the inbox (no forged reports), not read the control topic (no grants).
+- analytics (`ksched analytics`, the projector): read the decision log and the run and task views, write (and
+  create) the analytics topics that a Kafka Connect sink reads.
 
 Anything else, an anonymous client included, is refused: the broker is started with no ACL meaning deny.
 """
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 
 from ksched.config import Settings
 
-ROLES = ("streams", "executor", "submitter")
+ROLES = ("streams", "executor", "submitter", "analytics")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,12 @@ def grants(settings: Settings, role: str) -> list[Grant]:
                                                                           "inbox", "dlq")],
             Grant("GROUP", f"{p}-reader", "PREFIXED", ("READ",)),
             Grant("GROUP", f"{p}-cli", "PREFIXED", ("READ",)),
+        ]
+    if role == "analytics":
+        return [
+            *[Grant("TOPIC", t(name), "LITERAL", ("READ",)) for name in ("events", "runs", "tasks")],
+            Grant("TOPIC", t("analytics."), "PREFIXED", ("WRITE", "CREATE", "DESCRIBE")),
+            Grant("GROUP", f"{p}-analytics", "PREFIXED", ("READ",)),
         ]
     raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
 

@@ -112,14 +112,34 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
     return specs + pool_topic_specs(s, "")
 
 
-def ensure_topics(settings: Settings, timeout_s: float = 30.0, pools: tuple[str, ...] = ()) -> list[str]:
-    """Create missing topics (and those of executor `pools`); check co-partitioned counts. Returns those created."""
+def analytics_topic(settings: Settings, table: str) -> str:
+    return settings.topic(f"analytics.{table}")
+
+
+def analytics_topic_specs(s: Settings) -> list[TopicSpec]:
+    """The topics `ksched analytics` writes for a Kafka Connect sink (docs/ANALYTICS.md): the current rows of
+    runs, tasks and attempts (compacted, keyed by the row's primary key) and the decision log's rows (kept as
+    long as the decision log)."""
+    rows = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000", "max.message.bytes": str(MAX_OUTPUT_BYTES)}
+    audit = {"cleanup.policy": "delete", "retention.ms": str(s.history_retention_ms),
+             "max.message.bytes": str(MAX_OUTPUT_BYTES)}
+    return [TopicSpec(analytics_topic(s, "runs"), s.partitions, "run id (JSON struct)", "run rows", rows),
+            TopicSpec(analytics_topic(s, "tasks"), s.partitions, "task id (JSON struct)", "task rows", rows),
+            TopicSpec(analytics_topic(s, "attempts"), s.partitions, "attempt id (JSON struct)", "attempt rows", rows),
+            TopicSpec(analytics_topic(s, "decisions"), s.partitions, "event id (JSON struct)",
+                      "decision-log rows (append-only audit)", audit)]
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0, pools: tuple[str, ...] = (),
+                  extra: list[TopicSpec] | None = None) -> list[str]:
+    """Create missing topics (and those of executor `pools`, and `extra`); check co-partitioned counts.
+    Returns those created."""
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
     admin = AdminClient({**client_config(settings), "log_level": 3})
     existing = admin.list_topics(timeout=timeout_s).topics
-    specs = topic_specs(settings) + [sp for pool in pools for sp in pool_topic_specs(settings, pool)]
+    specs = topic_specs(settings) + [sp for pool in pools for sp in pool_topic_specs(settings, pool)] + (extra or [])
     for spec in specs:
         md = existing.get(spec.name)
         if md is not None and md.error is None and spec.copartitioned and len(md.partitions) != spec.partitions:

@@ -121,6 +121,21 @@ def _executor(args: argparse.Namespace, settings: config.Settings) -> int:
     return 0
 
 
+def _analytics(args: argparse.Namespace, settings: config.Settings) -> int:
+    import json
+
+    if args.connector:
+        from ksched.analytics.connector import jdbc_sink
+
+        cfg = jdbc_sink(settings, args.jdbc_url, args.db_user, args.db_password)
+        print(json.dumps({"name": cfg.pop("name"), "config": cfg}, indent=2))
+        return 0
+    from ksched.analytics.projector import main as project
+
+    logging.getLogger("ksched").setLevel(logging.INFO)
+    return project(settings, idle_exit_s=args.idle_exit, group=args.group)
+
+
 def _demo(args: argparse.Namespace, settings: config.Settings) -> int:
     from .demo import run_demo
 
@@ -223,6 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds a claim waits for the scheduler's answer before its slot is used otherwise")
     sp.add_argument("--max-artifact-bytes", type=int, default=512 * 1024 * 1024,
                     help="refuse artifacts larger than this (the task fails with ARTIFACT_TOO_LARGE)")
+    sp = add("analytics", _analytics, "keep the analytics topics (flat rows of runs, tasks, attempts, decisions) "
+                                      "current for a Kafka Connect sink; --connector prints the sink's config")
+    sp.add_argument("--connector", action="store_true",
+                    help="print the JDBC sink connector's configuration for Connect's REST API, and exit")
+    sp.add_argument("--jdbc-url", default="jdbc:postgresql://localhost:5432/analytics")
+    sp.add_argument("--db-user", default="ksched")
+    sp.add_argument("--db-password", default="${file:/etc/kafka-connect/secrets.properties:password}",
+                    help="as written into the config (default: a Connect config-provider reference)")
+    sp.add_argument("--idle-exit", type=float, default=None, metavar="S",
+                    help="exit once nothing new arrived for S seconds (for batch back-fills and tests)")
+    sp.add_argument("--group", default="", help="consumer group (default <prefix>-analytics)")
     sp = add("demo", _demo, "start a local broker, a streams worker and an executor, and run example jobs")
     sp.add_argument("--keep-running", action="store_true", help="leave everything running at the end")
     sp.add_argument("--reuse", action="store_true", help="keep the demo's broker data from an earlier run")

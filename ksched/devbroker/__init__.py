@@ -79,8 +79,9 @@ class BrokerInfo:
 
 #: The users of a broker started with `auth`: the admin (the broker's own principal, a super user) and one per
 #: ksched role (`ksched.acl`). Passwords are made at the first start and kept in `users.json` (mode 0600).
-USERS = ("admin", "ksched-streams", "ksched-executor", "ksched-submitter")
-ROLE_USERS = {"streams": "ksched-streams", "executor": "ksched-executor", "submitter": "ksched-submitter"}
+USERS = ("admin", "ksched-streams", "ksched-executor", "ksched-submitter", "ksched-analytics")
+ROLE_USERS = {"streams": "ksched-streams", "executor": "ksched-executor", "submitter": "ksched-submitter",
+              "analytics": "ksched-analytics"}
 SCRAM = "SCRAM-SHA-512"
 
 

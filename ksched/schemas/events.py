@@ -612,6 +612,7 @@ class RunView:
     task_counts: dict[str, int]
     finished_at_ms: int | None = None
     reason: str = ""
+    started_at_ms: int | None = None  # its first attempt's start
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,14 +19,15 @@ PACKAGE = Path(__file__).resolve().parents[2] / "ksched"
 # package module itself).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", ("ksched.cli",)),
-    ("services", ("ksched.streams", "ksched.executor")),
+    ("services", ("ksched.streams", "ksched.executor", "ksched.analytics")),
     ("platform", ("ksched.kafka", "ksched.topics", "ksched.partitioning", "ksched.reader", "ksched.artifacts",
                   "ksched.acl", "ksched.devbroker", "ksched.config")),
     ("pure core", ("ksched.streams.core",)),
     ("records", ("ksched.schemas", "ksched.instants", "ksched.errors", "ksched")),
 ]
 # Within one layer these never import each other.
-INDEPENDENT = [("ksched.streams", "ksched.executor")]
+INDEPENDENT = [("ksched.streams", "ksched.executor"), ("ksched.analytics", "ksched.streams"),
+               ("ksched.analytics", "ksched.executor")]
 # What the pure core may import from outside the package: no Kafka, Faust, RocksDB, clock, I/O or threads.
 CORE_FORBIDDEN = {"faust", "mode", "aiokafka", "confluent_kafka", "rocksdict", "boto3", "botocore", "time",
                   "asyncio", "threading", "socket", "subprocess", "os", "random", "uuid", "logging", "pathlib"}

@@ -70,7 +70,21 @@ def test_an_attempts_life_is_published_in_its_task_and_run_views() -> None:
     assert views(emits, TASKS) == [(TASK, TaskView(TASK, "j1", RUN, "main", "SUCCEEDED", 2, "normal", [],
                                                    [first, done], "exit code 0"))]
     assert views(emits, RUNS) == [(RUN, RunView(RUN, "j1", 1, "ONCE", "SUCCEEDED", T0, T0, {"SUCCEEDED": 1},
-                                                T0 + 9 * SEC))]
+                                                T0 + 9 * SEC, started_at_ms=T0 + 2 * SEC))]  # the first attempt's
+
+
+def test_a_run_ends_no_earlier_than_the_report_that_ended_it() -> None:
+    """The partition's clock (its last tick) can stand behind an executor's report: the run's end is the later
+    of the two, so its duration is never negative and has the report's milliseconds."""
+    sim = Sim()
+    ready = one(sim.submit(job("j1")), TaskReady)
+    grant = one(sim.claim(ready), ClaimGranted)
+    sim.start(grant)
+    sim.now = T0 + 2 * SEC  # the clock stands here, the executor's report says later
+    emits = sim.send(TaskCompleted("j1", RUN, TASK, 1, grant.fencing_token, "ex1", 0, T0, T0 + 2 * SEC + 345,
+                                   "logs/1"))
+    ((_, run),) = views(emits, RUNS)
+    assert run.state == "SUCCEEDED" and run.started_at_ms == T0 and run.finished_at_ms == T0 + 2 * SEC + 345
 
 
 def test_a_heartbeat_publishes_no_view() -> None:

@@ -525,7 +525,11 @@ def _advance_run(ctx: _Ctx, run_id: str, everything: bool = False) -> None:
     outcome = dag.run_outcome(run.tasks, cancelled=bool(run.cancel_reason))
     if outcome is None:
         return
-    ctx.put_run(replace(run, state=outcome, finished_at_ms=ctx.now))
+    # The partition's clock moves with ticks, so it can stand behind the executor's report that ended the run:
+    # a run ends no earlier than its last attempt (its duration is never negative, and has milliseconds).
+    ended = max([ctx.now, *(a.finished_at_ms for t in run.tasks.values() for a in t.attempts
+                            if a.finished_at_ms is not None)])
+    ctx.put_run(replace(run, state=outcome, finished_at_ms=ended))
     ctx.log(RunFinished(f"{run_id}/finished", ctx.job.job_id, run_id, outcome, ctx.now))
     _start_queued(ctx)
 

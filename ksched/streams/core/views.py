@@ -21,8 +21,10 @@ def job_definition(state: JobState) -> JobDefinition:
 
 def run_view(state: JobState, run: Run) -> RunView:
     counts = Counter(t.state for t in run.tasks.values())
+    starts = [a.started_at_ms for t in run.tasks.values() for a in t.attempts if a.started_at_ms is not None]
     return RunView(run.run_id, state.job_id, run.revision, run.trigger, run.state, run.scheduled_for_ms,
-                   run.created_at_ms, dict(sorted(counts.items())), run.finished_at_ms, run.cancel_reason)
+                   run.created_at_ms, dict(sorted(counts.items())), run.finished_at_ms, run.cancel_reason,
+                   min(starts, default=None))
 
 
 def attempt_view(a: Attempt) -> AttemptView:
