@@ -22,6 +22,8 @@ from ksched.reader import find_run, job_status, read_partition
 from ksched.schemas.codec import default_codec
 from ksched.schemas.events import (
     ArtifactRef,
+    BackfillAccepted,
+    BackfillJob,
     CancelRun,
     DeleteJob,
     JobAccepted,
@@ -32,11 +34,12 @@ from ksched.schemas.events import (
     ReportIgnored,
     RerunTasks,
     ResumeJob,
+    RunTriggered,
     SubmitJob,
     TaskReady,
     TriggerJob,
 )
-from ksched.streams.core.schedule import preview
+from ksched.streams.core.schedule import fire_times, preview
 from ksched.topics import MAX_RECORD_BYTES, POOL_LABEL, ensure_topics, submit_topic
 
 from . import render
@@ -82,6 +85,13 @@ def upload(settings: Settings, path: Path) -> ArtifactRef:
 def send_and_wait(settings: Settings, job_id: str, event: Any, until: Callable[[Any], bool] | None,
                   timeout_s: float) -> Any | None:
     """Produce `event` to the inbox; if `until` is given, wait for a decision it accepts and return it."""
+    return send_and_follow(settings, job_id, event, until, timeout_s)[0]
+
+
+def send_and_follow(settings: Settings, job_id: str, event: Any, until: Callable[[Any], bool] | None,
+                    timeout_s: float, then: Callable[[Any], bool] | None = None,
+                    then_s: float = 3.0) -> tuple[Any | None, Any | None]:
+    """`send_and_wait`, and then, for at most `then_s` more, a later decision that `then` accepts."""
     codec = default_codec()
     topic = settings.topic("events")
     partition = partition_for(job_id, settings.partitions)
@@ -102,7 +112,8 @@ def send_and_wait(settings: Settings, job_id: str, event: Any, until: Callable[[
     if p.flush(30) or errors:
         raise KschedError(f"could not deliver to {topic}: {errors or 'timeout'}")
     if consumer is None or until is None:
-        return None
+        return None, None
+    first = None
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -113,9 +124,15 @@ def send_and_wait(settings: Settings, job_id: str, event: Any, until: Callable[[
                 decision = codec.decode(m.value())
             except KschedError:
                 continue
-            if until(decision):
-                return decision
-        return None
+            if first is None:
+                if until(decision):
+                    first = decision
+                    if then is None:
+                        return first, None
+                    deadline = time.monotonic() + then_s
+            elif then is not None and then(decision):
+                return first, decision
+        return first, None
     finally:
         consumer.close()
 
@@ -142,19 +159,44 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         return err(f"{path}: {exc}")
     command_id = new_command_id()
     cmd = SubmitJob(command_id, spec, now_ms(), args.by or "cli")
-    if not args.wait:
+    # A one-off that runs on submission: wait for the scheduler to name its run (the run id is derived from the
+    # instant the scheduler fires it), unless told not to wait.
+    oneoff_now = spec.schedule.cron is None and spec.schedule.at_ms is None
+    if not (args.wait or (oneoff_now and not args.no_wait)):
         send_and_wait(settings, spec.job_id, cmd, None, 0)
         print(f"submitted {spec.job_id} ({spec.kind}), command {command_id}")
         return 0
-    decision = send_and_wait(settings, spec.job_id, cmd,
-                             lambda d: isinstance(d, JobAccepted | JobRejected) and d.command_id == command_id,
-                             args.timeout)
+    accepted: list[JobAccepted] = []
+
+    def answered(d: Any) -> bool:
+        if isinstance(d, JobAccepted) and d.command_id == command_id:
+            accepted.append(d)
+            return True
+        return isinstance(d, JobRejected) and d.command_id == command_id
+
+    decision, run = send_and_follow(
+        settings, spec.job_id, cmd, answered, args.timeout,
+        then=(lambda d: isinstance(d, RunTriggered) and d.job_id == spec.job_id
+              and bool(accepted) and d.revision == accepted[0].revision) if oneoff_now else None)
     if isinstance(decision, JobAccepted):
-        print(f"accepted {spec.job_id} ({spec.kind}), revision {decision.revision}")
+        print(_accepted(spec, decision, run))
         return 0
     if isinstance(decision, JobRejected):
         return err(f"rejected {spec.job_id}: {decision.reason}")
     return err(f"submitted {spec.job_id}, but no decision within {args.timeout:.0f}s (is a streams worker running?)")
+
+
+def _accepted(spec: JobSpec, decision: JobAccepted, run: RunTriggered | None) -> str:
+    """What `submit` says of an accepted job: its revision, and a one-off's run."""
+    what = f"accepted {spec.job_id} ({spec.kind}), revision {decision.revision}"
+    if run is not None:
+        return what + f", run {run.run_id}"
+    if spec.schedule.cron is None and spec.schedule.at_ms is not None:
+        first = preview(spec.schedule, spec.job_id, now_ms() - 1, 1)
+        return what + (f", runs at {render.ts(first[0])} UTC" if first else ", its instant has passed")
+    if spec.schedule.cron is None:
+        return what + " (its run has not started: is the job paused?)"
+    return what
 
 
 def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
@@ -164,6 +206,10 @@ def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
     ref = upload(settings, path)
     print(f"{ref.digest}  {ref.name}  {ref.size} bytes")
     return 0
+
+
+#: Occurrences `ksched backfill` lists before it answers (a backfill itself has no such limit).
+BACKFILL_PREVIEW = 100_000
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -200,6 +246,48 @@ def cmd_trigger(args: argparse.Namespace, settings: Settings) -> int:
     command_id = new_command_id()
     send_and_wait(settings, args.job, TriggerJob(command_id, args.job, now_ms()), None, 0)
     print(f"triggered {args.job}: run {args.job}@manual-{command_id}")
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    """Fire a cron job's past occurrences in [--from, --to] as runs of their own, at most --max-active at once."""
+    from ksched.instants import iso, parse_instant
+    from ksched.streams.core.decide import backfill_run_id
+
+    try:
+        frm, to = parse_instant(args.from_), parse_instant(args.to)
+    except ValueError as exc:
+        return err(f"backfill: {exc}")
+    if frm > to:
+        return err(f"backfill: --from {iso(frm)} is after --to {iso(to)}")
+    if args.max_active < 1:
+        return err("backfill: --max-active must be 1 or more")
+    st = job_status(settings, args.job)
+    if st.definition is None:
+        return err(f"unknown job {args.job!r}")
+    schedule = st.definition.job.schedule
+    if schedule.cron is None:
+        return err(f"backfill: job {args.job!r} has no cron schedule (ksched trigger runs it now)")
+    times: list[int] = []
+    for t in fire_times(schedule, args.job, frm - 1):
+        if t > to or len(times) > BACKFILL_PREVIEW:
+            break
+        times.append(t)
+    count = f"{len(times)}" if len(times) <= BACKFILL_PREVIEW else f"more than {BACKFILL_PREVIEW}"
+    command_id = new_command_id()
+    cmd = BackfillJob(command_id, args.job, frm, to, now_ms(), args.max_active)
+    decision = send_and_wait(settings, args.job, cmd,
+                             lambda d: isinstance(d, BackfillAccepted | JobRejected) and d.command_id == command_id,
+                             args.timeout)
+    if isinstance(decision, JobRejected):
+        return err(f"backfill of {args.job} rejected: {decision.reason}")
+    span = f"{iso(frm)} .. {iso(to)}: {count} occurrences, at most {args.max_active} running at once"
+    if not isinstance(decision, BackfillAccepted):
+        print(f"backfill of {args.job} requested ({span}); no answer within {args.timeout:.0f}s")
+        return 0
+    new = [t for t in times if any(lo <= t <= hi for lo, hi in decision.ranges)]
+    print(f"backfill of {args.job} accepted ({span}); {len(new)} not covered by an earlier backfill"
+          + (f", first run {backfill_run_id(args.job, new[0])}" if new else ""))
     return 0
 
 

@@ -156,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("submit", c.cmd_submit, "submit (create or update) a job from a YAML file")
     sp.add_argument("file")
-    sp.add_argument("--wait", action="store_true", help="wait until the scheduler accepts or rejects it")
+    sp.add_argument("--wait", action="store_true", help="wait until the scheduler accepts or rejects it (a one-off "
+                                                       "that runs on submission waits by default, to print its run id)")
+    sp.add_argument("--no-wait", action="store_true", help="do not wait, not even for a one-off's run id")
     sp.add_argument("--timeout", type=float, default=30.0)
     sp.add_argument("--by", default="", help="who submits (recorded in the event)")
     sp = add("upload", c.cmd_upload, "store a binary in the artifact store; prints its digest")
@@ -173,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--reason", default="")
     sp = add("trigger", c.cmd_trigger, "run a job now, outside its schedule")
     sp.add_argument("job")
+    sp = add("backfill", c.cmd_backfill, "fire a cron job's past occurrences in a range as runs of their own "
+                                         "(trigger BACKFILL); repeated, it fires nothing twice")
+    sp.add_argument("job")
+    sp.add_argument("--from", dest="from_", required=True, metavar="T1", help="ISO-8601 instant or epoch ms")
+    sp.add_argument("--to", required=True, metavar="T2", help="ISO-8601 instant or epoch ms (inclusive)")
+    sp.add_argument("--max-active", type=int, default=1, help="backfill runs at once (overlap allow; else 1)")
+    sp.add_argument("--timeout", type=float, default=30.0)
     sp = add("cancel", c.cmd_cancel, "cancel a run (running attempts are stopped)")
     sp.add_argument("run")
     sp.add_argument("--reason", default="")

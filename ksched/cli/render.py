@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from typing import Any
 
 from ksched.instants import from_ms
@@ -86,6 +87,10 @@ def status_text(st: JobStatus, now_ms: int | None = None) -> str:
     out = head + "\n" + table(rows, ["RUN", "STATE", "SCHEDULED (UTC)", "STARTED", "FINISHED", "EXIT", "ATTEMPTS"])
     if staged:
         out += "\nSTAGED: claimed by an executor ahead of its instant, with its binary fetched; it starts on time"
+    backfill = Counter(r.state for r in st.ordered_runs() if r.trigger == "BACKFILL")
+    if backfill:
+        out += (f"\nBACKFILL: {sum(backfill.values())} runs of past occurrences (" +
+                ", ".join(f"{n} {s.lower()}" for s, n in sorted(backfill.items())) + ")")
     return out
 
 

@@ -82,6 +82,7 @@ class Trigger:
     ONCE = "ONCE"
     MANUAL = "MANUAL"
     CATCHUP = "CATCHUP"
+    BACKFILL = "BACKFILL"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +247,19 @@ class RerunTasks:
     run_id: str
     from_task: str
     at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillJob:
+    """Fire a cron job's occurrences in [from_ms, to_ms] as runs of their own, at most `max_active` at once."""
+
+    SCHEMA: ClassVar[str] = "ksched.BackfillJob"
+    command_id: str
+    job_id: str
+    from_ms: int
+    to_ms: int
+    at_ms: int
+    max_active: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,6 +553,29 @@ class TaskSettled:
 
 
 @dataclass(frozen=True, slots=True)
+class BackfillAccepted:
+    SCHEMA: ClassVar[str] = "ksched.BackfillAccepted"
+    event_id: str
+    command_id: str
+    job_id: str
+    from_ms: int
+    to_ms: int
+    max_active: int
+    ranges: list[list[int]]  # [lo, hi] pairs still to fire (an earlier backfill covered the rest)
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillFinished:
+    SCHEMA: ClassVar[str] = "ksched.BackfillFinished"
+    event_id: str
+    command_id: str
+    job_id: str
+    runs: int
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class RunFinished:
     SCHEMA: ClassVar[str] = "ksched.RunFinished"
     event_id: str
@@ -627,23 +664,23 @@ class DeadLetter:
     value: bytes | None = None
 
 
-Command = SubmitJob | PauseJob | ResumeJob | DeleteJob | TriggerJob | CancelRun | RerunTasks
+Command = SubmitJob | PauseJob | ResumeJob | DeleteJob | TriggerJob | CancelRun | RerunTasks | BackfillJob
 Report = ClaimTask | TaskStarted | TaskHeartbeat | TaskCompleted | TaskFailed
 InboxEvent = Command | Tick | Report
 Decision = (
     JobAccepted | JobRejected | JobChanged | RunTriggered | OccurrenceMissed | OccurrenceSkipped | TaskReady
     | ClaimGranted | ClaimRejected | CancelRequested | AttemptEnded | RetryScheduled | ReportIgnored
-    | TaskSettled | RunFinished
+    | TaskSettled | RunFinished | BackfillAccepted | BackfillFinished
 )
 
 INBOX_TYPES: tuple[type, ...] = (
-    SubmitJob, PauseJob, ResumeJob, DeleteJob, TriggerJob, CancelRun, RerunTasks, Tick,
+    SubmitJob, PauseJob, ResumeJob, DeleteJob, TriggerJob, CancelRun, RerunTasks, BackfillJob, Tick,
     ClaimTask, TaskStarted, TaskHeartbeat, TaskCompleted, TaskFailed,
 )
 DECISION_TYPES: tuple[type, ...] = (
     JobAccepted, JobRejected, JobChanged, RunTriggered, OccurrenceMissed, OccurrenceSkipped, TaskReady,
     ClaimGranted, ClaimRejected, CancelRequested, AttemptEnded, RetryScheduled, ReportIgnored,
-    TaskSettled, RunFinished,
+    TaskSettled, RunFinished, BackfillAccepted, BackfillFinished,
 )
 RECORD_TYPES: tuple[type, ...] = (*INBOX_TYPES, *DECISION_TYPES, JobDefinition, RunView, TaskView, DeadLetter)
 

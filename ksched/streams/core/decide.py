@@ -15,6 +15,9 @@ from ksched.errors import JobSpecError
 from ksched.instants import iso
 from ksched.schemas.events import (
     AttemptEnded,
+    BackfillAccepted,
+    BackfillFinished,
+    BackfillJob,
     CancelRequested,
     CancelRun,
     ClaimGranted,
@@ -51,9 +54,9 @@ from ksched.schemas.events import (
     TriggerJob,
 )
 
-from . import dag
+from . import backfill, dag
 from .emit import CONTROL, DLQ, EVENTS, READY, Emit
-from .model import Attempt, JobState, Params, Run, Task, children_of, split_task_id, task_id, tasks_by_name
+from .model import Attempt, Backfill, JobState, Params, Run, Task, children_of, split_task_id, task_id, tasks_by_name
 from .retry import RetryDecision, attempts_charged, backoff_ms, decide_retry, level_params
 from .schedule import fire_times, next_fire
 from .validate import validate_job
@@ -256,6 +259,7 @@ def _on_resume(ctx: _Ctx, cmd: ResumeJob) -> None:
         ctx.log(JobChanged(f"{cmd.command_id}/resumed", cmd.command_id, cmd.job_id, "RESUMED", ctx.job.revision,
                            ctx.now))
         _fire_due(ctx)
+        _advance_backfills(ctx)
 
 
 def _on_delete(ctx: _Ctx, cmd: DeleteJob) -> None:
@@ -264,7 +268,7 @@ def _on_delete(ctx: _Ctx, cmd: DeleteJob) -> None:
     ctx.remember(cmd.command_id)
     for run in _active_runs(ctx.job):
         _cancel_run(ctx, run.run_id, "job deleted")
-    ctx.state = replace(ctx.job, deleted=True, owed_catchup_ms=None, updated_at_ms=ctx.now)
+    ctx.state = replace(ctx.job, deleted=True, owed_catchup_ms=None, backfills=(), updated_at_ms=ctx.now)
     ctx.log(JobChanged(f"{cmd.command_id}/deleted", cmd.command_id, cmd.job_id, "DELETED", ctx.job.revision,
                        ctx.now))
 
@@ -274,6 +278,68 @@ def _on_trigger(ctx: _Ctx, cmd: TriggerJob) -> None:
         return
     ctx.remember(cmd.command_id)
     _start_run(ctx, f"{cmd.job_id}@manual-{cmd.command_id}", Trigger.MANUAL, ctx.now)
+
+
+def _on_backfill(ctx: _Ctx, cmd: BackfillJob) -> None:
+    if _seen(ctx, cmd.command_id) or _unknown_job(ctx, cmd.command_id, cmd.job_id):
+        return
+    job = ctx.job
+    why = ""
+    if job.spec.schedule.cron is None:
+        why = "backfill needs a cron schedule; this job has none (trigger it instead)"
+    elif cmd.from_ms > cmd.to_ms:
+        why = "backfill: from is after to"
+    elif cmd.to_ms > ctx.now:
+        why = "backfill fires past occurrences only: to is in the future"
+    elif cmd.max_active < 1:
+        why = "backfill: max_active must be 1 or more"
+    if why:
+        ctx.emit(EVENTS, cmd.job_id, JobRejected(f"{cmd.command_id}/rejected", cmd.command_id, cmd.job_id, why,
+                                                 ctx.now))
+        return
+    ctx.remember(cmd.command_id)
+    ranges = backfill.subtract(cmd.from_ms, cmd.to_ms, ctx.job.backfilled)
+    ctx.state = replace(ctx.job, backfilled=backfill.merge(ctx.job.backfilled, cmd.from_ms, cmd.to_ms),
+                        backfills=(*ctx.job.backfills, Backfill(cmd.command_id, ranges, cmd.max_active)))
+    ctx.log(BackfillAccepted(f"{cmd.command_id}/backfill", cmd.command_id, cmd.job_id, cmd.from_ms, cmd.to_ms,
+                             cmd.max_active, [[lo, hi] for lo, hi in ranges], ctx.now))
+    _advance_backfills(ctx)
+
+
+def backfill_run_id(job_id: str, t: int) -> str:
+    return f"{job_id}@backfill-{iso(t)}"
+
+
+def _advance_backfills(ctx: _Ctx) -> None:
+    """Start the first backfill's next occurrences while it has room: at most `max_active` of its runs at once
+    (overlap `allow`), or one and only while no other run of the job is active (`forbid`, `replace`: a
+    backfill waits rather than skipping or replacing); never past the job's max_active_runs. A backfill whose
+    instants are all fired and whose runs have finished is done, and the next one starts."""
+    while ctx.job.backfills and not ctx.job.paused and not ctx.job.deleted:
+        job = ctx.job
+        bf = job.backfills[0]
+        overlap = job.spec.schedule.overlap
+        room = bf.max_active if overlap == "allow" else 1
+        after, fired, exhausted = bf.after_ms, bf.fired, False
+        pending = backfill.instants(job.spec.schedule, job.job_id, bf.ranges, after)
+        while True:
+            active = _active_runs(ctx.job)
+            mine = sum(1 for r in active if r.trigger == Trigger.BACKFILL)
+            blocked = overlap != "allow" and len(active) > mine
+            limit = ctx.job.spec.max_active_runs
+            if mine >= room or blocked or (limit > 0 and len(active) >= limit):
+                break
+            t = next(pending, None)
+            if t is None:
+                exhausted = True
+                break
+            _start_run(ctx, backfill_run_id(job.job_id, t), Trigger.BACKFILL, t)
+            after, fired = t, fired + 1
+        if not exhausted or any(r.trigger == Trigger.BACKFILL for r in _active_runs(ctx.job)):
+            ctx.state = replace(ctx.job, backfills=(replace(bf, after_ms=after, fired=fired), *ctx.job.backfills[1:]))
+            return
+        ctx.state = replace(ctx.job, backfills=ctx.job.backfills[1:])
+        ctx.log(BackfillFinished(f"{bf.command_id}/backfill-finished", bf.command_id, job.job_id, fired, ctx.now))
 
 
 def _on_cancel(ctx: _Ctx, cmd: CancelRun) -> None:
@@ -532,6 +598,7 @@ def _advance_run(ctx: _Ctx, run_id: str, everything: bool = False) -> None:
     ctx.put_run(replace(run, state=outcome, finished_at_ms=ended))
     ctx.log(RunFinished(f"{run_id}/finished", ctx.job.job_id, run_id, outcome, ctx.now))
     _start_queued(ctx)
+    _advance_backfills(ctx)
 
 
 def _start_queued(ctx: _Ctx) -> None:
@@ -784,6 +851,7 @@ _HANDLERS: dict[type, Callable[[_Ctx, Any], None]] = {
     TriggerJob: _on_trigger,
     CancelRun: _on_cancel,
     RerunTasks: _on_rerun,
+    BackfillJob: _on_backfill,
     Tick: _on_tick,
     ClaimTask: _on_claim,
     TaskStarted: _on_started,

@@ -85,6 +85,18 @@ class Run:
 
 
 @dataclass(frozen=True, slots=True)
+class Backfill:
+    """A backfill in progress: the ranges of occurrence instants it still fires, from `after_ms` on."""
+
+    command_id: str
+    ranges: tuple[tuple[int, int], ...]
+    max_active: int = 1
+    #: Instants at or before this one are fired (None: none yet).
+    after_ms: int | None = None
+    fired: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class JobState:
     job_id: str
     spec: JobSpec
@@ -102,6 +114,10 @@ class JobState:
     commands: tuple[str, ...] = ()
     created_at_ms: int = 0
     updated_at_ms: int = 0
+    #: Backfills accepted and not finished, in order: the first fires, the others wait for it.
+    backfills: tuple[Backfill, ...] = ()
+    #: The instants every backfill so far has covered, as merged [lo, hi] ranges: a backfill fires only the rest.
+    backfilled: tuple[tuple[int, int], ...] = ()
 
     def spec_for(self, revision: int) -> JobSpec:
         return self.spec if revision == self.revision else self.revisions.get(revision, self.spec)

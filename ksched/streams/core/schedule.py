@@ -149,7 +149,11 @@ def _nominal_next(cron: Cron, tz: ZoneInfo, after_ms: int) -> int | None:
     # croniter works on naive wall time here, so it never applies DST itself.
     it.set_current(start_local - timedelta(seconds=1), force=True)
     for _ in range(100_000):  # a repeated hour of per-second matches is 3,600; stay far above it
-        instant = local_to_utc_ms(it.get_next(datetime), tz)
+        try:
+            local = it.get_next(datetime)
+        except (ValueError, OverflowError):  # past year 9999: the schedule has no more instants
+            return None
+        instant = local_to_utc_ms(local, tz)
         if instant > after_ms:
             return instant
     return None
