@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,8 +66,11 @@ class Projector:
             rows += rows_for(self._kinds[m.topic()], event, m.partition(), m.offset())
         return coalesce(rows)
 
-    def run(self, idle_exit_s: float | None = None) -> Counters:
-        """Project until stopped (or, with `idle_exit_s`, until nothing new arrived for that long)."""
+    def run(self, once: bool = False) -> Counters:
+        """Project until stopped; with `once`, until every source partition is read up to where it ended
+        when this began (a batch catch-up: a live installation never goes quiet)."""
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
         ensure_topics(self.settings, extra=analytics_topic_specs(self.settings))
         consumer = kafka.consumer(self.settings, group=self.group)
         producer = kafka.producer(self.settings, **{"linger.ms": 5, "message.max.bytes": MAX_OUTPUT_BYTES + 65536})
@@ -78,39 +80,61 @@ class Projector:
             if err is not None:
                 failures.append(f"{msg.topic()}: {err}")
 
-        consumer.subscribe(list(self._kinds))
-        last_input = time.monotonic()
+        ends: dict[tuple[str, int], int] = {}
+        if once:
+            tps = [TopicPartition(t, p) for t in self._kinds
+                   for p in sorted(consumer.list_topics(t, timeout=15).topics[t].partitions)]
+            for tp in tps:
+                ends[(tp.topic, tp.partition)] = consumer.get_watermark_offsets(tp, timeout=15)[1]
+            start = consumer.committed(tps, timeout=15)
+            for tp in start:  # nothing new since the last projection
+                if tp.offset >= ends[(tp.topic, tp.partition)]:
+                    ends.pop((tp.topic, tp.partition))
+            consumer.assign([TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+                             for tp in start])
+            self._drop_done(consumer, ends)
+        else:
+            consumer.subscribe(list(self._kinds))
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and not (once and not ends):
                 messages = [m for m in consumer.consume(self.batch, 0.5) if m.error() is None]
-                if not messages:
-                    if idle_exit_s is not None and time.monotonic() - last_input > idle_exit_s:
-                        break
-                    continue
-                last_input = time.monotonic()
-                rows = self.rows_of(messages)
-                for r in rows:
-                    producer.produce(analytics_topic(self.settings, r.table.name), r.value_bytes(), r.key_bytes(),
-                                     on_delivery=delivered)
-                    producer.poll(0)
-                if producer.flush(30) or failures:
-                    raise KschedError(f"analytics rows undelivered: {failures[:3] or 'flush timed out'}")
-                consumer.commit(asynchronous=False)
-                self.counters.records += len(messages)
-                self.counters.rows += len(rows)
-                self.counters.batches += 1
+                if messages:
+                    rows = self.rows_of(messages)
+                    for r in rows:
+                        producer.produce(analytics_topic(self.settings, r.table.name), r.value_bytes(),
+                                         r.key_bytes(), on_delivery=delivered)
+                        producer.poll(0)
+                    if producer.flush(30) or failures:
+                        raise KschedError(f"analytics rows undelivered: {failures[:3] or 'flush timed out'}")
+                    consumer.commit(asynchronous=False)
+                    self.counters.records += len(messages)
+                    self.counters.rows += len(rows)
+                    self.counters.batches += 1
+                if once:
+                    self._drop_done(consumer, ends)
         finally:
             consumer.close()
         return self.counters
 
+    @staticmethod
+    def _drop_done(consumer: Any, ends: dict[tuple[str, int], int]) -> None:
+        """Forget the partitions read up to their end (a position past the end's control records counts)."""
+        from confluent_kafka import TopicPartition
 
-def main(settings: Settings, idle_exit_s: float | None = None, group: str = "") -> int:
+        if not ends:
+            return
+        for tp in consumer.position([TopicPartition(t, p) for t, p in ends]):
+            if ends[(tp.topic, tp.partition)] == 0 or tp.offset >= ends[(tp.topic, tp.partition)]:
+                ends.pop((tp.topic, tp.partition), None)
+
+
+def main(settings: Settings, once: bool = False, group: str = "") -> int:
     projector = Projector(settings, group=group)
     signal.signal(signal.SIGTERM, lambda *_: projector.stop())
     signal.signal(signal.SIGINT, lambda *_: projector.stop())
     log.info("analytics: projecting %s into %s", ", ".join(settings.topic(k) for k in SOURCES),
              settings.topic("analytics.*"))
-    c = projector.run(idle_exit_s)
+    c = projector.run(once)
     log.info("analytics stopped: %d records read, %d rows written in %d batches, %d undecodable skipped",
              c.records, c.rows, c.batches, c.undecodable)
     return 0

@@ -97,6 +97,49 @@ def _show(settings: Settings) -> None:
 
 
 
+def _analytics(settings: Settings) -> bool:
+    """History to SQL: `ksched analytics` writes the rows, a Kafka Connect worker with the Debezium JDBC sink
+    lands them in a PostgreSQL of the demo's own; the same runs, counted by SQL and by the views."""
+    import tempfile
+
+    from ksched.analytics.connector import jdbc_sink, table_name
+    from ksched.devbroker.connect import ConnectWorker, Postgres
+
+    say("analytics: starting PostgreSQL and a Kafka Connect worker with the Debezium JDBC sink "
+        "(the first run fetches their jars)")
+    pg = Postgres(Path(tempfile.mkdtemp(prefix="ksched-demo-pg-")))
+    worker = ConnectWorker(settings.home / "connect", settings.bootstrap_servers)
+    try:
+        pg.start()
+        worker.start()
+        say(f"PostgreSQL up in {pg.started_in_s:.1f}s, Connect's REST API in {worker.started_in_s:.1f}s")
+        say("$ ksched analytics --once")
+        _ksched(settings, "analytics", "--once")
+        worker.create(jdbc_sink(settings, pg.jdbc_url, pg.user, pg.password))
+        jobs = ("hello-cron", "hello-once")
+        views = {j: sum(1 for r in job_status(settings, j).runs.values() if r.state == "SUCCEEDED") for j in jobs}
+        runs = table_name(settings, "runs")
+        sql = (f"SELECT job_id, count(*) FROM {runs} WHERE state = 'SUCCEEDED' AND job_id IN "
+               f"('hello-cron', 'hello-once') GROUP BY job_id ORDER BY job_id")
+        deadline = time.monotonic() + 60
+        counted: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):  # the table exists once the sink wrote its first row
+                counted = {j: int(n) for j, n in pg.query(sql)}
+            if counted == views:
+                break
+            time.sleep(0.5)
+        say(f"$ psql -c \"{sql}\"")
+        say("SQL counts " + ", ".join(f"{j}: {counted.get(j, 0)} succeeded runs" for j in jobs)
+            + f"; the views say {', '.join(f'{j}: {n}' for j, n in views.items())}")
+        say("analytics: SQL and the views agree" if counted == views else "analytics FAILED: SQL and the views differ")
+        return counted == views
+    finally:
+        worker.stop()
+        pg.stop()
+        shutil.rmtree(pg.data_dir, ignore_errors=True)
+
+
 def _stop_executor_then_worker(settings: Settings, children: list[subprocess.Popen[bytes]]) -> None:
     """Stop the executor first and let the worker decide what it reported on its way out (its staged attempts
     are handed back), so the decision log the replay compares with is complete."""
@@ -124,7 +167,7 @@ def _stop(children: list[subprocess.Popen[bytes]]) -> None:
             c.kill()
 
 
-def run_demo(settings: Settings, keep_running: bool = False, fresh: bool = True) -> int:
+def run_demo(settings: Settings, keep_running: bool = False, fresh: bool = True, analytics: bool = False) -> int:
     t0 = time.monotonic()
     settings, own_broker = _start_broker(settings, fresh)
     children: list[subprocess.Popen[bytes]] = []
@@ -154,6 +197,8 @@ def run_demo(settings: Settings, keep_running: bool = False, fresh: bool = True)
                 while all(c.poll() is None for c in children):
                     time.sleep(1)
         _stop_executor_then_worker(settings, children)
+        if ok and analytics:  # the views stand still now: SQL must count what they count
+            ok = _analytics(settings)
         say("$ ksched replay   (the workers have stopped: rebuild the state from the inbox, check the invariants "
             "and compare with the decision log)")
         proved = subprocess.run([sys.executable, "-m", "ksched.cli.main", "replay"], env=_env(settings), check=False)

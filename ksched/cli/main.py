@@ -133,13 +133,13 @@ def _analytics(args: argparse.Namespace, settings: config.Settings) -> int:
     from ksched.analytics.projector import main as project
 
     logging.getLogger("ksched").setLevel(logging.INFO)
-    return project(settings, idle_exit_s=args.idle_exit, group=args.group)
+    return project(settings, once=args.once, group=args.group)
 
 
 def _demo(args: argparse.Namespace, settings: config.Settings) -> int:
     from .demo import run_demo
 
-    return run_demo(settings, keep_running=args.keep_running, fresh=not args.reuse)
+    return run_demo(settings, keep_running=args.keep_running, fresh=not args.reuse, analytics=args.analytics)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,12 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--db-user", default="ksched")
     sp.add_argument("--db-password", default="${file:/etc/kafka-connect/secrets.properties:password}",
                     help="as written into the config (default: a Connect config-provider reference)")
-    sp.add_argument("--idle-exit", type=float, default=None, metavar="S",
-                    help="exit once nothing new arrived for S seconds (for batch back-fills and tests)")
+    sp.add_argument("--once", action="store_true",
+                    help="project what the topics hold now, then exit (a batch catch-up); default: run on")
     sp.add_argument("--group", default="", help="consumer group (default <prefix>-analytics)")
     sp = add("demo", _demo, "start a local broker, a streams worker and an executor, and run example jobs")
     sp.add_argument("--keep-running", action="store_true", help="leave everything running at the end")
     sp.add_argument("--reuse", action="store_true", help="keep the demo's broker data from an earlier run")
+    sp.add_argument("--analytics", action="store_true",
+                    help="also land the history in PostgreSQL through Kafka Connect and count the runs by SQL")
     dev = add("dev", lambda a, s: 2, "development helpers")
     dsub = dev.add_subparsers(dest="what", required=True)
     b = dsub.add_parser("broker", help="a local single-node Apache Kafka broker (KRaft)")

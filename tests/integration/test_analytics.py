@@ -66,7 +66,7 @@ def _run_jobs(c: Cluster, home: Path) -> None:
 
 
 def _project(c: Cluster, group: str = "") -> None:
-    r = c.ksched("analytics", "--idle-exit", "3", *(["--group", group] if group else []), timeout=120)
+    r = c.ksched("analytics", "--once", *(["--group", group] if group else []), timeout=120)
     assert r.returncode == 0, r.stderr
 
 
