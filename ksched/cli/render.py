@@ -19,6 +19,14 @@ def ts(ms: int | None) -> str:
     return from_ms(ms).strftime("%Y-%m-%d %H:%M:%S.") + f"{ms % 1000:03d}"
 
 
+def delay(scheduled_ms: int, started_ms: int | None) -> str:
+    """How long after its scheduled instant an attempt started ("-" if it has not)."""
+    if started_ms is None:
+        return "-"
+    late = started_ms - scheduled_ms
+    return f"{late / 1000:.3f}s" if abs(late) < 60_000 else f"{late / 60_000:.1f}min"
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
@@ -75,16 +83,18 @@ def status_text(st: JobStatus, now_ms: int | None = None) -> str:
                 state,
                 ts(r.scheduled_for_ms),
                 ts(a.started_at_ms if a else None),
+                delay(r.scheduled_for_ms, a.started_at_ms if a else None),
                 ts(a.finished_at_ms if a else None),
                 "-" if a is None or a.exit_code is None else str(a.exit_code),
                 str(t.attempt),
             ])
         if not tasks:
-            rows.append([r.run_id, r.state, ts(r.scheduled_for_ms), "-", "-", "-", "0"])
+            rows.append([r.run_id, r.state, ts(r.scheduled_for_ms), "-", "-", "-", "-", "0"])
     head = describe_job(st)
     if not rows:
         return head + "\n(no runs yet)"
-    out = head + "\n" + table(rows, ["RUN", "STATE", "SCHEDULED (UTC)", "STARTED", "FINISHED", "EXIT", "ATTEMPTS"])
+    out = head + "\n" + table(rows, ["RUN", "STATE", "SCHEDULED (UTC)", "STARTED", "LATE", "FINISHED", "EXIT",
+                                     "ATTEMPTS"])
     if staged:
         out += "\nSTAGED: claimed by an executor ahead of its instant, with its binary fetched; it starts on time"
     backfill = Counter(r.state for r in st.ordered_runs() if r.trigger == "BACKFILL")

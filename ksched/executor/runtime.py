@@ -221,6 +221,14 @@ class Runtime:
                     self._cond.wait(timeout)
                     continue
                 self._starting = len(startable)
+            # An attempt past its start-by instant (its occurrence's misfire grace) is not started: the scheduler
+            # records its occurrence as missed, with the lateness measured here, where wall time is known.
+            wall = _now_ms()
+            for attempt in startable:
+                why = too_late(attempt.ready, wall)
+                if why and not attempt.ending:
+                    attempt.ending, attempt.ending_message = FailureReason.TOO_LATE, why
+                    self._release()
             # Held processes first: a burst due at one instant is let go with one write each, before any of
             # the reporting that follows a start.
             released: dict[int, Process | None] = {}
@@ -324,6 +332,15 @@ class Runtime:
             workdir = ended.attempt.workdir
             if workdir is not None and not self.keep_workdirs:
                 shutil.rmtree(workdir, ignore_errors=True)
+
+
+def too_late(ready: TaskReady, wall_ms: int) -> str:
+    """Why `ready` must not start at `wall_ms` (past its start-by instant), or "" if it may."""
+    if ready.start_by_ms is None or wall_ms <= ready.start_by_ms:
+        return ""
+    late = (wall_ms - ready.scheduled_for_ms) / 1000
+    grace = (ready.start_by_ms - ready.scheduled_for_ms) / 1000
+    return f"would have started {late:.1f}s after its instant; its misfire grace is {grace:g}s"
 
 
 def _now_ms() -> int:

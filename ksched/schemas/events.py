@@ -57,6 +57,7 @@ class Outcome:
     LOST = "LOST"  # the lease lapsed (the executor died or was cut off), or its executor stopped while it ran
     RELEASED = "RELEASED"  # handed back unstarted by an executor that stopped; not counted as an attempt
     ERROR = "ERROR"  # the process could not be started (artifact missing, digest mismatch, ...)
+    MISSED = "MISSED"  # not started: it would have started later than its occurrence's misfire grace allows
 
 
 class FailureReason:
@@ -75,6 +76,8 @@ class FailureReason:
     CLAIM_ABANDONED = "CLAIM_ABANDONED"
     #: A secret the task references (`env_from`) is not in this executor's secret store.
     SECRET_MISSING = "SECRET_MISSING"
+    #: The attempt would have started after its `start_by_ms` (its occurrence's misfire grace): not started.
+    TOO_LATE = "TOO_LATE"
 
 
 class Trigger:
@@ -447,6 +450,9 @@ class TaskReady:
     labels: dict[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     env_from: dict[str, str] = field(default_factory=dict)
+    #: The executor does not start the attempt after this instant (its occurrence's misfire grace ran out): it
+    #: reports TOO_LATE instead, and the scheduler records the occurrence as missed. None: no limit.
+    start_by_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

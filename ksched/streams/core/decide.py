@@ -555,10 +555,24 @@ def _make_ready(ctx: _Ctx, run_id: str, task: Task) -> None:
         task_name=task.name, attempt=attempt.number, revision=run.revision, priority=attempt.priority,
         artifact=spec.artifact, args=list(spec.args), env=dict(spec.env), timeout_ms=attempt.timeout_ms,
         scheduled_for_ms=run.scheduled_for_ms, at_ms=ctx.now, labels=dict(spec.labels), limits=spec.limits,
-        env_from=dict(spec.env_from),
+        env_from=dict(spec.env_from), start_by_ms=_start_by(ctx.job, run, task),
     )
     ctx.emit(READY, tid, ready)
     ctx.log(ready)
+
+
+def _start_by(job: JobState, run: Run, task: Task) -> int | None:
+    """The instant after which an executor must not start this task's attempt: a scheduled occurrence (cron, or
+    a one-off `at` an instant) whose run has not started, at a task with no dependencies, gets its misfire
+    grace (`all`: its catch-up window). Catch-up, manual and backfill runs, retries after a start and tasks
+    that wait for others have none. The executor measures the lateness; see `_missed_at_start`."""
+    spec = job.spec_for(run.revision)
+    s = spec.schedule
+    if run.trigger != Trigger.CRON and not (run.trigger == Trigger.ONCE and s.at_ms is not None):
+        return None
+    if tasks_by_name(spec)[task.name].depends_on or any(a.started_at_ms is not None for a in task.attempts):
+        return None
+    return run.scheduled_for_ms + (s.catchup_window_ms if s.misfire == "all" else s.misfire_grace_ms)
 
 
 def _settle(ctx: _Ctx, run_id: str, task: Task, state: str, reason: str) -> None:
@@ -795,11 +809,33 @@ def _on_failed(ctx: _Ctx, rep: TaskFailed) -> None:
     run, task, att = cur
     att = replace(att, started_at_ms=att.started_at_ms or rep.started_at_ms, log_ref=rep.log_ref)
     task = task.with_attempt(att)
+    if rep.reason == FailureReason.TOO_LATE and att.started_at_ms is None:
+        _missed_at_start(ctx, run, task, rep)
+        return
     outcome = _FAILURE_OUTCOME.get(rep.reason, Outcome.ERROR)
     if rep.reason in (FailureReason.EXECUTOR_STOPPED, FailureReason.CLAIM_ABANDONED):
         outcome = Outcome.LOST if att.started_at_ms is not None else Outcome.RELEASED
     _end_attempt(ctx, run.run_id, task, outcome, rep.exit_code, f"{rep.reason}: {rep.message}",
                  retryable=rep.retryable, finished_at_ms=rep.finished_at_ms)
+
+
+def _missed_at_start(ctx: _Ctx, run: Run, task: Task, rep: TaskFailed) -> None:
+    """The executor did not start the attempt: its occurrence's misfire grace had run out when its turn came.
+    The occurrence is missed, with the lateness the executor measured: the run ends CANCELLED; with `misfire:
+    once` one catch-up run covers it (unless one is already on its way), as after a late tick."""
+    schedule = ctx.job.spec_for(run.revision).schedule
+    late_s = (rep.finished_at_ms - run.scheduled_for_ms) / 1000
+    why = f"missed: not started {late_s:.1f}s after its instant (misfire grace {schedule.misfire_grace_ms / 1000:g}s)"
+    ctx.put_run(replace(ctx.job.runs[run.run_id], cancel_reason=why))
+    _end_attempt(ctx, run.run_id, task, Outcome.MISSED, None, f"{rep.reason}: {rep.message}", retryable=False,
+                 finished_at_ms=rep.finished_at_ms)
+    catchup = schedule.misfire == "once" and not any(r.trigger == Trigger.CATCHUP for r in _active_runs(ctx.job))
+    ctx.log(OccurrenceMissed(f"{run.run_id}/missed", ctx.job.job_id, run.scheduled_for_ms, schedule.misfire,
+                             why + ("; covered by one catch-up run" if catchup else ""), ctx.now))
+    if ctx.job.runs[run.run_id].state not in RunState.TERMINAL:
+        _cancel_run(ctx, run.run_id, why)
+    if catchup:
+        _start_run(ctx, f"{run.run_id}-catchup", Trigger.CATCHUP, run.scheduled_for_ms)
 
 
 def _end_attempt(
@@ -816,7 +852,7 @@ def _end_attempt(
     ctx.log(AttemptEnded(f"{tid}#{att.number}/ended", ctx.job.job_id, run_id, tid, att.number, att.fencing_token,
                          outcome, reason, ctx.now, exit_code))
     run = ctx.job.runs[run_id]
-    if task.cancel_requested or outcome == Outcome.CANCELLED:
+    if task.cancel_requested or outcome in (Outcome.CANCELLED, Outcome.MISSED):
         _settle(ctx, run_id, task, TaskState.CANCELLED, run.cancel_reason or reason)
     elif outcome == Outcome.SUCCEEDED:
         _settle(ctx, run_id, task, TaskState.SUCCEEDED, reason)
