@@ -1,4 +1,5 @@
-"""Run the benchmarks: `python -m bench [name ...]` (all by default). Each prints its figures and writes
+"""Run the benchmarks: `python -m bench [name ...]` (all but the on-request ones by default), or one with its
+options: `python -m bench recovery --jobs 20000`. Each prints its figures and writes
 bench/results/<name>.json. They start their own broker unless KSCHED_BOOTSTRAP_SERVERS is set."""
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ BENCHES = {
     "throughput": [],
     "dag": [],
     "spawn": [],
+    "recovery": [],
 }
+#: Run only when named (`./dev bench recovery`): minutes each.
+ON_REQUEST = {"recovery"}
 
 
 def main(argv: list[str]) -> None:
-    names = argv or list(BENCHES)
+    if len(argv) > 1 and argv[0] in BENCHES and argv[1].startswith("-"):  # one bench with its own options
+        module = "firing_lag" if argv[0].startswith("firing_lag") else argv[0]
+        importlib.import_module(f"bench.{module}").main(argv[1:])
+        return
+    names = argv or [n for n in BENCHES if n not in ON_REQUEST]
     for name in names:
         module = "firing_lag" if name.startswith("firing_lag") else name
         if name not in BENCHES:

@@ -214,7 +214,8 @@ def _why(load: Load, stuck: list[str]) -> str:
 def _unfinished(load: Load, horizon: int) -> list[str]:
     return [f"{r.run_id}={r.state}" for j in [*load.scheduled, *load.submitted]
             for r in load.cluster.status(j).ordered_runs()
-            if r.scheduled_for_ms < horizon - 2000 and r.state != "SUCCEEDED"]
+            if r.scheduled_for_ms < horizon - 2000 and r.state != "SUCCEEDED"
+            and not (r.state == "CANCELLED" and r.reason.startswith("missed: "))]  # not started past its grace
 
 
 def check(load: Load, fault: str, faults: int) -> Verdict:

@@ -1,0 +1,160 @@
+"""Recovery: a streams worker killed -9 with N jobs registered, and what that does to firing.
+
+Registers N daily cron jobs (default 100,000; through the inbox, batched like any producer) and 10 per-second
+jobs, lets them fire for a while, then kills a worker with kill -9, twice over:
+
+- `lone`: the only worker, restarted at once under the same name (its local state not shut down cleanly);
+- `pair`: one of two workers (the survivor takes over its partitions).
+
+Prints per case: the firing pause (the longest gap between two process starts of the per-second jobs around
+the kill), runs that started more than 1 s late, occurrences lost (due in the window, neither started nor
+recorded missed), occurrences recorded missed, the time from the kill to the first tick a worker wrote
+after it, and the workers' RSS before the kill and at the end. Also the registration rate and the RSS per
+registered job.
+
+    python -m bench.recovery [--jobs 100000] [--cases lone,pair] [--steady 20] [--after 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from ksched import kafka
+from ksched.artifacts import open_store
+from ksched.config import Settings
+from ksched.reader import group_progress
+from ksched.schemas.codec import default_codec
+from ksched.schemas.events import JobSpec, OccurrenceMissed, Schedule, SubmitJob, TaskSpec, TaskStarted, Tick
+from ksched.topics import app_id
+from tests.support import Cluster, Proc, write_script
+
+from .common import broker, report, summary, timestamped
+
+PER_SECOND = 10
+
+
+def rss_mib(proc: Proc) -> float:
+    try:
+        for line in Path(f"/proc/{proc.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def register(s: Settings, cluster: Cluster, jobs: int, ref: object) -> float:
+    """Produce the submissions and wait until the workers decided all of them; returns jobs/s."""
+    codec = default_codec()
+    p = kafka.producer(s, **{"linger.ms": 20, "batch.num.messages": 10000})
+    task = TaskSpec("main", ref)  # type: ignore[arg-type]
+    t0 = time.monotonic()
+    now = int(time.time() * 1000)
+    for i in range(jobs):
+        spec = JobSpec(f"daily{i:06d}", [task], Schedule(cron=f"{i % 60} {i // 60 % 60} {i // 3600 % 24} * * *"))
+        p.produce(s.topic("inbox"), key=spec.job_id.encode(), value=codec.encode(SubmitJob(f"c{i}", spec, now)))
+        if i % 2000 == 0:
+            p.poll(0)
+    for i in range(PER_SECOND):
+        spec = JobSpec(f"sec{i}", [task], Schedule(cron="* * * * * *", misfire="skip", misfire_grace_ms=1000))
+        p.produce(s.topic("inbox"), key=spec.job_id.encode(), value=codec.encode(SubmitJob(f"s{i}", spec, now)))
+    p.flush(120)
+    ends = {q: end for q, (_, end) in group_progress(s, s.topic("inbox"), app_id(s)).items()}
+    while True:
+        done = group_progress(s, s.topic("inbox"), app_id(s))
+        behind = sum(max(0, end - done.get(q, (0, 0))[0]) for q, end in ends.items())
+        if behind == 0:
+            break
+        print(f"  registering: {behind} inbox records to go", file=sys.stderr, flush=True)
+        time.sleep(5)
+    return (jobs + PER_SECOND) / (time.monotonic() - t0)
+
+
+def judge(s: Settings, kill_ms: int, end_ms: int) -> dict[str, object]:
+    """Firing of the per-second jobs from 10 s before the kill to `end_ms`."""
+    lo = kill_ms - 10_000
+    starts: dict[str, list[tuple[int, int]]] = {}
+    for _, e in timestamped(s, s.topic("inbox"), s.partitions):
+        if isinstance(e, TaskStarted) and e.job_id.startswith("sec"):
+            instant = _instant(e.run_id)
+            if lo <= instant <= end_ms:
+                starts.setdefault(e.job_id, []).append((instant, e.started_at_ms))
+    missed: dict[str, set[int]] = {}
+    first_tick_after = None
+    for _, e in timestamped(s, s.topic("events"), s.partitions):
+        if isinstance(e, OccurrenceMissed) and e.job_id.startswith("sec") and lo <= e.scheduled_for_ms <= end_ms:
+            missed.setdefault(e.job_id, set()).add(e.scheduled_for_ms)
+    for ts, e in timestamped(s, s.topic("inbox"), s.partitions):
+        if isinstance(e, Tick) and ts > kill_ms and (first_tick_after is None or ts < first_tick_after):
+            first_tick_after = ts
+    pause = 0
+    late, lost = [], 0
+    for i in range(PER_SECOND):
+        job = f"sec{i}"
+        ran = sorted(starts.get(job, []), key=lambda x: x[1])
+        pause = max([pause, *(b[1] - a[1] for a, b in itertools.pairwise(ran))])
+        late += [float(st - inst) for inst, st in ran if st - inst > 1000]
+        seen = {inst for inst, _ in ran} | missed.get(job, set())
+        lost += sum(1 for t in range(lo // 1000 * 1000 + 1000, end_ms - 5000, 1000) if t not in seen)
+    return {"firing_pause_s": pause / 1000, "late_runs": len(late), "late_ms": summary(late),
+            "lost_occurrences": lost, "missed_occurrences": sum(len(v) for v in missed.values()),
+            "kill_to_first_tick_s": None if first_tick_after is None else (first_tick_after - kill_ms) / 1000}
+
+
+def _instant(run_id: str) -> int:
+    from ksched.instants import parse_instant
+
+    return parse_instant(run_id.split("@", 1)[1].removesuffix("-catchup"))
+
+
+def case(name: str, jobs: int, steady_s: float, after_s: float) -> dict[str, object]:
+    with broker() as bootstrap, tempfile.TemporaryDirectory(prefix="ksched-recovery-") as tmp:
+        s = Settings(bootstrap_servers=bootstrap, prefix=f"rec{uuid.uuid4().hex[:6]}", home=Path(tmp),
+                     partitions=6, ready_partitions=6, control_partitions=3)
+        cluster = Cluster(s)
+        ref = open_store(s.artifacts).put_file(write_script(Path(tmp) / "noop.sh", "exit 0\n"))
+        workers = [cluster.streams("w1")] + ([cluster.streams("w2")] if name == "pair" else [])
+        cluster.executor(slots=64)
+        rate = register(s, cluster, jobs, ref)
+        time.sleep(steady_s)
+        rss_before = [rss_mib(w) for w in workers]
+        print(f"  {name}: kill -9 of worker w1 ({rss_before[0]:.0f} MiB)", file=sys.stderr, flush=True)
+        workers[0].kill9()
+        kill_ms = int(time.time() * 1000)
+        if name == "lone":
+            workers[0] = cluster.streams("w1")
+        time.sleep(after_s)
+        end_ms = int(time.time() * 1000)
+        rss_after = [rss_mib(w) for w in workers if w.alive()]
+        figures = judge(s, kill_ms, end_ms)
+        cluster.stop()
+        return {"registered_jobs": jobs, "registration_jobs_per_s": round(rate), "rss_mib_before": rss_before,
+                "rss_kib_per_job": round(rss_before[0] * 1024 / max(1, jobs), 2), "rss_mib_at_end": rss_after,
+                **figures}
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=100_000)
+    ap.add_argument("--cases", default="lone,pair")
+    ap.add_argument("--steady", type=float, default=20.0, help="seconds of firing before the kill")
+    ap.add_argument("--after", type=float, default=60.0, help="seconds watched after the kill")
+    args = ap.parse_args(argv)
+    out = {c: case(c, args.jobs, args.steady, args.after) for c in args.cases.split(",")}
+    report("recovery", {"definitions": {
+        "firing_pause_s": "longest gap between two process starts of one per-second job, 10 s before the kill "
+                          "to the end",
+        "late_runs": "per-second runs that started more than 1 s after their instant",
+        "lost_occurrences": "per-second instants in the window neither started nor recorded missed",
+        "kill_to_first_tick_s": "from the kill to the first tick a worker produced after it",
+    }, **out})
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
