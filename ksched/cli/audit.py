@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ksched.config import Settings
-from ksched.instants import parse_instant
+from ksched.instants import iso, parse_instant
 from ksched.reader import Record, end_offsets, find_run, group_progress, job_history, topic_records
 from ksched.schemas.records import to_data
 from ksched.streams.replay import ReplayResult, replay
@@ -139,6 +139,9 @@ def _describe(e: Any) -> str:
     extra = [f"{k}={getattr(e, k)}" for k in ("attempt", "fencing_token", "executor_id", "outcome", "state",
                                              "exit_code", "reason", "trigger") if getattr(e, k, None) not in
              (None, "", 0)]
+    instant = getattr(e, "scheduled_for_ms", None)
+    if instant is not None and not getattr(e, "run_id", ""):  # a run id names its instant already
+        what = f"{getattr(e, 'job_id', '')}@{iso(instant)}"
     return " ".join([str(what), *extra])[:160]
 
 

@@ -23,3 +23,14 @@ def test_a_run_claimed_ahead_of_its_instant_reads_staged_then_claimed() -> None:
     assert "STAGED" in before.splitlines()[2] and "starts on time" in before
     after = status_text(st, now_ms=T + 100)
     assert "CLAIMED" in after.splitlines()[2] and "STAGED" not in after
+
+
+def test_history_text_names_each_occurrences_instant() -> None:
+    from ksched.cli.audit import _describe
+    from ksched.schemas.events import OccurrenceMissed, OccurrenceSkipped, RunTriggered
+
+    at = 1_800_000_000_000
+    assert _describe(OccurrenceMissed("e", "j", at, "skip", "late", at)).startswith("j@2027-01-15T08:00:00Z ")
+    assert _describe(OccurrenceSkipped("e", "j", at + 250, "OVERLAP", at)).startswith("j@2027-01-15T08:00:00.250Z")
+    assert _describe(RunTriggered("e", "j", "j@2027-01-15T08:00:00Z", 1, "CRON", at, at)).startswith(
+        "j@2027-01-15T08:00:00Z trigger=CRON")
