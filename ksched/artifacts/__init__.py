@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ksched.artifacts.base import CHUNK, ArtifactStore, Progress, hexdigest, sha256_file
+from ksched.artifacts.base import CHUNK, EMPTY_LOG, ArtifactStore, Progress, hexdigest, read_log, sha256_file
 from ksched.artifacts.local import LocalStore
 from ksched.errors import ArtifactError
 
-__all__ = ["CHUNK", "ArtifactStore", "LocalStore", "Progress", "hexdigest", "open_store", "sha256_file"]
+__all__ = ["CHUNK", "EMPTY_LOG", "ArtifactStore", "LocalStore", "Progress", "hexdigest", "open_store", "read_log",
+           "sha256_file"]
 
 
 def open_store(url: str, s3_endpoint_url: str = "") -> ArtifactStore:

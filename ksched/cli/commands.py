@@ -14,7 +14,7 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from ksched import kafka
-from ksched.artifacts import open_store
+from ksched.artifacts import open_store, read_log
 from ksched.config import Settings
 from ksched.errors import JobSpecError, KschedError
 from ksched.partitioning import partition_for
@@ -364,7 +364,7 @@ def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
                 print("(no log stored)")
                 continue
             try:
-                sys.stdout.write(store.read_log(a.log_ref).decode(errors="replace"))
+                sys.stdout.write(read_log(store, a.log_ref).decode(errors="replace"))
             except KschedError as exc:
                 print(f"({exc})")
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ksched import kafka
-from ksched.artifacts import ArtifactStore
+from ksched.artifacts import EMPTY_LOG, ArtifactStore
 from ksched.config import Settings
 from ksched.schemas.codec import default_codec
 from ksched.schemas.events import (
@@ -91,6 +91,8 @@ class Reporter:
 
     def _upload_log(self, key: str, path: Path) -> str:
         try:
+            if path.stat().st_size == 0:
+                return EMPTY_LOG
             cap_log(path, self.log_limit_bytes)
             return self.store.put_log(f"{key}.log", path)
         except Exception as exc:  # a lost log must not lose the attempt's outcome

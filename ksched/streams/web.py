@@ -18,7 +18,7 @@ from typing import Any
 
 from faust.exceptions import SameNode
 
-from ksched.artifacts import open_store
+from ksched.artifacts import open_store, read_log
 from ksched.config import Settings
 from ksched.errors import KschedError
 from ksched.reader import JobStatus, job_history, job_status, read_partition
@@ -189,7 +189,7 @@ class Api:
         if a is None or not a.log_ref:
             return view.text(f"no log for {run_id}/{task} attempt {attempt}\n", status=404)
         try:
-            data = await self._blocking(self.store.read_log, a.log_ref)
+            data = await self._blocking(read_log, self.store, a.log_ref)
         except KschedError as exc:
             return view.text(f"{exc}\n", status=404)
         return view.text(data.decode(errors="replace"))

@@ -432,3 +432,19 @@ def test_the_ready_consumer_counts_as_stalled_only_when_records_wait_or_a_rebala
         fetched: float, assigned: float, revoked: float, backlog: bool, stall: bool) -> None:
     why = stalled(100.0, fetched, assigned, revoked, backlog)
     assert (why is not None) == stall, why
+
+
+def test_an_empty_log_is_not_uploaded_and_reads_back_empty(tmp_path: Path) -> None:
+    from ksched.artifacts import EMPTY_LOG, LocalStore, read_log
+    from ksched.config import Settings
+    from ksched.executor.reporting import Reporter
+
+    store = LocalStore(tmp_path / "store")
+    reporter = Reporter(Settings(bootstrap_servers="127.0.0.1:1"), "ex1", store, 1 << 20)
+    empty, full = tmp_path / "empty.log", tmp_path / "full.log"
+    empty.write_bytes(b"")
+    full.write_bytes(b"out\n")
+    assert reporter._upload_log("j@t/main#1", empty) == EMPTY_LOG
+    assert not (tmp_path / "store" / "logs").exists()  # nothing stored for it
+    ref = reporter._upload_log("j@t/main#2", full)
+    assert read_log(store, ref) == b"out\n" and read_log(store, EMPTY_LOG) == b""
