@@ -178,17 +178,58 @@ def group_progress(settings: Settings, topic: str, group: str,
         c.close()
 
 
-def job_history(settings: Settings, job_id: str, codec: Codec | None = None) -> list[tuple[int, str, Any]]:
-    """The job's inbox records and decisions, as (timestamp, topic, event), in time order."""
+@dataclass
+class HistoryPage:
+    """Records of one job's history in time order, and where the next page starts (None: this was the last)."""
+
+    records: list[tuple[int, str, Any]]
+    next_since_ms: int | None = None
+
+
+def offset_for_time(settings: Settings, topic: str, partition: int, at_ms: int, timeout_s: float = 15.0) -> int:
+    """The first offset of a partition whose record timestamp is `at_ms` or later (its end if none)."""
+    c = kafka.consumer(settings, group=f"{settings.prefix}-reader-{uuid.uuid4().hex[:8]}")
+    try:
+        (found,) = c.offsets_for_times([TopicPartition(topic, partition, at_ms)], timeout=timeout_s)
+        if found.offset >= 0:
+            return int(found.offset)
+        return int(_watermarks(c, TopicPartition(topic, partition), timeout_s)[1])
+    finally:
+        c.close()
+
+
+def job_history(settings: Settings, job_id: str, codec: Codec | None = None, since_ms: int | None = None,
+                until_ms: int | None = None, limit: int = 0, ticks: bool = False) -> HistoryPage:
+    """The job's inbox records and decisions, as (timestamp, topic, event), in time order (the records'
+    timestamps). With `since_ms`, reading starts at that time (Kafka's time index: the cost follows the page,
+    not the history before it); with `limit`, a page holds at most that many (more only when more share one
+    millisecond) and says where the next begins. `ticks`: include the partition's ticks."""
     codec = codec or default_codec()
     p = partition_for(job_id, settings.partitions)
     key = job_id.encode()
     out: list[tuple[int, str, Any]] = []
     for topic in (settings.topic("inbox"), settings.topic("events")):
-        for m in read_partition(settings, topic, p):
-            if m.key() == key and m.value() is not None:
-                rec = _decode(codec, m)
-                if rec is not None:
-                    out.append((int(m.timestamp()[1]), topic, rec))
+        start = OFFSET_BEGINNING if since_ms is None else offset_for_time(settings, topic, p, since_ms)
+        taken = 0
+        for m in read_partition(settings, topic, p, start=start):
+            at = int(m.timestamp()[1])
+            if until_ms is not None and at > until_ms:
+                break
+            if m.value() is None or (since_ms is not None and at < since_ms):
+                continue
+            if m.key() != key and not (ticks and m.key() is None):
+                continue
+            rec = _decode(codec, m)
+            if rec is None or (m.key() is None and type(rec).__name__ != "Tick"):
+                continue
+            out.append((at, topic, rec))
+            taken += 1
+            if limit and taken > limit:  # this topic's next page starts after here: enough for the merge
+                break
     out.sort(key=lambda r: (r[0], r[1]))
-    return out
+    if not limit or len(out) <= limit:
+        return HistoryPage(out)
+    boundary = out[limit][0]
+    page = [r for r in out if r[0] < boundary] or [r for r in out if r[0] == boundary]
+    rest = [r[0] for r in out if r[0] > page[-1][0]]
+    return HistoryPage(page, rest[0] if rest else None)

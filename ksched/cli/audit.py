@@ -116,16 +116,26 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
-    records = job_history(settings, args.job)
-    if not records:
+    try:
+        since = parse_instant(args.since) if args.since else None
+        until = parse_instant(args.until) if args.until else None
+    except ValueError as exc:
+        return err(f"history: {exc}")
+    page = job_history(settings, args.job, since_ms=since, until_ms=until, limit=args.limit)
+    records = page.records
+    if not records and since is None:
         return err(f"no history for job {args.job!r}")
     if args.json:
         print(json.dumps([{"at_ms": t, "topic": topic, "type": type(e).__name__, "event": to_data(e)}
                           for t, topic, e in records], indent=2, default=lambda b: base64.b64encode(b).decode()))
+        if page.next_since_ms is not None:
+            print(f"more from --since {page.next_since_ms}", file=sys.stderr)
         return 0
     rows = [[render.ts(t), "inbox" if topic.endswith(".inbox") else "decided", type(e).__name__, _describe(e)]
             for t, topic, e in records if type(e).__name__ != "Tick"]
     print(render.table(rows, ["AT (UTC)", "", "EVENT", "WHAT"]))
+    if page.next_since_ms is not None:
+        print(f"(more: ksched history {args.job} --since {page.next_since_ms} --limit {args.limit})")
     return 0
 
 

@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("history", audit.cmd_history, "a job's inbox records and decisions, in order")
     sp.add_argument("job")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--since", default=None, metavar="T", help="from this instant on (ISO-8601 or epoch ms)")
+    sp.add_argument("--until", default=None, metavar="T", help="up to this instant")
+    sp.add_argument("--limit", type=int, default=0, help="a page of at most N records (0: all); says where the "
+                                                          "next page starts")
     sp = add("wait", audit.cmd_wait, "follow a run until it ends; exit 1 if it failed or was cancelled")
     sp.add_argument("run")
     sp.add_argument("--timeout", type=float, default=3600.0)

@@ -24,6 +24,10 @@ class QueryError(KschedError):
         super().__init__(f"{param}: {message}")
 
 
+#: The largest page of history one request may ask for (0 asks for all).
+MAX_HISTORY = 100_000
+
+
 def _only(query: Mapping[str, str], allowed: tuple[str, ...]) -> None:
     for name in query:
         if name not in allowed:
@@ -66,13 +70,27 @@ def runs_query(query: Mapping[str, str]) -> RunsQuery:
     return RunsQuery(states, since, until, int(text))
 
 
-def history_query(query: Mapping[str, str]) -> bool:
-    """Whether to show ticks (`ticks=1`)."""
-    _only(query, ("ticks",))
+@dataclass(frozen=True)
+class HistoryQuery:
+    ticks: bool = False
+    since_ms: int | None = None
+    until_ms: int | None = None
+    limit: int = 1000
+
+
+def history_query(query: Mapping[str, str]) -> HistoryQuery:
+    """`ticks=1` (the partition's ticks too), `since`/`until` (ISO-8601 or epoch ms), `limit` (a page; 0: all)."""
+    _only(query, ("ticks", "since", "until", "limit"))
     ticks = query.get("ticks", "0")
     if ticks not in ("0", "1"):
         raise QueryError("ticks", f"expected 0 or 1, got {ticks!r}")
-    return ticks == "1"
+    text = query.get("limit", "1000")
+    if not text.isdigit() or int(text) > MAX_HISTORY:
+        raise QueryError("limit", f"expected a whole number from 0 to {MAX_HISTORY}, got {text!r}")
+    since, until = _instant(query, "since"), _instant(query, "until")
+    if since is not None and until is not None and since > until:
+        raise QueryError("until", "is before since")
+    return HistoryQuery(ticks == "1", since, until, int(text))
 
 
 def no_query(query: Mapping[str, str]) -> None:

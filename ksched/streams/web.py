@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -174,11 +175,12 @@ class Api:
         return await self._routed(view, request, job_id, local)
 
     async def history(self, view: Any, request: Any, job_id: str) -> Any:
-        show_ticks = history_query(request.query)
-        records = await self._blocking(job_history, self.settings, job_id)
-        return view.text(_dumps({"job_id": job_id, "served_by": self.worker, "events": [
-            {"at_ms": t, "topic": topic, "type": type(e).__name__, "event": to_data(e)}
-            for t, topic, e in records if show_ticks or type(e).__name__ != "Tick"]}), content_type="application/json")
+        q = history_query(request.query)
+        page = await self._blocking(partial(job_history, self.settings, job_id, since_ms=q.since_ms,
+                                            until_ms=q.until_ms, limit=q.limit, ticks=q.ticks))
+        return view.text(_dumps({"job_id": job_id, "served_by": self.worker, "next_since_ms": page.next_since_ms,
+                                 "events": [{"at_ms": t, "topic": topic, "type": type(e).__name__, "event": to_data(e)}
+                                            for t, topic, e in page.records]}), content_type="application/json")
 
     async def log(self, view: Any, request: Any, run_id: str, task: str, attempt: str) -> Any:
         no_query(request.query)

@@ -4,6 +4,7 @@ names its run; replay reproduces every backfill decision."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -111,3 +112,25 @@ def test_replay_reproduces_the_backfill_decisions(cluster: Cluster) -> None:
     cluster.drain_inbox()
     eventually(lambda: cluster.ksched("replay", timeout=180).returncode == 0 or None, 60, interval=2,
                what="replay agrees with the log")
+
+
+def test_history_pages_by_time_and_its_pages_add_up_to_the_whole(cluster: Cluster) -> None:
+    cluster.drain_inbox()
+    whole = json.loads(cluster.ksched("history", "yearly", "--json").stdout)
+    assert len(whole) > 20
+    pages: list[dict[str, object]] = []
+    since: str | None = None
+    while True:
+        r = cluster.ksched("history", "yearly", "--json", "--limit", "7", *(["--since", since] if since else []))
+        page = json.loads(r.stdout)
+        assert 0 < len(page) <= 7 or len({e["at_ms"] for e in page}) == 1, len(page)
+        pages += page
+        more = re.search(r"more from --since (\d+)", r.stderr)
+        if more is None:
+            break
+        since = more.group(1)
+    assert [(e["at_ms"], e["type"], e["event"]) for e in pages] == [(e["at_ms"], e["type"], e["event"])
+                                                                      for e in whole]
+    middle = int(whole[len(whole) // 2]["at_ms"])  # type: ignore[call-overload]
+    later = json.loads(cluster.ksched("history", "yearly", "--json", "--since", str(middle)).stdout)
+    assert later == [e for e in whole if int(e["at_ms"]) >= middle]  # type: ignore[call-overload]

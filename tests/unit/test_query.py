@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from ksched.streams.query import QueryError, RunsQuery, attempt_number, history_query, no_query, runs_query
+from ksched.streams.query import (
+    HistoryQuery,
+    QueryError,
+    RunsQuery,
+    attempt_number,
+    history_query,
+    no_query,
+    runs_query,
+)
 
 
 @pytest.mark.parametrize(
@@ -33,10 +41,18 @@ def test_good_runs_parameters_are_typed() -> None:
                        "limit": "0"}) == RunsQuery(frozenset({"FAILED", "RUNNING"}), 1000, 2000, 0)
 
 
-def test_history_takes_ticks_0_or_1_and_nothing_else() -> None:
-    assert history_query({}) is False and history_query({"ticks": "1"}) is True
+def test_history_takes_ticks_a_time_range_and_a_page_size() -> None:
+    assert history_query({}) == HistoryQuery(False, None, None, 1000)
+    assert history_query({"ticks": "1", "since": "1000", "until": "1970-01-01T00:00:02Z", "limit": "5"}) == \
+        HistoryQuery(True, 1000, 2000, 5)
     with pytest.raises(QueryError, match="ticks: expected 0 or 1, got 'yes'"):
         history_query({"ticks": "yes"})
+    with pytest.raises(QueryError, match="limit: expected a whole number from 0 to 100000"):
+        history_query({"limit": "100001"})
+    with pytest.raises(QueryError, match="until: is before since"):
+        history_query({"since": "2000", "until": "1000"})
+    with pytest.raises(QueryError, match="since: "):
+        history_query({"since": "yesterday"})
     with pytest.raises(QueryError, match=r"^x: unknown parameter"):
         no_query({"x": "1"})
 
