@@ -78,9 +78,11 @@ def parse_cron(expr: str) -> Cron:
                 "schedule", f"cron expression {expr!r} has {len(parts)} fields; expected 5, or 6 with seconds first"
             )
     try:
-        if not croniter.is_valid(fields6, second_at_beginning=True):
-            raise ValueError("not a valid cron expression")
-        croniter(fields6, _EPOCH, second_at_beginning=True).get_next(datetime)
+        # One parse serves both the check and the firing (`_matcher` caches it): parsing is most of what
+        # registering a job with an expression of its own costs (`croniter.is_valid` would parse it once more).
+        it = _matcher(fields6)
+        it.set_current(_EPOCH, force=True)
+        it.get_next(datetime)
     except Exception as exc:
         raise JobSpecError("schedule", f"invalid cron expression {expr!r}: {exc}") from None
     return Cron(text, fields6)
