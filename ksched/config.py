@@ -64,6 +64,11 @@ class Settings:
     lookahead_s: float = 10.0
     #: Seconds after which a silent streams worker or executor leaves its consumer group.
     session_timeout_s: float = 10.0
+    #: Copies of each partition's table that other streams workers keep warm (Faust standby replicas), so a
+    #: survivor takes over a dead worker's partitions without rebuilding them from the changelog. Off by default:
+    #: it cut the firing gap after a kill of one of two workers from 45.5 s to 18.9 s, but the rebalance fault
+    #: test's longest pause grew from 31.1 s to 72.6 s with it (one run each; docs/ARCHITECTURE.md "Faults").
+    standby_replicas: int = 0
     #: Client security settings (librdkafka names: security.protocol, sasl.mechanism, sasl.username,
     #: sasl.password, ssl.ca.location, ...) from KSCHED_KAFKA_CONFIG and KSCHED_KAFKA_* (see `kafka_security`).
     kafka: tuple[tuple[str, str], ...] = ()
@@ -146,6 +151,7 @@ def load(env: dict[str, str] | None = None) -> Settings:
         heartbeat_s=_float(e, "KSCHED_HEARTBEAT_S", 2.0),
         commit_interval_s=_float(e, "KSCHED_COMMIT_INTERVAL_S", 0.5),
         session_timeout_s=_float(e, "KSCHED_SESSION_TIMEOUT_S", 10.0),
+        standby_replicas=_int(e, "KSCHED_STANDBY_REPLICAS", 0),
         lookahead_s=_float(e, "KSCHED_LOOKAHEAD_S", 10.0),
         kafka=kafka_security(e),
         api_token=e.get("KSCHED_API_TOKEN", ""),

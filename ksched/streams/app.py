@@ -112,7 +112,7 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
         value_serializer="raw",
         broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
-        table_standby_replicas=0,
+        table_standby_replicas=settings.standby_replicas,
         producer_acks=-1,
         producer_linger=0.001,
         # Job records of big DAG runs are large and very compressible JSON.
