@@ -34,16 +34,26 @@ class Record:
 #: Errors that say a partition's leadership is moving, not that the request is wrong.
 _MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.REQUEST_TIMED_OUT,
            KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS,
-           KafkaError.OFFSET_NOT_AVAILABLE}
+           KafkaError.OFFSET_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+           KafkaError.COORDINATOR_LOAD_IN_PROGRESS}
 
 
 def _watermarks(c: Any, tp: TopicPartition, timeout_s: float) -> Any:
     """The partition's offsets, asking again while the cluster answers with a retriable error (a leader that
     just moved, a node that is restarting) until `timeout_s`."""
+    return _asking_again(lambda left: c.get_watermark_offsets(tp, timeout=left), timeout_s)
+
+
+def _committed(c: Any, tps: list[TopicPartition], timeout_s: float) -> Any:
+    """A group's committed offsets, asking again while its coordinator moves (a node restarting)."""
+    return _asking_again(lambda left: c.committed(tps, timeout=left), timeout_s)
+
+
+def _asking_again(call: Any, timeout_s: float) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return c.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
+            return call(max(1.0, deadline - time.monotonic()))
         except KafkaException as exc:
             err = exc.args[0]
             if not (err.retriable() or err.code() in _MOVING) or time.monotonic() >= deadline:
@@ -170,7 +180,7 @@ def group_progress(settings: Settings, topic: str, group: str,
         partitions = sorted(md.partitions) if md is not None and md.error is None else []
         if not partitions:
             return {}
-        found = c.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout_s)
+        found = _committed(c, [TopicPartition(topic, p) for p in partitions], timeout_s)
         return {tp.partition: (max(int(tp.offset), 0),
                                int(_watermarks(c, TopicPartition(topic, tp.partition), timeout_s)[1]))
                 for tp in found}
