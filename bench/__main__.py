@@ -9,6 +9,7 @@ import sys
 
 BENCHES = {
     "tick_cost": [],
+    "state_bytes": ["--baseline"],
     "firing_lag": ["--slots", "600"],
     "firing_lag_100": ["--due", "100", "--slots", "600"],
     "throughput": [],

@@ -15,7 +15,7 @@ from ksched.partitioning import partition_for
 from ksched.schemas.codec import default_codec
 from ksched.schemas.events import ClaimTask, SubmitJob, TaskCompleted, TaskReady, TaskStarted, Tick
 from ksched.streams.core import decide as core
-from ksched.streams.jobstore import decode_state
+from ksched.streams.jobstore import decode_state, is_job_key
 from ksched.streams.replay import MemoryStore
 from ksched.streams.shell import InboxShell
 from tests.samples import job
@@ -80,8 +80,8 @@ def scan_tick_cost(store: MemoryStore, minutes: int) -> list[float]:
         t = time.process_time()
         due = 0
         for key, raw in store.items():
-            if key.startswith(b"job"):
-                _, state = decode_state(raw)
+            if key.startswith(b"job") and is_job_key(key):
+                _, state = decode_state(raw, store.get)
                 wake = core.next_wakeup(state)
                 due += wake is not None and wake <= now
         costs.append((time.process_time() - t) * 1000)

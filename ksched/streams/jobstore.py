@@ -1,8 +1,9 @@
-"""The job store: one table value per job (its state, the last inbox offset applied to it, and its outbox),
-how that value is encoded, and a cache of decoded values in front of the table.
+"""The job store: what the scheduler keeps per job in its table (the job record with its state, the last inbox
+offset applied and its outbox; its definitions and the tasks of large runs under keys of their own), how it is
+encoded, and a cache of decoded states in front of the table.
 
-The value is JSON spliced from cached pieces: tasks and specs are immutable and keep their identity from one
-state to the next, so a 1,000-task run re-encodes only what changed.
+An event rewrites the job record and only the other keys it changed (see "layout" below). Values are JSON spliced
+from cached pieces: tasks and specs are immutable and keep their identity from one state to the next.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -38,7 +39,8 @@ class Store(Protocol):
 
 
 def is_job_key(key: bytes) -> bool:
-    return not key.startswith(RESERVED) and not key.startswith(FAUST_RESERVED)
+    """A job record's key (not a task or definition kept apart, nor a reserved key)."""
+    return not key.startswith(RESERVED) and not key.startswith(FAUST_RESERVED) and b"\0" not in key
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,77 @@ class JobRecord:
     applied: int
     state: JobState
     outbox: Outbox
+
+
+# --- layout -----------------------------------------------------------------------------------------
+#
+# A job is stored under its id (the *job record*: its cron and lifecycle state, its runs, the inbox offset it
+# last applied, its outbox). Its definition (each revision still in use) is kept under `<job>\0s\0<revision>`,
+# written when the job is submitted; a run with more than `SPLIT_TASKS` tasks keeps each task under a key of its
+# own (`<job>\0t\0<run>/<task>`): an event then rewrites the job record and only the tasks it changed, so its
+# cost follows the change, not the size of the job. Smaller runs keep their tasks in the job record (one write
+# per event).
+#
+# The job record is written first and carries the *journal*: the new value of every other key written for the
+# same input. A crash between the job record and those keys leaves a prefix of the writes (one table, one
+# changelog partition: they are ordered), and loading lays the journal over what the keys hold, so a job is never
+# read half-written. The next write of the job replaces the journal (by then the keys were written after it).
+
+SEP = "\0"
+#: Runs and definitions with more tasks than this keep each task (definition) under a key of its own.
+SPLIT_TASKS = 16
+#: Definitions are kept under keys of their own (off only to measure the old layout: `bench state_bytes`).
+SPLIT_SPECS = True
+_SPLIT = "$split"
+
+
+def task_key(job_id: str, run_id: str, name: str) -> str:
+    return f"{job_id}{SEP}t{SEP}{run_id}/{name}"
+
+
+def spec_key(job_id: str, revision: int) -> str:
+    return f"{job_id}{SEP}s{SEP}{revision}"
+
+
+def _split_spec(spec: JobSpec) -> bool:
+    """Always: a definition changes only when the job is submitted again, so no other event should rewrite it."""
+    return SPLIT_SPECS and spec is not _NO_SPEC
+
+
+def _split_run(run: Run) -> bool:
+    return len(run.tasks) > SPLIT_TASKS
+
+
+def _specs(state: JobState) -> dict[int, JobSpec]:
+    return {**state.revisions, state.revision: state.spec}
+
+
+def changes(before: JobState | None, after: JobState) -> dict[str, str | None]:
+    """The keys other than the job record that `after` writes (new JSON) or deletes (None), found by identity:
+    records are immutable, so an unchanged task or definition is the same object as before."""
+    out: dict[str, str | None] = {}
+    job = after.job_id
+    old_specs = _specs(before) if before is not None else {}
+    new_specs = _specs(after)
+    for rev, spec in new_specs.items():
+        if _split_spec(spec) and old_specs.get(rev) is not spec:
+            out[spec_key(job, rev)] = _cached_json(spec)
+    for rev, spec in old_specs.items():
+        if _split_spec(spec) and rev not in new_specs:
+            out[spec_key(job, rev)] = None
+    old_runs = before.runs if before is not None else {}
+    for rid, run in after.runs.items():
+        if not _split_run(run):
+            continue
+        old = old_runs.get(rid)
+        old_tasks = old.tasks if old is not None and _split_run(old) else {}
+        for name, task in run.tasks.items():
+            if old_tasks.get(name) is not task:
+                out[task_key(job, rid, name)] = _cached_json(task)
+    for rid, run in old_runs.items():
+        if rid not in after.runs and _split_run(run):
+            out.update((task_key(job, rid, name), None) for name in run.tasks)
+    return out
 
 
 # --- encoding -------------------------------------------------------------------------------------
@@ -104,33 +177,81 @@ def _with(head: dict[str, Any] | str, name: str, body: str) -> str:
 def _run_json(run: Run) -> str:
     head = to_compact_data(replace(run, tasks={}))
     head.pop("tasks", None)
+    if _split_run(run):
+        return _with(head, "tasks", json.dumps(_SPLIT))
     tasks = ",".join(f"{json.dumps(n)}:{_cached_json(t)}" for n, t in run.tasks.items())
     return _with(head, "tasks", "{" + tasks + "}")
 
 
-def encode_record(rec: JobRecord) -> bytes:
+def _spec_json(spec: JobSpec) -> str:
+    return json.dumps(_SPLIT) if _split_spec(spec) else _cached_json(spec)
+
+
+def encode_record(rec: JobRecord, journal: dict[str, str | None] | None = None) -> bytes:
+    """The job record; runs and definitions over `SPLIT_TASKS` tasks are left out (see `changes`), and `journal`
+    holds what this write puts under those other keys."""
     outbox = [[o, [[m.topic, _b64(m.key), _b64(m.value), m.partition] for m in msgs]] for o, msgs in rec.outbox]
     st = rec.state
     state = to_compact_data(replace(st, runs={}, spec=_NO_SPEC, revisions={}))
     del state["spec"]
     runs = ",".join(f"{json.dumps(rid)}:{_run_json(r)}" for rid, r in st.runs.items())
-    revisions = ",".join(f'"{rev}":{_cached_json(spec)}' for rev, spec in st.revisions.items())
-    body = _with(_with(state, "spec", _cached_json(st.spec)), "runs", "{" + runs + "}")
+    revisions = ",".join(f'"{rev}":{_spec_json(spec)}' for rev, spec in st.revisions.items())
+    body = _with(_with(state, "spec", _spec_json(st.spec)), "runs", "{" + runs + "}")
     if revisions:
         body = _with(body, "revisions", "{" + revisions + "}")
     head = json.dumps({"o": rec.applied, "x": outbox}, separators=_SEP)
-    return f'{head[:-1]},"s":{body}}}'.encode()
+    text = f'{head[:-1]},"s":{body}}}'
+    if journal:
+        entries = ",".join(f"{json.dumps(k)}:{'null' if v is None else v}" for k, v in journal.items())
+        text = _with(text, "j", "{" + entries + "}")
+    return text.encode()
 
 
-def decode_record(raw: bytes) -> JobRecord:
+Fetch = Callable[[bytes], "bytes | None"]
+
+
+def _no_fetch(key: bytes) -> bytes | None:
+    raise ValueError(f"the job record refers to {key!r}, and no store was given to read it from")
+
+
+def decode_record(raw: bytes, fetch: Fetch = _no_fetch) -> JobRecord:
+    """A job record, with what it keeps under other keys read through `fetch` (the journal first)."""
+    return _decode(raw, fetch)[0]
+
+
+def _decode(raw: bytes, fetch: Fetch) -> tuple[JobRecord, dict[str, Any]]:
     data = json.loads(raw)
     outbox = [(int(o), [Message(t, _unb64(k), _unb64(v), p) for t, k, v, p in msgs])
               for o, msgs in data.get("x", [])]
-    return JobRecord(int(data["o"]), from_data(JobState, data["s"]), outbox)
+    s = data["s"]
+    journal: dict[str, Any] = data.get("j", {})
+    job = s["job_id"]
+
+    def part(key: str) -> Any:
+        if key in journal:
+            return journal[key]
+        found = fetch(key.encode())
+        if found is None:
+            raise ValueError(f"job {job!r}: the key {key!r} its record refers to is missing")
+        return json.loads(found)
+
+    current = s.get("revision", 1)
+    if s.get("spec") == _SPLIT:
+        s["spec"] = part(spec_key(job, current))
+    revisions = s.get("revisions", {})
+    for rev, spec in revisions.items():
+        if spec == _SPLIT:
+            revisions[rev] = part(spec_key(job, int(rev)))
+    for rid, run in s.get("runs", {}).items():
+        if run.get("tasks") == _SPLIT:
+            rev = run["revision"]
+            spec = s["spec"] if rev == current else revisions.get(str(rev), s["spec"])
+            run["tasks"] = {t["name"]: part(task_key(job, rid, t["name"])) for t in spec["tasks"]}
+    return JobRecord(int(data["o"]), from_data(JobState, s), outbox), journal
 
 
-def decode_state(raw: bytes) -> tuple[int, JobState]:
-    rec = decode_record(raw)
+def decode_state(raw: bytes, fetch: Fetch = _no_fetch) -> tuple[int, JobState]:
+    rec = decode_record(raw, fetch)
     return rec.applied, rec.state
 
 
@@ -147,6 +268,8 @@ class JobStore:
     def __init__(self, capacity: int = 20_000) -> None:
         self.capacity = capacity
         self._records: OrderedDict[tuple[int, str], JobRecord] = OrderedDict()
+        #: Journals of job records read from the store, carried into their job's next write.
+        self._pending: dict[tuple[int, str], dict[str, str | None]] = {}
 
     def load(self, store: Store, partition: int, job_id: str) -> JobRecord | None:
         cached = self._records.get((partition, job_id))
@@ -156,23 +279,36 @@ class JobStore:
         raw = store.get(job_id.encode())
         if raw is None:
             return None
-        rec = decode_record(raw)
+        rec, journal = _decode(raw, store.get)
+        if journal:  # its keys may not all have been written (a crash): the next write writes them again
+            self._pending[(partition, job_id)] = {
+                k: None if v is None else json.dumps(v, separators=_SEP) for k, v in journal.items()}
         self._remember(partition, job_id, rec)
         return rec
 
-    def save(self, store: Store, partition: int, job_id: str, rec: JobRecord) -> None:
-        store.put(job_id.encode(), encode_record(rec))  # state and outputs in one record, atomically
+    def save(self, store: Store, partition: int, job_id: str, rec: JobRecord, before: JobState | None) -> None:
+        """Write the job record (state, outputs and the journal of this write, atomically), then the other keys
+        that changed since `before` (the state the decision started from)."""
+        journal = {**self._pending.pop((partition, job_id), {}), **changes(before, rec.state)}
+        store.put(job_id.encode(), encode_record(rec, journal))
+        for key, value in journal.items():
+            if value is None:
+                store.delete(key.encode())
+            else:
+                store.put(key.encode(), value.encode())
         self._remember(partition, job_id, rec)
 
     def scan(self, store: Store) -> Iterator[JobRecord]:
         """Every job record of the partition, decoded (recovery reads them all once)."""
         for key, raw in store.items():
             if is_job_key(key):
-                yield decode_record(raw)
+                yield decode_record(raw, store.get)
 
     def forget(self, partitions: set[int]) -> None:
         for cached in [k for k in self._records if k[0] in partitions]:
             del self._records[cached]
+        for pending in [k for k in self._pending if k[0] in partitions]:
+            del self._pending[pending]
 
     def _remember(self, partition: int, job_id: str, rec: JobRecord) -> None:
         self._records[(partition, job_id)] = rec

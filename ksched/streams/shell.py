@@ -167,7 +167,7 @@ class InboxShell:
         if step.state is not None:
             kept = [m for m in msgs if m.topic not in self.router.view_topics]
             new = JobRecord(offset, step.state, outbox.record(rec.outbox if rec else [], offset, kept, settled))
-            self.jobs.save(store, partition, job_id, new)
+            self.jobs.save(store, partition, job_id, new, before)
         self.due_index(partition).set(job_id, core.next_wakeup(step.state, self.params))
         return msgs
 

@@ -78,7 +78,11 @@ class Api:
 
     def _state(self, job_id: str) -> JobState | None:
         raw = self.table.get(job_id.encode())
-        return None if raw is None else decode_record(bytes(raw)).state
+        return None if raw is None else decode_record(bytes(raw), self._get).state
+
+    def _get(self, key: bytes) -> bytes | None:
+        raw = self.table.get(key)
+        return None if raw is None else bytes(raw)
 
     # --- jobs ------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from ksched.schemas.events import (
     Tick,
 )
 from ksched.streams.core.model import JobState, Params
-from ksched.streams.jobstore import RESERVED, decode_record
+from ksched.streams.jobstore import decode_record, is_job_key
 from ksched.streams.replay import MemoryStore, replay
 from ksched.streams.shell import InboxShell
 from tests.samples import job
@@ -64,8 +64,8 @@ class History:
 
     def jobs(self) -> dict[str, JobState]:
         """The worker's state of every job."""
-        return {key.decode(): decode_record(raw).state for store in self._stores.values()
-                for key, raw in store.items() if not key.startswith(RESERVED)}
+        return {key.decode(): decode_record(raw, store.get).state for store in self._stores.values()
+                for key, raw in store.items() if is_job_key(key)}
 
     def recorded(self, extra: list[Any] = ()) -> list[Record]:  # type: ignore[assignment]
         return [Record("r.events", 0, i, self.now, None, CODEC.encode(d)) for i, d in enumerate([*self.log, *extra])]
