@@ -69,6 +69,12 @@ class Settings:
     #: it cut the firing gap after a kill of one of two workers from 45.5 s to 18.9 s, but the rebalance fault
     #: test's longest pause grew from 31.1 s to 72.6 s with it (one run each; docs/ARCHITECTURE.md "Faults").
     standby_replicas: int = 0
+    #: Finished runs per job whose views the `runs` and `tasks` topics keep; older ones get tombstones (the inbox
+    #: and decision log keep everything). A decision parameter: replay needs the workers' value.
+    keep_run_views: int = 50
+    #: A streams worker's HTTP API (`http://host:port`): the CLI's status, runs and wait ask it (it forwards to
+    #: the job's owner, who answers from its table) instead of reading the views topics.
+    api_url: str = ""
     #: Client security settings (librdkafka names: security.protocol, sasl.mechanism, sasl.username,
     #: sasl.password, ssl.ca.location, ...) from KSCHED_KAFKA_CONFIG and KSCHED_KAFKA_* (see `kafka_security`).
     kafka: tuple[tuple[str, str], ...] = ()
@@ -152,11 +158,15 @@ def load(env: dict[str, str] | None = None) -> Settings:
         commit_interval_s=_float(e, "KSCHED_COMMIT_INTERVAL_S", 0.5),
         session_timeout_s=_float(e, "KSCHED_SESSION_TIMEOUT_S", 10.0),
         standby_replicas=_int(e, "KSCHED_STANDBY_REPLICAS", 0),
+        keep_run_views=_int(e, "KSCHED_KEEP_RUN_VIEWS", 50),
+        api_url=e.get("KSCHED_API_URL", "").rstrip("/"),
         lookahead_s=_float(e, "KSCHED_LOOKAHEAD_S", 10.0),
         kafka=kafka_security(e),
         api_token=e.get("KSCHED_API_TOKEN", ""),
         api_admin_token=e.get("KSCHED_API_ADMIN_TOKEN", ""),
     )
+    if s.keep_run_views < 5:
+        raise ConfigError("KSCHED_KEEP_RUN_VIEWS: at least 5 (the finished runs the scheduler's state holds)")
     if s.partitions < 1 or s.ready_partitions < 1 or s.control_partitions < 1:
         raise ConfigError("KSCHED_*PARTITIONS: partition counts must be at least 1")
     if not s.prefix.replace("-", "").replace("_", "").isalnum():

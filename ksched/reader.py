@@ -129,14 +129,21 @@ def job_status(settings: Settings, job_id: str, codec: Codec | None = None) -> J
         rec = _decode(codec, m)
         status.definition = rec if isinstance(rec, JobDefinition) else None
         status.deleted = m.value() is None
+    prefix = job_id.encode() + b"@"
     for m in read_partition(settings, settings.topic("runs"), p):
         rec = _decode(codec, m)
         if isinstance(rec, RunView) and rec.job_id == job_id:
             status.runs[rec.run_id] = rec
+        elif m.value() is None and (m.key() or b"").startswith(prefix):  # a retired run's tombstone
+            status.runs.pop((m.key() or b"").decode(errors="replace"), None)
     for m in read_partition(settings, settings.topic("tasks"), p):
         rec = _decode(codec, m)
         if isinstance(rec, TaskView) and rec.job_id == job_id:
             status.tasks.setdefault(rec.run_id, {})[rec.name] = rec
+        elif m.value() is None and (m.key() or b"").startswith(prefix):
+            run_id, _, name = (m.key() or b"").decode(errors="replace").rpartition("/")
+            status.tasks.get(run_id, {}).pop(name, None)
+    status.tasks = {r: t for r, t in status.tasks.items() if t}
     return status
 
 

@@ -17,6 +17,7 @@ from ksched.errors import ConfigError
 from ksched.kafka import client_config
 
 DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
 #: The largest job record (state and outbox) the changelog takes; a 2,000-task DAG run fits, compressed.
 MAX_STATE_BYTES = 16 * 1024 * 1024
 #: The largest inbox record ksched takes (the inbox topic's `max.message.bytes`, so the broker refuses a larger
@@ -84,6 +85,9 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
     history = {"cleanup.policy": "delete", "retention.ms": str(s.history_retention_ms), **big}
     inbox = {**history, "max.message.bytes": str(MAX_RECORD_BYTES)}
     compact = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000", **big}
+    # Views are trimmed (tombstones for runs past KSCHED_KEEP_RUN_VIEWS): let the cleaner reach them within the
+    # hour, so a partition holds about what is kept, not everything since the last weekly segment roll.
+    views = {**compact, "segment.ms": str(HOUR_MS), "min.cleanable.dirty.ratio": "0.2"}
     specs = [
         TopicSpec(s.topic("inbox"), s.partitions, "job id (ticks: none, explicit partition)",
                   "every input the scheduler decides on: submissions and lifecycle commands from any client, "
@@ -96,9 +100,10 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(s.topic("events"), s.partitions, "job id",
                   "the decision log: everything the scheduler concluded, with derived event ids", history, True),
         TopicSpec(s.topic("jobs"), s.partitions, "job id", "job catalog (tombstone on delete)", compact, True),
-        TopicSpec(s.topic("runs"), s.partitions, "run id (partition: the job's)", "run views", compact, True),
-        TopicSpec(s.topic("tasks"), s.partitions, "task id (partition: the job's)", "task views with attempts",
-                  compact, True),
+        TopicSpec(s.topic("runs"), s.partitions, "run id (partition: the job's)",
+                  "run views (the last KSCHED_KEEP_RUN_VIEWS finished runs per job, and active ones)", views, True),
+        TopicSpec(s.topic("tasks"), s.partitions, "task id (partition: the job's)",
+                  "task views with attempts (of the runs kept in the run views)", views, True),
         TopicSpec(changelog_topic(s), s.partitions, "job id; 0x01-prefixed partition records",
                   "the streams app's table of job states (Faust changelog)",
                   {"cleanup.policy": "compact", "max.message.bytes": str(MAX_STATE_BYTES)}, True),

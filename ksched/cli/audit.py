@@ -22,7 +22,7 @@ from . import render
 from .commands import err
 
 #: Settings that change decisions; a saved history records them so its replay decides the same way.
-DECISION_SETTINGS = ("partitions", "lease_s", "lookahead_s")
+DECISION_SETTINGS = ("partitions", "lease_s", "lookahead_s", "keep_run_views")
 
 
 def save_records(path: Path, inbox: list[Record], events: list[Record], settings: Settings) -> None:

@@ -32,7 +32,7 @@ from .core.model import Params
 from .jobstore import Message
 from .metrics import Metrics, queue_depths
 from .publisher import Publisher
-from .shell import InboxShell
+from .shell import InboxShell, decision_params
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,7 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
         logging_config=None,
     )
     metrics = Metrics(settings.partitions)
-    shell = InboxShell(settings, default_codec(), params or Params(
-        lease_ms=int(settings.lease_s * 1000), lookahead_ms=int(settings.lookahead_s * 1000)), hooks=metrics)
+    shell = InboxShell(settings, default_codec(), params or decision_params(settings), hooks=metrics)
     streams = StreamsApp(app, shell, settings, Publisher(settings), metrics)
     table = _wire(streams, worker_name)
     if web_port is not None:

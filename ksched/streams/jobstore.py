@@ -70,7 +70,8 @@ class JobRecord:
 #
 # A job is stored under its id (the *job record*: its cron and lifecycle state, its runs, the inbox offset it
 # last applied, its outbox). Its definition (each revision still in use) is kept under `<job>\0s\0<revision>`,
-# written when the job is submitted; a run with more than `SPLIT_TASKS` tasks keeps each task under a key of its
+# written when the job is submitted; its retired runs (`<job>\0r`), written when a run leaves the state; a run
+# with more than `SPLIT_TASKS` tasks keeps each task under a key of its
 # own (`<job>\0t\0<run>/<task>`): an event then rewrites the job record and only the tasks it changed, so its
 # cost follows the change, not the size of the job. Smaller runs keep their tasks in the job record (one write
 # per event).
@@ -94,6 +95,11 @@ def task_key(job_id: str, run_id: str, name: str) -> str:
 
 def spec_key(job_id: str, revision: int) -> str:
     return f"{job_id}{SEP}s{SEP}{revision}"
+
+
+def retired_key(job_id: str) -> str:
+    """The job's retired runs (whose views are kept): written when a run leaves the state, not every event."""
+    return f"{job_id}{SEP}r"
 
 
 def _split_spec(spec: JobSpec) -> bool:
@@ -122,6 +128,9 @@ def changes(before: JobState | None, after: JobState) -> dict[str, str | None]:
     for rev, spec in old_specs.items():
         if _split_spec(spec) and rev not in new_specs:
             out[spec_key(job, rev)] = None
+    old_retired = before.retired if before is not None else ()
+    if after.retired is not old_retired and after.retired != old_retired:
+        out[retired_key(job)] = json.dumps(after.retired, separators=_SEP) if after.retired else None
     old_runs = before.runs if before is not None else {}
     for rid, run in after.runs.items():
         if not _split_run(run):
@@ -192,8 +201,10 @@ def encode_record(rec: JobRecord, journal: dict[str, str | None] | None = None) 
     holds what this write puts under those other keys."""
     outbox = [[o, [[m.topic, _b64(m.key), _b64(m.value), m.partition] for m in msgs]] for o, msgs in rec.outbox]
     st = rec.state
-    state = to_compact_data(replace(st, runs={}, spec=_NO_SPEC, revisions={}))
+    state = to_compact_data(replace(st, runs={}, spec=_NO_SPEC, revisions={}, retired=()))
     del state["spec"]
+    if st.retired:
+        state["retired"] = _SPLIT
     runs = ",".join(f"{json.dumps(rid)}:{_run_json(r)}" for rid, r in st.runs.items())
     revisions = ",".join(f'"{rev}":{_spec_json(spec)}' for rev, spec in st.revisions.items())
     body = _with(_with(state, "spec", _spec_json(st.spec)), "runs", "{" + runs + "}")
@@ -235,6 +246,8 @@ def _decode(raw: bytes, fetch: Fetch) -> tuple[JobRecord, dict[str, Any]]:
             raise ValueError(f"job {job!r}: the key {key!r} its record refers to is missing")
         return json.loads(found)
 
+    if s.get("retired") == _SPLIT:
+        s["retired"] = part(retired_key(job))
     current = s.get("revision", 1)
     if s.get("spec") == _SPLIT:
         s["spec"] = part(spec_key(job, current))

@@ -38,7 +38,7 @@ from ksched.schemas.records import to_data
 from .core.model import JobState, Params
 from .core.schedule import fire_times
 from .jobstore import JobStore
-from .shell import InboxShell
+from .shell import InboxShell, decision_params
 
 
 @dataclass
@@ -96,8 +96,7 @@ def replay(settings: Settings, inbox: Iterable[Record], recorded: Iterable[Recor
     required to be in the log yet; they are counted as pending instead.
     """
     codec = codec or default_codec()
-    shell = InboxShell(settings, codec, params or Params(lease_ms=int(settings.lease_s * 1000),
-                                                         lookahead_ms=int(settings.lookahead_s * 1000)))
+    shell = InboxShell(settings, codec, params or decision_params(settings))
     stores: dict[int, MemoryStore] = collections.defaultdict(MemoryStore)
     decisions: list[Any] = []
     reports: list[Any] = []

@@ -33,6 +33,7 @@ class Router:
         }
         #: Compacted views: not kept in the outbox (after a crash the job's current views are published).
         self.view_topics = {self._topics[c] for c in (channels.CATALOG, channels.RUNS, channels.TASKS)}
+        self.run_views = {self._topics[c] for c in (channels.RUNS, channels.TASKS)}
 
     def message(self, partition: int, emit: channels.Emit) -> Message:
         """An emit of a decision made in `partition` (a DLQ emit goes through `dead_letter` instead)."""

@@ -39,6 +39,12 @@ from .router import Router
 log = logging.getLogger(__name__)
 
 
+def decision_params(settings: Settings) -> Params:
+    """The decisions' parameters from the settings (the same for the workers and for replay)."""
+    return Params(lease_ms=int(settings.lease_s * 1000), lookahead_ms=int(settings.lookahead_s * 1000),
+                  keep_run_views=settings.keep_run_views)
+
+
 @dataclass
 class Counters:
     processed: int = 0
@@ -98,7 +104,7 @@ class InboxShell:
             if replayed:
                 # Decisions again (their ids make repeats harmless), then the views as they are now:
                 # an old snapshot republished last would overwrite a newer one in a compacted topic.
-                republish += [m for m in replayed if m.topic not in self.router.view_topics]
+                republish += [m for m in replayed if self._in_outbox(m)]
                 republish += [self.router.message(partition, e) for e in current_views(rec.state)]
         self._due[partition] = index
         self.counters.republished += len(republish)
@@ -142,6 +148,10 @@ class InboxShell:
             return [*out, self.router.forward(job_id, value, owner)]
         return out + self._apply(store, partition, offset, job_id, event, key, value, settled)
 
+    def _in_outbox(self, m: Message) -> bool:
+        """Decisions and the tombstones of retired runs' views; other views are republished from the state."""
+        return m.topic not in self.router.view_topics or (m.value is None and m.topic in self.router.run_views)
+
     def _tick(self, store: Store, partition: int, offset: int, tick: Tick, settled: int | None) -> list[Message]:
         advance = self._clock.advance(store, partition, tick, self.params.resume_gap_ms, self.params.lease_ms)
         msgs: list[Message] = []
@@ -165,7 +175,7 @@ class InboxShell:
             return self._undecidable(partition, offset, job_id, event, before, key, value, exc)
         self.hooks.applied(event, before, step.state, step.emits)
         if step.state is not None:
-            kept = [m for m in msgs if m.topic not in self.router.view_topics]
+            kept = [m for m in msgs if self._in_outbox(m)]
             new = JobRecord(offset, step.state, outbox.record(rec.outbox if rec else [], offset, kept, settled))
             self.jobs.save(store, partition, job_id, new, before)
         self.due_index(partition).set(job_id, core.next_wakeup(step.state, self.params))

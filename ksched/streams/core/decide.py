@@ -55,7 +55,7 @@ from ksched.schemas.events import (
 )
 
 from . import backfill, dag
-from .emit import CONTROL, DLQ, EVENTS, READY, Emit
+from .emit import CONTROL, DLQ, EVENTS, READY, RUNS, TASKS, Emit
 from .model import Attempt, Backfill, JobState, Params, Run, Task, children_of, split_task_id, task_id, tasks_by_name
 from .retry import RetryDecision, attempts_charged, backoff_ms, decide_retry, level_params
 from .schedule import fire_times, next_fire
@@ -213,7 +213,7 @@ def _on_submit(ctx: _Ctx, cmd: SubmitJob) -> None:
         return
     else:
         revisions = _still_used(old)
-        if any(r.revision == old.revision for r in _active_runs(old)):
+        if old.revision in _used_revisions(old):
             revisions[old.revision] = old.spec
         # One-off jobs fire once per revision; cron jobs continue from their cursor with the new schedule.
         cursor = (old.cursor_ms if old.cursor_ms is not None else ctx.now) if job.schedule.cron else None
@@ -225,8 +225,13 @@ def _on_submit(ctx: _Ctx, cmd: SubmitJob) -> None:
 
 
 def _still_used(state: JobState) -> dict[int, JobSpec]:
-    used = {r.revision for r in _active_runs(state)}
+    """Earlier revisions that runs in the state, or runs whose views are still kept, were made from."""
+    used = _used_revisions(state)
     return {rev: spec for rev, spec in state.revisions.items() if rev in used}
+
+
+def _used_revisions(state: JobState) -> set[int]:
+    return {r.revision for r in state.runs.values()} | {rev for _, rev in state.retired}
 
 
 def _unknown_job(ctx: _Ctx, command_id: str, job_id: str) -> bool:
@@ -530,8 +535,21 @@ def _forget_old_runs(ctx: _Ctx) -> None:
     finished.sort(key=lambda r: (r.finished_at_ms or 0, r.run_id))
     drop = {r.run_id for r in finished[:excess]}
     runs = {rid: r for rid, r in job.runs.items() if rid not in drop}
-    ctx.state = replace(job, runs=runs)
+    retired = [*job.retired, *((r.run_id, r.revision) for r in finished[:excess])]
+    keep = max(0, ctx.params.keep_run_views - ctx.params.keep_finished_runs)
+    if len(retired) > keep:
+        for run_id, revision in retired[:len(retired) - keep]:
+            _tombstone_views(ctx, run_id, revision)
+        retired = retired[len(retired) - keep:]
+    ctx.state = replace(job, runs=runs, retired=tuple(retired))
     ctx.state = replace(ctx.job, revisions=_still_used(ctx.job))
+
+
+def _tombstone_views(ctx: _Ctx, run_id: str, revision: int) -> None:
+    """A run past the views' retention: its run view and task views are deleted from the compacted topics."""
+    for t in ctx.job.spec_for(revision).tasks:
+        ctx.emit(TASKS, task_id(run_id, t.name), None)
+    ctx.emit(RUNS, run_id, None)
 
 
 # --- runs and tasks ---------------------------------------------------------------------------

@@ -22,6 +22,10 @@ class Params:
     resume_gap_ms: int = 3_000
     #: Finished runs kept in the state (for late reports and reruns); older ones live on in the views.
     keep_finished_runs: int = 5
+    #: Finished runs whose views (`runs` and `tasks` topics) are kept per job, those in the state included; an
+    #: older run's views get tombstones, so the compacted views stay as big as this, not as the history (the
+    #: inbox and the decision log keep everything). At least `keep_finished_runs`.
+    keep_run_views: int = 50
     #: How many occurrences one tick may handle for one job; the rest wait for the next tick.
     max_occurrences_per_tick: int = 1000
     keep_command_ids: int = 64
@@ -118,6 +122,8 @@ class JobState:
     backfills: tuple[Backfill, ...] = ()
     #: The instants every backfill so far has covered, as merged [lo, hi] ranges: a backfill fires only the rest.
     backfilled: tuple[tuple[int, int], ...] = ()
+    #: Finished runs no longer in the state whose views are still kept, oldest first: (run id, revision).
+    retired: tuple[tuple[str, int], ...] = ()
 
     def spec_for(self, revision: int) -> JobSpec:
         return self.spec if revision == self.revision else self.revisions.get(revision, self.spec)
