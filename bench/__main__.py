@@ -14,6 +14,7 @@ BENCHES = {
     "firing_lag_100": ["--due", "100", "--slots", "600"],
     "throughput": [],
     "dag": [],
+    "status_read": [],
     "spawn": [],
     "recovery": [],
 }

@@ -1,8 +1,14 @@
-"""Reading state back from Kafka for the CLI: the state topics of one job's partition, folded to latest."""
+"""Reading state back for the CLI: from the job's owner through a streams worker's API (`KSCHED_API_URL`), which
+answers from its table, or from the state topics of one job's partition, folded to latest."""
 
 from __future__ import annotations
 
+import json
+import logging
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,7 +22,10 @@ from ksched.config import Settings
 from ksched.errors import CodecError, KschedError
 from ksched.partitioning import partition_for
 from ksched.schemas.codec import Codec, default_codec
-from ksched.schemas.events import JobDefinition, RunView, TaskView
+from ksched.schemas.events import JobDefinition, JobSpec, RunView, TaskView
+from ksched.schemas.records import from_data
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,8 @@ class JobStatus:
     deleted: bool = False
     runs: dict[str, RunView] = field(default_factory=dict)
     tasks: dict[str, dict[str, TaskView]] = field(default_factory=dict)
+    #: Read from the owner's table: finished runs older than those it holds exist (in the views).
+    older_runs: bool = False
 
     @property
     def known(self) -> bool:
@@ -149,8 +160,77 @@ def job_status(settings: Settings, job_id: str, codec: Codec | None = None) -> J
 
 def find_run(settings: Settings, run_id: str) -> tuple[RunView | None, dict[str, TaskView]]:
     job_id = run_id.split("@", 1)[0]
+    if settings.api_url:
+        try:
+            found = api_get(settings, f"/api/runs/{urllib.parse.quote(run_id, safe='@')}")
+        except ApiUnavailable as exc:
+            log.warning("%s; reading the views instead", exc)
+        else:
+            if found is None:
+                return None, {}
+            run, tasks = _run_from_api(found)
+            return run, {t.name: t for t in tasks}
     st = job_status(settings, job_id)
     return st.runs.get(run_id), st.tasks.get(run_id, {})
+
+
+class ApiUnavailable(KschedError):
+    """No streams worker answered at KSCHED_API_URL (or the job's owner did not, for now)."""
+
+
+def api_get(settings: Settings, path: str, timeout_s: float = 10.0) -> Any:
+    """GET a path of the streams workers' API: its JSON, or None for a 404. A 503 (partitions moving) is asked
+    again until `timeout_s`."""
+    headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            req = urllib.request.Request(settings.api_url + path, headers=headers)
+            with urllib.request.urlopen(req, timeout=max(1.0, deadline - time.monotonic())) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            if exc.code != 503 or time.monotonic() >= deadline:
+                raise ApiUnavailable(f"{settings.api_url}{path}: HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ApiUnavailable(f"no streams worker answers at {settings.api_url} ({exc})") from None
+        time.sleep(0.2)
+
+
+def _run_from_api(data: dict[str, Any]) -> tuple[RunView, list[TaskView]]:
+    fields = {k: v for k, v in data.items() if k not in ("tasks", "served_by", "dependencies")}
+    return from_data(RunView, fields), [from_data(TaskView, t) for t in data.get("tasks", [])]
+
+
+def api_job_status(settings: Settings, job_id: str) -> JobStatus:
+    """The job as its owner's table holds it (its active runs and latest finished ones), through the API: a
+    cost that does not grow with the job's history. `older_runs` says whether older runs have views."""
+    data = api_get(settings, f"/api/jobs/{urllib.parse.quote(job_id)}")
+    status = JobStatus(job_id)
+    if data is None:
+        return status
+    status.deleted = bool(data["deleted"])
+    if not status.deleted:
+        status.definition = JobDefinition(job_id, data["revision"], from_data(JobSpec, data["definition"]),
+                                          data["paused"], data.get("updated_at_ms", 0))
+    for r in data.get("runs", []):
+        run, tasks = _run_from_api(r)
+        status.runs[run.run_id] = run
+        status.tasks[run.run_id] = {t.name: t for t in tasks}
+    status.older_runs = bool(data.get("older_runs"))
+    return status
+
+
+def current_status(settings: Settings, job_id: str) -> JobStatus:
+    """`ksched status`: from the owner's table through the API when KSCHED_API_URL is set (falling back to the
+    views if no worker answers there), else from the views."""
+    if settings.api_url:
+        try:
+            return api_job_status(settings, job_id)
+        except ApiUnavailable as exc:
+            log.warning("%s; reading the views instead", exc)
+    return job_status(settings, job_id)
 
 
 def topic_records(settings: Settings, topic: str, timeout_s: float = 60.0,

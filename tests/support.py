@@ -53,7 +53,10 @@ def env_for(s: Settings) -> dict[str, str]:
         "KSCHED_LEASE_S": str(s.lease_s), "KSCHED_COMMIT_INTERVAL_S": str(s.commit_interval_s),
         "KSCHED_SESSION_TIMEOUT_S": str(s.session_timeout_s),
         "KSCHED_TICK_INTERVAL_S": str(s.tick_interval_s), "KSCHED_LOOKAHEAD_S": str(s.lookahead_s),
+        "KSCHED_KEEP_RUN_VIEWS": str(s.keep_run_views),
     })
+    if s.api_url:
+        env["KSCHED_API_URL"] = s.api_url
     if s.artifact_url:
         env["KSCHED_ARTIFACTS"] = s.artifact_url
     if s.s3_endpoint_url:

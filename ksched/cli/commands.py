@@ -18,7 +18,7 @@ from ksched.artifacts import open_store, read_log
 from ksched.config import Settings
 from ksched.errors import JobSpecError, KschedError
 from ksched.partitioning import partition_for
-from ksched.reader import find_run, job_status, read_partition
+from ksched.reader import current_status, find_run, job_status, read_partition
 from ksched.schemas.codec import default_codec
 from ksched.schemas.events import (
     ArtifactRef,
@@ -213,10 +213,12 @@ BACKFILL_PREVIEW = 100_000
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    st = job_status(settings, args.job)
+    st = current_status(settings, args.job)
     if not st.known:
         return err(f"unknown job {args.job!r}")
     print(render.status_json(st) if args.json else render.status_text(st))
+    if st.older_runs and not args.json:
+        print(f"(the runs the scheduler holds; older ones: ksched runs {args.job} --limit N)")
     return 0
 
 

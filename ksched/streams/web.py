@@ -114,10 +114,14 @@ class Api:
             if state is None:
                 return self._unknown(view, f"unknown job {job_id!r}")
             wake = next_wakeup(state, self.shell.params)
+            held = sorted((self._live(state, r) for r in state.runs.values()),
+                          key=lambda r: (r["scheduled_for_ms"], r["created_at_ms"], r["run_id"]))
             return view.json({
                 "job_id": job_id, "served_by": self.worker, "revision": state.revision, "paused": state.paused,
                 "deleted": state.deleted, "definition": to_data(state.spec), "next_wakeup_ms": wake,
+                "updated_at_ms": state.updated_at_ms,
                 "active_runs": [r.run_id for r in state.runs.values() if r.state not in TERMINAL],
+                "runs": held, "older_runs": bool(state.retired),
             })
         return await self._routed(view, request, job_id, local)
 
@@ -125,8 +129,12 @@ class Api:
         q = runs_query(request.query)
 
         async def local() -> Any:
-            status: JobStatus = await self._blocking(job_status, self.settings, job_id)
-            runs = self._merge(job_id, status)
+            state = self._state(job_id)
+            if state is not None and not state.retired:  # the table holds every run that has views: no reading
+                status = JobStatus(job_id)
+            else:
+                status = await self._blocking(job_status, self.settings, job_id)
+            runs = self._merge(job_id, status, state)
             if q.states is not None:
                 runs = [r for r in runs if r["state"] in q.states]
             if q.since_ms is not None:
@@ -135,19 +143,17 @@ class Api:
                 runs = [r for r in runs if r["scheduled_for_ms"] <= q.until_ms]
             limit = q.limit
             order = [t.name for t in status.definition.job.tasks] if status.definition else []
-            state = self._state(job_id)
             if state is not None:
                 order = [t.name for t in state.spec.tasks]
             return view.json({"job_id": job_id, "served_by": self.worker, "tasks": order,
                               "runs": runs[-limit:] if limit > 0 else runs})
         return await self._routed(view, request, job_id, local)
 
-    def _merge(self, job_id: str, status: JobStatus) -> list[dict[str, Any]]:
+    def _merge(self, job_id: str, status: JobStatus, state: JobState | None) -> list[dict[str, Any]]:
         """Runs from the views topics, overridden by the live state where it still holds them."""
         runs: dict[str, dict[str, Any]] = {}
         for r in status.ordered_runs():
             runs[r.run_id] = {**to_data(r), "tasks": [to_data(t) for t in status.tasks.get(r.run_id, {}).values()]}
-        state = self._state(job_id)
         if state is not None:
             for run in state.runs.values():
                 runs[run.run_id] = self._live(state, run)
@@ -170,7 +176,7 @@ class Api:
                 found: dict[str, Any] | None = self._live(state, live)
             else:
                 status = await self._blocking(job_status, self.settings, job_id)
-                found = next((r for r in self._merge(job_id, status) if r["run_id"] == run_id), None)
+                found = next((r for r in self._merge(job_id, status, state) if r["run_id"] == run_id), None)
             if found is None:
                 return self._unknown(view, f"unknown run {run_id!r}")
             edges = {t.name: list(t.depends_on) for t in state.spec_for(found["revision"]).tasks} if state \
