@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ksched import devbroker
 from ksched.config import Settings
-from ksched.reader import group_progress, job_status
+from ksched.reader import current_status, group_progress, job_status
 from ksched.topics import app_id, ensure_topics
 
 from . import render
@@ -87,9 +87,10 @@ def _wait_for_runs(settings: Settings, children: list[subprocess.Popen[bytes]], 
 
 
 def _show(settings: Settings) -> None:
+    api = replace(settings, api_url=f"http://127.0.0.1:{UI_PORT}")  # the owner answers from its table
     for job in ("hello-cron", "hello-once"):
-        say(f"$ ksched status {job}")
-        print(render.status_text(job_status(settings, job)), flush=True)
+        say(f"$ KSCHED_API_URL={api.api_url} ksched status {job}")
+        print(render.status_text(current_status(api, job)), flush=True)
     runs = job_status(settings, "hello-once").ordered_runs()
     if runs:
         say(f"$ ksched logs {runs[-1].run_id}")
