@@ -30,6 +30,7 @@ from ksched.topics import MAX_STATE_BYTES, app_id
 from . import faustcompat
 from .core.model import Params
 from .jobstore import Message
+from .localstate import CommitRecord
 from .metrics import Metrics, queue_depths
 from .publisher import Publisher
 from .shell import InboxShell, decision_params
@@ -136,6 +137,8 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
     shell = InboxShell(settings, default_codec(), params or decision_params(settings), hooks=metrics)
     streams = StreamsApp(app, shell, settings, Publisher(settings), metrics)
     table = _wire(streams, worker_name)
+    # What this worker committed, so that after a crash it can tell whether its local state is still the newest.
+    faustcompat.after_commit(app, CommitRecord(Path(app.conf.datadir), settings.topic("inbox")).committed)
     if web_port is not None:
         from .web import install
 

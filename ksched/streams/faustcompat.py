@@ -7,6 +7,7 @@ ksched talks to Faust only through its public API (App, Table, agents, tasks, si
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -72,3 +73,45 @@ def also_flush(app: Any, flush: Callable[[], Awaitable[None]]) -> None:
 def settling(app: Any) -> bool:
     """True while partitions move or tables are being restored: a key may be missing only for now."""
     return bool(app.rebalancing or getattr(app, "in_recovery", False))
+
+
+def after_commit(app: Any, fn: Callable[[dict[tuple[str, int], int]], None]) -> None:
+    """Call `fn({(topic, partition): offset})` after each successful commit of input offsets.
+
+    Faust tells its table manager (`app.tables.on_commit`) and nothing public; the worker records what it committed
+    so that, after a crash, it can tell whether anyone committed after it (see `streams.worker`).
+    """
+    tables = app.tables
+    original = tables.on_commit
+
+    def on_commit(offsets: Any) -> None:
+        original(offsets)
+        fn({(tp.topic, tp.partition): int(offset) for tp, offset in offsets.items()})
+
+    tables.on_commit = on_commit
+
+
+def table_partition_dbs(datadir: Path, table: str) -> dict[int, Path]:
+    """The RocksDB directory of each partition of `table` under a worker's datadir (Faust names them
+    `<tabledir>/<table>-<partition>.db`)."""
+    out: dict[int, Path] = {}
+    for path in datadir.glob(f"**/{table}-*.db"):
+        suffix = path.name[len(table) + 1:-3]
+        if suffix.isdigit():
+            out[int(suffix)] = path
+    return out
+
+
+def set_changelog_position(db_path: Path, offset: int) -> None:
+    """Make Faust take the partition's local RocksDB as reflecting its changelog up to `offset`, so that its
+    recovery reads nothing before it. Faust keeps that offset in the partition's own RocksDB under a key of its
+    own (`Store.offset_key`, written by `set_persisted_offset`); this opens the database as Faust does, before the
+    worker starts."""
+    from faust.stores.rocksdb import RocksDBOptions, Store
+
+    db = RocksDBOptions().open(db_path)
+    try:
+        db.put(Store.offset_key, str(offset).encode())
+        db.flush()
+    finally:
+        db.close()

@@ -317,6 +317,16 @@ class JobStore:
             if is_job_key(key):
                 yield decode_record(raw, store.get)
 
+    def rewrite(self, store: Store, job_id: str, state: JobState) -> int:
+        """Write the job's record and every other key it has again, as they are (so that they reach the changelog:
+        `streams.localstate`). Returns how many keys."""
+        keys = [job_id, *changes(None, state)]
+        for key in keys:
+            raw = store.get(key.encode())
+            if raw is not None:
+                store.put(key.encode(), raw)
+        return len(keys)
+
     def forget(self, partitions: set[int]) -> None:
         for cached in [k for k in self._records if k[0] in partitions]:
             del self._records[cached]

@@ -1,6 +1,13 @@
 """The outputs' producer: a librdkafka producer (a few microseconds per message, against about a hundred
 through Faust's), its delivery reports feeding `Deliveries`, and the flush Faust waits for before it commits
-input offsets, so an input's offset is committed only once all of its outputs were delivered."""
+input offsets, so an input's offset is committed only once all of its outputs were delivered.
+
+Views (the compacted `jobs`, `runs` and `tasks` topics) are coalesced per key until that flush, as Kafka Streams'
+record cache does: a task that is offered, claimed, started and done within one commit interval writes its view
+once, not four times. A crash loses the views not yet flushed; the shell's recovery publishes the current views of
+every job decided past the committed offset. Tombstones of retired runs go out at once (they are in the outbox,
+whose entries are dropped when their outputs are acknowledged).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +24,9 @@ from ksched.topics import MAX_OUTPUT_BYTES, ensure_topics, topic_specs
 from .deliveries import Deliveries
 from .jobstore import Message
 
+#: Views held for coalescing at most: past this many, they go out before the next flush.
+MAX_PENDING_VIEWS = 20_000
+
 
 class OutputError(KschedError):
     """Outputs could not be delivered; the worker stops so that their inputs are processed again."""
@@ -31,6 +41,9 @@ class Publisher:
     deliveries: Deliveries = field(default_factory=Deliveries)
 
     def __post_init__(self) -> None:
+        self.view_topics = {self.settings.topic(t) for t in ("jobs", "runs", "tasks")}
+        self._views: dict[tuple[str, bytes | None], Message] = {}
+        self.coalesced = 0  # views replaced by a later one before they went out
         self.producer = kafka.producer(self.settings, **{"linger.ms": 0, "batch.num.messages": 2000,
                                                           "message.max.bytes": MAX_OUTPUT_BYTES + 65536})
         # Topics known to exist (the worker created them at start). A task of a new executor pool needs the
@@ -50,9 +63,24 @@ class Publisher:
     def publish(self, messages: list[Message], source: tuple[int, int] | None = None) -> None:
         """Produce `messages`, the outputs of the inbox record at `source` (partition, offset) if given."""
         done = self._delivered
-        if source is not None and messages:
-            generation = self.deliveries.sent(*source, len(messages))
+        now = [m for m in messages if m.topic not in self.view_topics or m.value is None]
+        if len(now) < len(messages):
+            for m in messages:
+                if m.topic in self.view_topics and m.value is not None:
+                    self.coalesced += (m.topic, m.key) in self._views
+                    self._views[(m.topic, m.key)] = m
+            if len(self._views) >= MAX_PENDING_VIEWS:
+                self._produce_views()
+        if source is not None and now:
+            generation = self.deliveries.sent(*source, len(now))
             done = partial(self._acknowledged, *source, generation)
+        self._produce(now, done)
+
+    def _produce_views(self) -> None:
+        views, self._views = list(self._views.values()), {}
+        self._produce(views, self._delivered)
+
+    def _produce(self, messages: list[Message], done: Any) -> None:
         for m in messages:
             if m.topic not in self.known:
                 self._ensure(m.topic)
@@ -69,6 +97,7 @@ class Publisher:
             self.deliveries.acknowledged(partition, offset, generation)
 
     async def flush(self) -> None:
+        self._produce_views()
         remaining = await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 30.0)
         if remaining or self.failures:
             raise OutputError(f"{remaining} outputs undelivered; failures: {self.failures[:3]}")

@@ -98,16 +98,27 @@ class InboxShell:
             self._clock.restore(partition, raw_clock)
         index = DueIndex()
         republish: list[Message] = []
+        rewritten = 0
         for rec in self.jobs.scan(store):
             index.set(rec.state.job_id, core.next_wakeup(rec.state, self.params))
+            if rec.applied >= replay_from:
+                # Written for an input past the committed offset: after a crash, a store kept locally may hold it
+                # while the changelog does not (`localstate`). Writing it again sends it; otherwise a no-op.
+                rewritten += self.jobs.rewrite(store, rec.state.job_id, rec.state)
             replayed = outbox.unpublished(rec.outbox, replay_from)
-            if replayed:
-                # Decisions again (their ids make repeats harmless), then the views as they are now:
-                # an old snapshot republished last would overwrite a newer one in a compacted topic.
-                republish += [m for m in replayed if self._in_outbox(m)]
+            republish += [m for m in replayed if self._in_outbox(m)]  # again: their ids make repeats harmless
+            if replayed or rec.applied >= replay_from:
+                # Then the views as they are now (the publisher holds views until the commit, so those of a job
+                # decided past the committed offset may not have gone out; an old snapshot republished last would
+                # overwrite a newer one in a compacted topic).
                 republish += [self.router.message(partition, e) for e in current_views(rec.state)]
+        if raw_clock is not None:
+            store.put(CLOCK_KEY, raw_clock)
         self._due[partition] = index
         self.counters.republished += len(republish)
+        if rewritten:
+            log.info("partition %d: wrote %d keys of jobs decided past the committed offset again", partition,
+                     rewritten)
         if republish:
             log.info("partition %d: republished %d outputs from the outbox", partition, len(republish))
         return republish

@@ -1,7 +1,8 @@
 """Run one streams worker process (`ksched streams`).
 
-A worker's local RocksDB files are trusted only after a clean shutdown: after a crash they may hold
-writes whose changelog records never reached Kafka, so they are wiped and rebuilt from the changelog.
+A worker's local RocksDB files are kept after a clean shutdown; after a crash, a partition's store is kept only
+if this worker was the last to commit that partition's inputs, and rebuilt from the changelog otherwise
+(`streams.localstate`).
 """
 
 from __future__ import annotations
@@ -9,30 +10,15 @@ from __future__ import annotations
 import cProfile
 import logging
 import os
-import shutil
 import sys
-from pathlib import Path
 
 from ksched.config import Settings
 from ksched.topics import ensure_topics
 
 from .app import create_app
+from .localstate import CLEAN_MARKER, prepare_datadir
 
-CLEAN_MARKER = "CLEAN_SHUTDOWN"
 log = logging.getLogger(__name__)
-
-
-def prepare_datadir(datadir: Path) -> bool:
-    """Make `datadir` safe to open. Returns True if its previous contents were kept."""
-    marker = datadir / CLEAN_MARKER
-    if marker.exists():
-        marker.unlink()
-        return True
-    if datadir.exists():
-        log.warning("%s was not shut down cleanly: rebuilding its tables from the changelog", datadir)
-        shutil.rmtree(datadir)
-    datadir.mkdir(parents=True, exist_ok=True)
-    return False
 
 
 def run(settings: Settings, name: str = "worker", web_port: int | None = None, loglevel: str = "warning",
@@ -41,7 +27,7 @@ def run(settings: Settings, name: str = "worker", web_port: int | None = None, l
 
     ensure_topics(settings)
     datadir = settings.home / "streams" / name
-    prepare_datadir(datadir)
+    prepare_datadir(datadir, settings)
     streams = create_app(settings, worker_name=name, datadir=datadir, web_port=web_port, web_host=web_host,
                          web_url=web_url)
     worker = faust.Worker(streams.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

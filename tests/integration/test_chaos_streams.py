@@ -5,6 +5,7 @@ fired was executed exactly once."""
 from __future__ import annotations
 
 import collections
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,7 +62,7 @@ def test_killing_the_streams_worker_loses_and_doubles_nothing(cluster: Cluster, 
     worker.kill9()
     down_at = int(time.time()) * 1000
     time.sleep(6)  # occurrences keep falling due while nothing schedules them
-    cluster.streams("w1")  # same name: same local state directory, which was not shut down cleanly
+    restarted = cluster.streams("w1")  # same name: same local state directory, which was not shut down cleanly
     up_at = int(time.time()) * 1000
     horizon = up_at + 5000
 
@@ -107,6 +108,8 @@ def test_killing_the_streams_worker_loses_and_doubles_nothing(cluster: Cluster, 
                        if any(run_id in str(getattr(e, "task_id", "")) for run_id in stuck)]
             raise AssertionError(f"{name}: runs not succeeded: {stuck}\ndecisions: {decisions}\n"
                                  f"reports: {reports}") from None
+        # It kept its local state (it was the last to commit), rather than rebuilding it from the changelog.
+        assert re.search(r"kept the local state of partitions \[\d", restarted.log.read_text()), restarted.tail(40)
         executed = collections.Counter(line.split()[0] for line in ledgers[name].read_text().splitlines())
         twice = {task: n for task, n in executed.items() if n > 1}
         assert not twice, f"{name}: ran more than once: {twice}"

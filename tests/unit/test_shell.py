@@ -267,3 +267,22 @@ def test_after_a_gap_in_ticks_leases_are_renewed_instead_of_lapsing() -> None:
         assert tick(T0 + s * 1000) == []
     lapsed = [e for s in range(31, 33) for e in tick(T0 + s * 1000)]  # then ticking on, with no heartbeat
     assert [e.outcome for e in lapsed] == ["LOST"]  # type: ignore[attr-defined]
+
+
+def test_views_are_coalesced_per_key_until_the_flush_and_decisions_go_out_at_once() -> None:
+    """The publisher holds view records (last one per key wins) and produces decisions and tombstones at once."""
+    from ksched.streams.publisher import Publisher
+
+    pub = Publisher(Settings(prefix="t", partitions=4, bootstrap_servers="127.0.0.1:9"))
+    try:
+        decision = Message("t.events", b"j", b"\x00decision", 1)
+        first, second = Message("t.tasks", b"j@1/a", b"\x00v1", 1), Message("t.tasks", b"j@1/a", b"\x00v2", 1)
+        tombstone = Message("t.runs", b"j@0", None, 1)
+        pub.publish([decision, first, tombstone], (1, 0))
+        pub.publish([second, Message("t.runs", b"j@1", b"\x00r", 1)], (1, 1))
+        assert len(pub.producer) == 2  # the decision and the tombstone
+        assert pub.coalesced == 1 and list(pub._views.values()) == [second, Message("t.runs", b"j@1", b"\x00r", 1)]
+        pub._produce_views()
+        assert len(pub.producer) == 4 and not pub._views
+    finally:
+        pub.producer.purge()
