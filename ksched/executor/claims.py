@@ -201,8 +201,13 @@ class Claimer:
 
     def _new_producer(self) -> Any:
         self._unreachable = False
+        # retry.backoff.ms: a transaction begun right after the last one committed is answered
+        # CONCURRENT_TRANSACTIONS until the coordinator has written the markers, and retried after this backoff;
+        # librdkafka's 100 ms default makes back-to-back claim transactions 100 ms apart at least (KAFKA-5477,
+        # confluent-kafka-python#967).
         return kafka.producer(self.settings, **{"transactional.id": f"{self.settings.prefix}-executor-{self.id}",
-                                                "transaction.timeout.ms": 60000, "error_cb": self._client_error})
+                                                "transaction.timeout.ms": 60000, "error_cb": self._client_error,
+                                                "retry.backoff.ms": 5})
 
     def _client_error(self, err: KafkaError) -> None:
         # After the whole cluster was unreachable (the single broker restarted), the producer's cached group
