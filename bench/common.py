@@ -73,15 +73,29 @@ def broker() -> Iterator[str]:
             devbroker.down(Path(d) / "broker")
 
 
+def start_of(e: Any) -> int | None:
+    """When an attempt's process started, from the report that says so: its start report, or (for an attempt that
+    ended before its start was reported: the executor folds the two) its end report."""
+    from ksched.schemas.events import TaskCompleted, TaskFailed, TaskStarted
+
+    if isinstance(e, TaskStarted | TaskCompleted | TaskFailed):
+        return e.started_at_ms
+    return None
+
+
+#: The reports that can carry an attempt's start (see `start_of`).
+START_SCHEMAS = ("ksched.TaskStarted", "ksched.TaskCompleted", "ksched.TaskFailed")
+
+
 class Follower:
     """Follows a topic with one consumer from its start, decoding only records of one schema."""
 
-    def __init__(self, settings: Any, schema: str, topic: str = "inbox") -> None:
+    def __init__(self, settings: Any, schema: str | tuple[str, ...], topic: str = "inbox") -> None:
         from ksched import kafka
         from ksched.schemas.codec import default_codec
 
         self.codec = default_codec()
-        self.prefix = self.codec.prefix(schema)
+        self.prefixes = {self.codec.prefix(x) for x in ((schema,) if isinstance(schema, str) else schema)}
         self.consumer = kafka.consumer(settings, group=f"{settings.prefix}-bench-{time.time_ns()}")
         self.consumer.subscribe([settings.topic(topic)])
 
@@ -91,7 +105,7 @@ class Follower:
         while time.time() < deadline:
             for m in self.consumer.consume(1000, timeout=0.2):
                 value = m.value()
-                if m.error() is None and value is not None and value[:10] == self.prefix:
+                if m.error() is None and value is not None and value[:10] in self.prefixes:
                     out.append(self.codec.decode(value))
         return out
 

@@ -31,11 +31,10 @@ from ksched.schemas.events import (
     TaskCompleted,
     TaskReady,
     TaskSpec,
-    TaskStarted,
 )
 from tests.support import Cluster, write_script
 
-from .common import broker, report, summary
+from .common import broker, report, start_of, summary
 
 
 def _submit(s: Settings, spec: JobSpec) -> None:
@@ -67,7 +66,7 @@ def chain(s: Settings, ref: ArtifactRef, n: int) -> dict[str, object]:
     _submit(s, JobSpec("chain", tasks))
     reports, decisions = _follow(s, "chain", 600)
     name = lambda tid: tid.rsplit("/", 1)[1]  # noqa: E731
-    started = {name(e.task_id): e.started_at_ms for _, e in reports if isinstance(e, TaskStarted)}
+    started = {name(e.task_id): start_of(e) for _, e in reports if start_of(e) is not None}
     finished = {name(e.task_id): e.finished_at_ms for _, e in reports if isinstance(e, TaskCompleted)}
     completed_ts = {name(e.task_id): ts for ts, e in reports if isinstance(e, TaskCompleted)}
     claimed_ts = {name(e.task_id): ts for ts, e in reports if isinstance(e, ClaimTask)}
@@ -96,8 +95,7 @@ def fan(s: Settings, ref: ArtifactRef, n: int) -> dict[str, object]:
     reports, decisions = _follow(s, "fan", 1800)
     triggered = next(ts for ts, e in decisions if isinstance(e, RunTriggered))
     finished = max(e.finished_at_ms for _, e in reports if isinstance(e, TaskCompleted))
-    end_started = next(e.started_at_ms for _, e in reports
-                       if isinstance(e, TaskStarted) and e.task_id.endswith("/end"))
+    end_started = next(start_of(e) or 0 for _, e in reports if start_of(e) and e.task_id.endswith("/end"))
     last_middle = max(e.finished_at_ms for _, e in reports
                       if isinstance(e, TaskCompleted) and "/t" in e.task_id)
     return {"fan_tasks": n + 2, "fan_time_to_finish_s": round((finished - triggered) / 1000, 2),

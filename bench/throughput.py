@@ -25,10 +25,10 @@ from ksched import kafka
 from ksched.artifacts import open_store
 from ksched.config import Settings
 from ksched.schemas.codec import default_codec
-from ksched.schemas.events import ClaimGranted, ClaimTask, JobSpec, SubmitJob, TaskReady, TaskSpec, TaskStarted
+from ksched.schemas.events import ClaimGranted, ClaimTask, JobSpec, SubmitJob, TaskReady, TaskSpec
 from tests.support import Cluster, write_script
 
-from .common import Follower, broker, broker_pid, cpu_seconds, report, summary, timestamped
+from .common import Follower, broker, broker_pid, cpu_seconds, report, start_of, summary, timestamped
 
 
 def completed(s: Settings) -> dict[str, int]:
@@ -139,8 +139,8 @@ def _steps(s: Settings) -> dict[str, object]:
     for ts, e in timestamped(s, s.topic("inbox"), s.partitions):
         if isinstance(e, ClaimTask):
             claimed.setdefault(e.task_id, ts)
-        elif isinstance(e, TaskStarted):
-            started.setdefault(e.task_id, e.started_at_ms)
+        elif start_of(e) is not None and e.task_id not in started:
+            started[e.task_id] = start_of(e) or 0
             by_executor[e.executor_id] += 1
     granted: dict[str, int] = {}
     for ts, e in timestamped(s, s.topic("control"), s.control_partitions):

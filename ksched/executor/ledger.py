@@ -55,6 +55,7 @@ class Stats:
     transactions: int = 0
     replaced_producers: int = 0  # claim producers fenced by a new one: a transactional call never returned
     replaced_consumers: int = 0  # ready topics' consumers that stalled
+    folded: int = 0  # attempts that ended before their start was reported: one report for both
     #: The last claim transactions' durations (bounded: an executor runs for months).
     claim_txn_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
@@ -68,7 +69,7 @@ class Stats:
                 f"{self.replaced_producers} producers and {self.replaced_consumers} consumers replaced; "
                 f"recent p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms), granted {self.granted}, "
                 f"rejected {self.rejected}, renewed {self.renewals}, abandoned {self.abandoned}, "
-                f"started {self.started}, finished {self.finished}")
+                f"started {self.started} ({self.folded} reported with their end), finished {self.finished}")
 
 
 # --- pure decisions -------------------------------------------------------------------------------

@@ -3,6 +3,11 @@
 Owns the runtime's hooks (an attempt started; an attempt ended: reported, then settled in the ledger) and the
 supervisor thread: heartbeats for every granted attempt, the attempts' timeouts, the renewal of claims waiting
 longer than half a lease for their answer, and giving up on claims that wait longer than `claim_timeout_s`.
+
+An attempt's start is reported `START_FOLD_S` after it, unless it ended by then: its end report carries its start
+(the scheduler takes a completion of a granted attempt as its start too), so a quick attempt costs one report,
+not two, and a long one still shows RUNNING after a moment. The grant's lease covers the wait (heartbeats renew a
+granted attempt's lease whether or not its start was reported).
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ def timed_out(attempt: Attempt, wall_ms: int) -> bool:
     return proc is not None and timeout_ms > 0 and wall_ms - proc.started_at_ms > timeout_ms
 
 
+#: How long after its start an attempt's start is reported, unless it ended meanwhile.
+START_FOLD_S = 0.25
+
+
 class Supervisor:
     def __init__(self, ledger: Ledger, stats: Stats, reporter: Reporter, *, heartbeat_s: float, lease_s: float,
                  claim_timeout_s: float) -> None:
@@ -34,12 +43,30 @@ class Supervisor:
         # A claim answered within half a lease is never renewed; one waiting longer is, every half lease.
         self.renew_every_s = lease_s / 2
         self.claim_timeout_s = claim_timeout_s
+        self.fold_s = min(START_FOLD_S, heartbeat_s / 2)
+        self._lock = threading.Lock()
+        self._unreported: dict[str, tuple[float, Attempt, Process]] = {}  # attempt key -> (report at, ...)
 
     def on_started(self, attempt: Attempt, proc: Process) -> None:
         self.stats.started += 1
-        self.reporter.started(attempt, proc)
+        if self.fold_s <= 0:
+            self.reporter.started(attempt, proc)
+            return
+        with self._lock:
+            self._unreported[attempt.key] = (time.monotonic() + self.fold_s, attempt, proc)
+
+    def report_starts(self, now: float, everything: bool = False) -> None:
+        """Report the starts of the attempts still running `fold_s` after they started (all: `everything`)."""
+        with self._lock:
+            due = [k for k, (at, _, _) in self._unreported.items() if everything or at <= now]
+            starts = [self._unreported.pop(k) for k in due]
+        for _, attempt, proc in starts:
+            self.reporter.started(attempt, proc)
 
     def on_ended(self, ended: Ended) -> None:
+        with self._lock:
+            if self._unreported.pop(ended.attempt.key, None) is not None:
+                self.stats.folded += 1  # its end reports its start
         self.reporter.ended(ended)
         self.stats.finished += 1
         self.ledger.ended(ended.attempt.key)
@@ -49,6 +76,7 @@ class Supervisor:
         next_beat = time.monotonic() + self.heartbeat_s
         while not stop.wait(0.05):
             now = time.monotonic()
+            self.report_starts(now)
             sweep = self.ledger.sweep(now, self.claim_timeout_s, self.renew_every_s)
             self.stats.abandoned += sweep.abandoned
             wall = now_ms()
@@ -63,3 +91,4 @@ class Supervisor:
                 for a in sweep.attempts:
                     self.reporter.heartbeat(a, wall)
             self.reporter.poll()
+        self.report_starts(time.monotonic(), everything=True)

@@ -21,7 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ksched.config import Settings
 from ksched.partitioning import partition_for
-from ksched.schemas.events import PRIORITIES, RetryScheduled, TaskStarted, TaskState, Trigger
+from ksched.schemas.events import PRIORITIES, RetryScheduled, TaskCompleted, TaskFailed, TaskStarted, TaskState, Trigger
 
 from .core.model import JobState, split_task_id
 
@@ -108,15 +108,21 @@ class Metrics(ShellHooks):
         for e in emits:
             if isinstance(e.record, RetryScheduled) and e.channel == "events":
                 self.retries.inc()
-        if isinstance(event, TaskStarted) and after is not None and before is not None:
+        # A start is in the start report, or in the end report of an attempt that ended before its start was
+        # reported (the executor folds the two).
+        if (isinstance(event, TaskStarted | TaskCompleted | TaskFailed) and event.started_at_ms is not None
+                and after is not None and before is not None):
             self._started(event, before, after)
 
-    def _started(self, event: TaskStarted, before: JobState, after: JobState) -> None:
+    def _started(self, event: TaskStarted | TaskCompleted | TaskFailed, before: JobState, after: JobState) -> None:
         run_id, name = split_task_id(event.task_id)
         run = after.runs.get(run_id)
         old = before.runs.get(run_id)
-        if run is None or old is None or old.tasks[name].state == TaskState.RUNNING:
-            return  # unknown, or a duplicate report
+        task = old.tasks.get(name) if old is not None else None
+        if (run is None or task is None or task.state != TaskState.CLAIMED or task.attempt is None
+                or (task.attempt.number, task.attempt.fencing_token) != (event.attempt, event.fencing_token)):
+            return  # unknown, a start already seen, or a report of another attempt
+        assert event.started_at_ms is not None
         spec = after.task_spec(run, name)
         if not spec.depends_on:
             at_instant = run.trigger in (Trigger.CRON, Trigger.CATCHUP) or (

@@ -106,8 +106,9 @@ def test_history_openapi_and_metrics(web: Any) -> None:
     _, ports, _ = web
     job_id = one_job_per_partition()[1]
     types = [e["type"] for e in get(ports[0], f"/api/jobs/{job_id}/history")["events"]]
-    for expected in ("SubmitJob", "JobAccepted", "RunTriggered", "ClaimTask", "ClaimGranted", "TaskStarted",
-                     "TaskCompleted", "RunFinished"):
+    # (A quick attempt's start is reported with its end: no TaskStarted is required.)
+    for expected in ("SubmitJob", "JobAccepted", "RunTriggered", "ClaimTask", "ClaimGranted", "TaskCompleted",
+                     "RunFinished"):
         assert expected in types
     spec = get(ports[1], "/api/openapi.json")
     assert spec["openapi"].startswith("3.") and "/api/jobs/{job_id}/runs" in spec["paths"]

@@ -9,6 +9,7 @@ import time
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -448,3 +449,37 @@ def test_an_empty_log_is_not_uploaded_and_reads_back_empty(tmp_path: Path) -> No
     assert not (tmp_path / "store" / "logs").exists()  # nothing stored for it
     ref = reporter._upload_log("j@t/main#2", full)
     assert read_log(store, ref) == b"out\n" and read_log(store, EMPTY_LOG) == b""
+
+
+class _Reports:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def started(self, attempt: Any, proc: Any) -> None:
+        self.sent.append(("started", attempt.key))
+
+    def ended(self, ended: Any) -> None:
+        self.sent.append(("ended", ended.attempt.key))
+
+
+def test_a_quick_attempts_start_is_reported_with_its_end_and_a_long_ones_on_its_own() -> None:
+    from ksched.executor.ledger import Ledger, Stats
+    from ksched.executor.runtime import Attempt, Ended
+    from ksched.executor.supervision import Supervisor
+    from ksched.schemas.events import ClaimGranted, TaskReady
+    from tests.samples import sample
+
+    reports, stats = _Reports(), Stats()
+    sup = Supervisor(Ledger(), stats, reports, heartbeat_s=2.0, lease_s=10.0, claim_timeout_s=30.0)  # type: ignore[arg-type]
+    quick = Attempt(sample(TaskReady), replace(sample(ClaimGranted), task_id="j@1/quick"))
+    slow = Attempt(sample(TaskReady), replace(sample(ClaimGranted), task_id="j@1/slow"))
+    sup.on_started(quick, None)  # type: ignore[arg-type]
+    sup.on_started(slow, None)  # type: ignore[arg-type]
+    sup.on_ended(Ended(quick, exit_code=0, started_at_ms=1, finished_at_ms=2))
+    assert reports.sent == [("ended", quick.key)] and stats.folded == 1
+    sup.report_starts(time.monotonic())  # not yet fold_s after the start
+    assert reports.sent == [("ended", quick.key)]
+    sup.report_starts(time.monotonic() + sup.fold_s)
+    sup.on_ended(Ended(slow, exit_code=0, started_at_ms=1, finished_at_ms=2))
+    assert reports.sent == [("ended", quick.key), ("started", slow.key), ("ended", slow.key)]
+    assert stats.folded == 1 and stats.started == 2

@@ -157,3 +157,21 @@ def test_the_running_tasks_of_revoked_partitions_leave_the_gauge_and_a_rejoining
 
     w.shell.revoked(set(range(SETTINGS.partitions)))
     assert w.value("ksched_running_tasks") == 0
+
+
+def test_a_start_reported_with_the_attempts_end_is_observed_once() -> None:
+    """A quick attempt's executor reports its start in its completion: firing lag and hand-off count it then."""
+    w = Worker()
+    w.send(SubmitJob("c2", job("cron", "*/10 * * * * *"), T0), "cron")
+    art = job().tasks[0].artifact
+    w.send(SubmitJob("c3", JobSpec("dag", [TaskSpec("a", art), TaskSpec("b", art, depends_on=["a"])]), T0), "dag")
+    ga = w.claim(w.ready("dag@"))
+    w.complete(ga, 0, T0 + 1000, T0 + 1500)  # no start report
+    gb = w.claim(w.ready("/b"))
+    w.complete(gb, 0, T0 + 1800, T0 + 1900)
+    assert (w.value("ksched_handoff_seconds_count"), w.value("ksched_handoff_seconds_sum")) == (1, 0.3)
+    w.tick(T0 + 10_000)
+    gc = w.claim(w.ready("cron@"))
+    w.start(gc, T0 + 10_200)
+    w.complete(gc, 0, T0 + 10_200, T0 + 12_000)  # its start was reported already: not observed again
+    assert (w.value("ksched_firing_lag_seconds_count"), w.value("ksched_firing_lag_seconds_sum")) == (1, 0.2)
