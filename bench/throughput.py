@@ -2,7 +2,10 @@
 
 Submits `--tasks` one-off jobs (each one no-op task) at `--rate` per second straight into the inbox, and
 measures, through the real broker, streams worker(s) and executors:
-  * throughput: tasks completed per second over the busy period (first submission to last completion);
+  * throughput: tasks *settled by the scheduler* (TaskSettled in the decision log, not the executors' reports)
+    per second over the busy period (first submission to the last task settled);
+  * CPU ms per task per role (broker, streams workers, executors with their tasks);
+  * Kafka records per task, per topic (end offsets before and after; transaction markers included);
   * claim latency: TaskReady produced -> the executor's process started (p50/p99);
   * per-step times from the producers' record timestamps.
 Set KSCHED_PROFILE_DIR to write the streams worker's cProfile there (`python -m pstats`).
@@ -32,11 +35,21 @@ from .common import Follower, broker, broker_pid, cpu_seconds, report, start_of,
 
 
 def completed(s: Settings) -> dict[str, int]:
-    follower = Follower(s, "ksched.TaskCompleted")
+    follower = Follower(s, "ksched.TaskSettled", topic="events")
     try:
-        return {e.task_id: e.finished_at_ms for e in follower.poll(2.0)}
+        return {e.task_id: e.at_ms for e in follower.poll(2.0)}
     finally:
         follower.consumer.close()
+
+
+def record_counts(s: Settings) -> dict[str, int]:
+    """Records in each topic the path of a task writes (the sum of the partitions' end offsets)."""
+    from ksched.reader import end_offsets
+    from ksched.topics import changelog_topic
+
+    topics = {t: s.topic(t) for t in ("inbox", "events", "ready.normal", "control", "jobs", "runs", "tasks")}
+    topics["changelog"] = changelog_topic(s)
+    return {name: sum(end_offsets(s, topic).values()) for name, topic in topics.items()}
 
 
 def main(argv: list[str]) -> None:
@@ -63,7 +76,8 @@ def main(argv: list[str]) -> None:
             cluster.executor(slots=args.slots)
         _warm_up(cluster, s, ref)
         cpu_before, cpu_t0 = _cpu(cluster), time.time()
-        watch = Follower(s, "ksched.TaskCompleted")
+        records_before = record_counts(s)
+        watch = Follower(s, "ksched.TaskSettled", topic="events")
         done: dict[str, int] = {}
         codec = default_codec()
         p = kafka.producer(s, **{"linger.ms": 5})
@@ -77,23 +91,27 @@ def main(argv: list[str]) -> None:
                       value=codec.encode(SubmitJob(f"c{i}", spec, int(time.time() * 1000))))
             p.poll(0)
             if i % 200 == 0:
-                done.update({e.task_id: e.finished_at_ms for e in watch.poll(0.0) if e.task_id.startswith("t")})
+                done.update({e.task_id: e.at_ms for e in watch.poll(0.0) if e.task_id.startswith("t")})
         p.flush(60)
         submitted = time.time()
         deadline = time.time() + 600
         while time.time() < deadline:
-            done.update({e.task_id: e.finished_at_ms for e in watch.poll(3.0) if e.task_id.startswith("t")})
-            print(f"  {len(done)}/{args.tasks} completed", file=sys.stderr)
+            done.update({e.task_id: e.at_ms for e in watch.poll(3.0) if e.task_id.startswith("t")})
+            print(f"  {len(done)}/{args.tasks} settled", file=sys.stderr)
             if len(done) >= args.tasks:
                 break
         cpu_after, window = _cpu(cluster), time.time() - cpu_t0
+        time.sleep(2 * s.commit_interval_s + 1)  # the views held for coalescing go out with the next commit
+        records_after = record_counts(s)
         cluster.stop()
+        per_task = {t: round((records_after[t] - records_before[t]) / max(1, len(done)), 2) for t in records_after}
+        per_task["all"] = round(sum(per_task.values()), 2)
         executor_stats = [line.split(" stopped: ", 1)[1] for p in cluster.procs if p.name.startswith("executor")
                           for line in p.log.read_text(errors="replace").splitlines() if " stopped: " in line]
         cpu = {role: cpu_after[role] - cpu_before[role] for role in cpu_before}
         busy_s = (max(done.values()) / 1000 - start) if done else float("nan")
         report("throughput", {
-            "tasks": args.tasks, "offered_rate_per_s": args.rate, "completed": len(done),
+            "tasks": args.tasks, "offered_rate_per_s": args.rate, "settled": len(done),
             "submit_s": round(submitted - start, 2), "busy_s": round(busy_s, 2),
             "throughput_tasks_per_s": round(len(done) / busy_s, 1) if done else 0.0,
             "streams_workers": args.workers, "executors": args.executors, "slots": args.slots,
@@ -101,6 +119,7 @@ def main(argv: list[str]) -> None:
             # Where the 2 cores went while the tasks ran: cores busy per role, and CPU per task.
             "cpu_cores_busy": {role: round(c / window, 2) for role, c in cpu.items()},
             "cpu_ms_per_task": {role: round(c * 1000 / max(1, len(done)), 2) for role, c in cpu.items()},
+            "records_per_task": per_task,
             "executors_at_exit": executor_stats,
         })
 

@@ -32,7 +32,7 @@ from .core.model import Params
 from .jobstore import Message
 from .localstate import CommitRecord
 from .metrics import Metrics, queue_depths
-from .publisher import Publisher
+from .publisher import VIEW_LINGER_S, Publisher
 from .shell import InboxShell, decision_params
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,7 @@ def _wire(streams: StreamsApp, worker_name: str) -> Any:
     app.task(lambda: _quiet_clients())
     app.task(lambda: _ticker(streams, worker_name))
     app.task(lambda: _measure_queues(streams))
+    app.task(lambda: _views_out(streams))
     return table
 
 
@@ -215,6 +216,13 @@ async def _ticker(streams: StreamsApp, worker_name: str) -> None:
         now_ms = round(boundary * 1000)
         streams.publisher.publish([Message(inbox_name, None, codec.encode(Tick(p, now_ms, worker_name)), p)
                                    for p in range(settings.partitions)])
+
+
+async def _views_out(streams: StreamsApp) -> None:
+    """Views held for coalescing go out after VIEW_LINGER_S even when no record comes to publish them."""
+    while not streams.app.should_stop:
+        await asyncio.sleep(VIEW_LINGER_S / 2)
+        streams.publisher.views_due()
 
 
 async def _quiet_clients() -> None:

@@ -2,16 +2,18 @@
 through Faust's), its delivery reports feeding `Deliveries`, and the flush Faust waits for before it commits
 input offsets, so an input's offset is committed only once all of its outputs were delivered.
 
-Views (the compacted `jobs`, `runs` and `tasks` topics) are coalesced per key until that flush, as Kafka Streams'
-record cache does: a task that is offered, claimed, started and done within one commit interval writes its view
-once, not four times. A crash loses the views not yet flushed; the shell's recovery publishes the current views of
-every job decided past the committed offset. Tombstones of retired runs go out at once (they are in the outbox,
+Views (the compacted `jobs`, `runs` and `tasks` topics) are coalesced per key for `VIEW_LINGER_S` (and always
+until the flush before a commit), as Kafka Streams' record cache does: a task that is offered, claimed, started
+and done within that time writes its view once, not four times. A view so lags its decision by that much at most.
+A crash loses the views not yet flushed; the shell's recovery publishes the current views of every job decided
+past the committed offset. Tombstones of retired runs go out at once (they are in the outbox,
 whose entries are dropped when their outputs are acknowledged).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -26,6 +28,8 @@ from .jobstore import Message
 
 #: Views held for coalescing at most: past this many, they go out before the next flush.
 MAX_PENDING_VIEWS = 20_000
+#: How long a view is held for coalescing at most (a view lags its decision by this much at most).
+VIEW_LINGER_S = 0.1
 
 
 class OutputError(KschedError):
@@ -43,6 +47,7 @@ class Publisher:
     def __post_init__(self) -> None:
         self.view_topics = {self.settings.topic(t) for t in ("jobs", "runs", "tasks")}
         self._views: dict[tuple[str, bytes | None], Message] = {}
+        self._views_since = 0.0  # when the oldest view held was added (monotonic)
         self.coalesced = 0  # views replaced by a later one before they went out
         self.producer = kafka.producer(self.settings, **{"linger.ms": 0, "batch.num.messages": 2000,
                                                           "message.max.bytes": MAX_OUTPUT_BYTES + 65536})
@@ -65,16 +70,25 @@ class Publisher:
         done = self._delivered
         now = [m for m in messages if m.topic not in self.view_topics or m.value is None]
         if len(now) < len(messages):
+            if not self._views:
+                self._views_since = time.monotonic()
             for m in messages:
                 if m.topic in self.view_topics and m.value is not None:
                     self.coalesced += (m.topic, m.key) in self._views
                     self._views[(m.topic, m.key)] = m
             if len(self._views) >= MAX_PENDING_VIEWS:
                 self._produce_views()
+        self.views_due()
         if source is not None and now:
             generation = self.deliveries.sent(*source, len(now))
             done = partial(self._acknowledged, *source, generation)
         self._produce(now, done)
+
+    def views_due(self) -> None:
+        """Produce the views held for coalescing if the oldest has waited `VIEW_LINGER_S` (called on every publish
+        and by the worker's timer)."""
+        if self._views and time.monotonic() - self._views_since >= VIEW_LINGER_S:
+            self._produce_views()
 
     def _produce_views(self) -> None:
         views, self._views = list(self._views.values()), {}

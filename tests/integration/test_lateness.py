@@ -42,6 +42,10 @@ def test_an_attempt_that_would_start_past_its_grace_is_missed_not_run(cluster: C
 
     found = eventually(missed, 60, what="occurrences missed at the executor while the hog holds the slot")
     assert all("(misfire grace 1s)" in e.reason and e.policy == "skip" for e in found)
+    # The views follow the decisions (a view may lag its decision by the publisher's coalescing linger).
+    instants = {e.scheduled_for_ms for e in found}
+    eventually(lambda: all(r.state == "CANCELLED" for r in cluster.status("tight").ordered_runs()
+                           if r.scheduled_for_ms in instants), 30, what="the views of the missed runs")
     runs = {r.run_id: r for r in cluster.status("tight").ordered_runs()}
     for e in found:
         run = next(r for r in runs.values() if r.scheduled_for_ms == e.scheduled_for_ms)
