@@ -39,7 +39,7 @@ class Control:
         self.reporter = reporter
         self.codec = default_codec()
         self._consumer = kafka.consumer(settings, group=f"{settings.prefix}-control-{self.id}",
-                                        **{"fetch.wait.max.ms": 20})
+                                        **{"fetch.wait.max.ms": kafka.FETCH_WAIT_MS})
 
     def assign(self) -> None:
         topic = self.settings.topic("control")

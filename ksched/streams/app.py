@@ -68,7 +68,7 @@ class StreamsApp:
     metrics: Metrics
 
     def close(self) -> None:
-        self.publisher.producer.flush(30)
+        self.publisher.flush_all(30)
 
 
 def faust_credentials(settings: Settings) -> Any:

@@ -28,6 +28,8 @@ from .jobstore import Message
 
 #: Views held for coalescing at most: past this many, they go out before the next flush.
 MAX_PENDING_VIEWS = 20_000
+#: How long the decision log, views and dead letters linger in their producer to share requests.
+BACKGROUND_LINGER_MS = 5
 #: How long a view is held for coalescing at most (a view lags its decision by this much at most).
 VIEW_LINGER_S = 0.1
 
@@ -49,8 +51,13 @@ class Publisher:
         self._views: dict[tuple[str, bytes | None], Message] = {}
         self._views_since = 0.0  # when the oldest view held was added (monotonic)
         self.coalesced = 0  # views replaced by a later one before they went out
-        self.producer = kafka.producer(self.settings, **{"linger.ms": 0, "batch.num.messages": 2000,
-                                                          "message.max.bytes": MAX_OUTPUT_BYTES + 65536})
+        conf = {"batch.num.messages": 2000, "message.max.bytes": MAX_OUTPUT_BYTES + 65536}
+        # Two producers: what an executor or the next decision waits for (ready, control, the inbox) goes out at
+        # once; the record of what happened (decision log, views, dead letters) lingers a few ms to share requests
+        # (the broker's cost is per request more than per record).
+        self.producer = kafka.producer(self.settings, **{"linger.ms": 0, **conf})
+        self.background = kafka.producer(self.settings, **{"linger.ms": BACKGROUND_LINGER_MS, **conf})
+        self.background_topics = self.view_topics | {self.settings.topic(t) for t in ("events", "dlq")}
         # Topics known to exist (the worker created them at start). A task of a new executor pool needs the
         # pool's ready topics: they are created on first use rather than failing every later commit.
         self.known = {spec.name for spec in topic_specs(self.settings)}
@@ -98,11 +105,13 @@ class Publisher:
         for m in messages:
             if m.topic not in self.known:
                 self._ensure(m.topic)
+            producer = self.background if m.topic in self.background_topics else self.producer
             if m.partition is None:
-                self.producer.produce(m.topic, m.value, m.key, on_delivery=done)
+                producer.produce(m.topic, m.value, m.key, on_delivery=done)
             else:
-                self.producer.produce(m.topic, m.value, m.key, m.partition, on_delivery=done)
+                producer.produce(m.topic, m.value, m.key, m.partition, on_delivery=done)
         self.producer.poll(0)
+        self.background.poll(0)
 
     def _acknowledged(self, partition: int, offset: int, generation: int, err: Any, msg: Any) -> None:
         if err is not None:
@@ -110,8 +119,12 @@ class Publisher:
         else:
             self.deliveries.acknowledged(partition, offset, generation)
 
+    def flush_all(self, timeout_s: float) -> int:
+        """Flush both producers; how many messages are still undelivered."""
+        return int(self.producer.flush(timeout_s)) + int(self.background.flush(timeout_s))
+
     async def flush(self) -> None:
         self._produce_views()
-        remaining = await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 30.0)
+        remaining = await asyncio.get_running_loop().run_in_executor(None, self.flush_all, 30.0)
         if remaining or self.failures:
             raise OutputError(f"{remaining} outputs undelivered; failures: {self.failures[:3]}")
