@@ -76,8 +76,8 @@ class JobRecord:
 # cost follows the change, not the size of the job. Smaller runs keep their tasks in the job record (one write
 # per event).
 #
-# The job record is written first and carries the *journal*: the new value of every other key written for the
-# same input. A crash between the job record and those keys leaves a prefix of the writes (one table, one
+# Keys no record refers to yet (a new revision's definition, the tasks of a new run) are written first. Then the
+# job record, which carries the *journal*: the new value of every other key written for the same input. A crash between the job record and those keys leaves a prefix of the writes (one table, one
 # changelog partition: they are ordered), and loading lays the journal over what the keys hold, so a job is never
 # read half-written. The next write of the job replaces the journal (by then the keys were written after it).
 
@@ -118,13 +118,24 @@ def _specs(state: JobState) -> dict[int, JobSpec]:
 def changes(before: JobState | None, after: JobState) -> dict[str, str | None]:
     """The keys other than the job record that `after` writes (new JSON) or deletes (None), found by identity:
     records are immutable, so an unchanged task or definition is the same object as before."""
+    fresh, updates = split_changes(before, after)
+    return {**fresh, **updates}
+
+
+def split_changes(before: JobState | None,
+                  after: JobState) -> tuple[dict[str, str], dict[str, str | None]]:
+    """`changes`, as (fresh, updates): fresh keys are ones the state before did not refer to (a new revision's
+    definition, the tasks of a new run); they may be written before the job record, without a journal, since no
+    record that refers to them exists before it (a crash leaves them unreferenced until the input is decided
+    again, the same way). Updates and deletions of keys the record already refers to go in its journal."""
+    fresh: dict[str, str] = {}
     out: dict[str, str | None] = {}
     job = after.job_id
     old_specs = _specs(before) if before is not None else {}
     new_specs = _specs(after)
     for rev, spec in new_specs.items():
         if _split_spec(spec) and old_specs.get(rev) is not spec:
-            out[spec_key(job, rev)] = _cached_json(spec)
+            (out if rev in old_specs else fresh)[spec_key(job, rev)] = _cached_json(spec)
     for rev, spec in old_specs.items():
         if _split_spec(spec) and rev not in new_specs:
             out[spec_key(job, rev)] = None
@@ -136,14 +147,17 @@ def changes(before: JobState | None, after: JobState) -> dict[str, str | None]:
         if not _split_run(run):
             continue
         old = old_runs.get(rid)
-        old_tasks = old.tasks if old is not None and _split_run(old) else {}
+        if old is None:
+            fresh.update((task_key(job, rid, name), _cached_json(task)) for name, task in run.tasks.items())
+            continue
+        old_tasks = old.tasks if _split_run(old) else {}
         for name, task in run.tasks.items():
             if old_tasks.get(name) is not task:
                 out[task_key(job, rid, name)] = _cached_json(task)
     for rid, run in old_runs.items():
         if rid not in after.runs and _split_run(run):
             out.update((task_key(job, rid, name), None) for name in run.tasks)
-    return out
+    return fresh, out
 
 
 # --- encoding -------------------------------------------------------------------------------------
@@ -302,7 +316,10 @@ class JobStore:
     def save(self, store: Store, partition: int, job_id: str, rec: JobRecord, before: JobState | None) -> None:
         """Write the job record (state, outputs and the journal of this write, atomically), then the other keys
         that changed since `before` (the state the decision started from)."""
-        journal = {**self._pending.pop((partition, job_id), {}), **changes(before, rec.state)}
+        fresh, updates = split_changes(before, rec.state)
+        for key, text in fresh.items():  # keys no record refers to yet: safe ahead of it, no journal needed
+            store.put(key.encode(), text.encode())
+        journal = {**self._pending.pop((partition, job_id), {}), **updates}
         store.put(job_id.encode(), encode_record(rec, journal))
         for key, value in journal.items():
             if value is None:

@@ -60,7 +60,7 @@ def test_a_small_job_is_one_record_and_its_definition_one_more() -> None:
     sim, (submitted, *_) = states(10)
     store = Recording()
     JobStore().save(store, 0, "f", JobRecord(0, submitted, []), None)
-    assert store.writes == [b"f", spec_key("f", 1).encode()]
+    assert store.writes == [spec_key("f", 1).encode(), b"f"]  # a key no record refers to yet goes first
     store.writes.clear()
     JobStore().save(store, 0, "f", JobRecord(1, sim.state, []), submitted)  # type: ignore[arg-type]
     assert store.writes == [b"f"]  # tasks of a small run stay in the job record; the definition is not rewritten
@@ -135,6 +135,20 @@ def _without_journal(store: MemoryStore, raw: bytes) -> MemoryStore:
     return copy
 
 
+def test_a_crash_before_the_job_record_leaves_the_old_state_and_unreferenced_fresh_keys() -> None:
+    sim, (submitted, *_) = states(40)
+    store = Recording()
+    JobStore().save(store, 0, "f", JobRecord(0, submitted, []), None)
+    # A second run of a new revision: its definition and its 40 tasks are fresh keys, written before the record.
+    later = replace(submitted, spec=fan("f", 40), revision=2, revisions={1: submitted.spec},
+                    runs={**submitted.runs, "f@2": replace(next(iter(submitted.runs.values())), run_id="f@2",
+                                                            revision=2)})
+    store.crash_after = len(store.writes) + 41  # the definition and the tasks, not the record
+    JobStore().save(store, 0, "f", JobRecord(1, later, []), submitted)
+    assert store.get(spec_key("f", 2).encode()) is not None
+    assert JobStore().load(store, 0, "f") == JobRecord(0, submitted, [])
+
+
 def test_keys_of_runs_the_state_dropped_and_of_unused_revisions_are_deleted() -> None:
     _sim, (submitted, *_) = states(40)
     store, jobs = Recording(), JobStore()
@@ -156,7 +170,7 @@ def test_a_revision_that_an_active_run_still_uses_keeps_its_definition() -> None
     updated = replace(submitted, revisions={1: submitted.spec}, spec=fan("f", 30), revision=2)
     store.writes.clear()
     jobs.save(store, 0, "f", JobRecord(1, updated, []), submitted)
-    assert store.writes == [b"f", spec_key("f", 2).encode()]
+    assert store.writes == [spec_key("f", 2).encode(), b"f"]
     assert JobStore().load(store, 0, "f") == JobRecord(1, updated, [])
 
 
