@@ -77,9 +77,9 @@ class JobRecord:
 # per event).
 #
 # Keys no record refers to yet (a new revision's definition, the tasks of a new run) are written first. Then the
-# job record, which carries the *journal*: the new value of every other key written for the same input. A crash between the job record and those keys leaves a prefix of the writes (one table, one
-# changelog partition: they are ordered), and loading lays the journal over what the keys hold, so a job is never
-# read half-written. The next write of the job replaces the journal (by then the keys were written after it).
+# job record, which carries the *journal*: the new value of every other key written for the same input. A crash
+# between the job record and those keys leaves a prefix of the writes (one table, one changelog partition: they
+# are ordered), and loading lays the journal over what the keys hold, so a job is never read half-written. The next write of the job replaces the journal (by then the keys were written after it).
 
 SEP = "\0"
 #: Runs and definitions with more tasks than this keep each task (definition) under a key of its own.
@@ -142,8 +142,14 @@ def split_changes(before: JobState | None,
     old_retired = before.retired if before is not None else ()
     if after.retired is not old_retired and after.retired != old_retired:
         out[retired_key(job)] = json.dumps(after.retired, separators=_SEP) if after.retired else None
-    old_runs = before.runs if before is not None else {}
-    for rid, run in after.runs.items():
+    _task_changes(job, before.runs if before is not None else {}, after.runs, fresh, out)
+    return fresh, out
+
+
+def _task_changes(job: str, old_runs: dict[str, Run], new_runs: dict[str, Run], fresh: dict[str, str],
+                  out: dict[str, str | None]) -> None:
+    """The task keys of large runs: a new run's all fresh; a known run's changed tasks; a dropped run's deleted."""
+    for rid, run in new_runs.items():
         if not _split_run(run):
             continue
         old = old_runs.get(rid)
@@ -155,9 +161,8 @@ def split_changes(before: JobState | None,
             if old_tasks.get(name) is not task:
                 out[task_key(job, rid, name)] = _cached_json(task)
     for rid, run in old_runs.items():
-        if rid not in after.runs and _split_run(run):
+        if rid not in new_runs and _split_run(run):
             out.update((task_key(job, rid, name), None) for name in run.tasks)
-    return fresh, out
 
 
 # --- encoding -------------------------------------------------------------------------------------
