@@ -79,7 +79,8 @@ class JobRecord:
 # Keys no record refers to yet (a new revision's definition, the tasks of a new run) are written first. Then the
 # job record, which carries the *journal*: the new value of every other key written for the same input. A crash
 # between the job record and those keys leaves a prefix of the writes (one table, one changelog partition: they
-# are ordered), and loading lays the journal over what the keys hold, so a job is never read half-written. The next write of the job replaces the journal (by then the keys were written after it).
+# are ordered), and loading lays the journal over what the keys hold, so a job is never read half-written. The
+# next write of the job replaces the journal (by then the keys were written after it).
 
 SEP = "\0"
 #: Runs and definitions with more tasks than this keep each task (definition) under a key of its own.

@@ -136,7 +136,7 @@ def _without_journal(store: MemoryStore, raw: bytes) -> MemoryStore:
 
 
 def test_a_crash_before_the_job_record_leaves_the_old_state_and_unreferenced_fresh_keys() -> None:
-    sim, (submitted, *_) = states(40)
+    _sim, (submitted, *_) = states(40)
     store = Recording()
     JobStore().save(store, 0, "f", JobRecord(0, submitted, []), None)
     # A second run of a new revision: its definition and its 40 tasks are fresh keys, written before the record.
