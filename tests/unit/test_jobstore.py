@@ -56,14 +56,22 @@ def states(n: int) -> tuple[Sim, list[JobState]]:
     return sim, [s for s in out if s is not None]
 
 
-def test_a_small_job_is_one_record_and_its_definition_one_more() -> None:
-    sim, (submitted, *_) = states(10)
+def test_a_small_job_is_one_record_per_event_its_definition_included() -> None:
+    sim, (submitted, *_) = states(5)
     store = Recording()
     JobStore().save(store, 0, "f", JobRecord(0, submitted, []), None)
-    assert store.writes == [spec_key("f", 1).encode(), b"f"]  # a key no record refers to yet goes first
+    assert store.writes == [b"f"]  # a submission of a small job is one write
     store.writes.clear()
     JobStore().save(store, 0, "f", JobRecord(1, sim.state, []), submitted)  # type: ignore[arg-type]
-    assert store.writes == [b"f"]  # tasks of a small run stay in the job record; the definition is not rewritten
+    assert store.writes == [b"f"]
+    assert decode_record(store.get(b"f") or b"").state == sim.state  # nothing kept apart
+
+
+def test_a_large_definition_is_kept_apart_and_written_before_the_record() -> None:
+    _, (submitted, *_) = states(10)
+    store = Recording()
+    JobStore().save(store, 0, "f", JobRecord(0, submitted, []), None)
+    assert store.writes[0] == spec_key("f", 1).encode() and store.writes[-1] == b"f"
 
 
 def test_an_event_of_a_large_run_writes_the_job_record_and_only_the_tasks_it_changed() -> None:
@@ -224,3 +232,13 @@ def test_the_same_history_gives_the_same_states_in_either_layout() -> None:
     assert len(split) == 28 and split == whole
     done = [t.state for t in next(iter(split[-1].runs.values())).tasks.values()]
     assert done.count("SUCCEEDED") >= 5
+
+
+def test_rewrite_writes_the_record_and_every_key_it_refers_to_as_they_are() -> None:
+    _, (submitted, *_) = states(40)
+    store = Recording()
+    JobStore().save(store, 0, "f", JobRecord(0, submitted, []), None)
+    before = dict(store.data)
+    store.writes.clear()
+    assert JobStore().rewrite(store, "f", submitted) == 1 + 1 + 40
+    assert sorted(store.writes) == sorted(before) and store.data == before
