@@ -70,11 +70,10 @@ class JobRecord:
 #
 # A job is stored under its id (the *job record*: its cron and lifecycle state, its runs, the inbox offset it
 # last applied, its outbox). A definition of more than `SPLIT_TASKS` tasks (each revision still in use) is kept
-# under `<job>\0s\0<revision>`, written when the job is submitted; its retired runs (`<job>\0r`), written when a run leaves the state; a run
-# with more than `SPLIT_TASKS` tasks keeps each task under a key of its
-# own (`<job>\0t\0<run>/<task>`): an event then rewrites the job record and only the tasks it changed, so its
-# cost follows the change, not the size of the job. Smaller runs keep their tasks in the job record (one write
-# per event).
+# under `<job>\0s\0<revision>`, written when the job is submitted; its retired runs under `<job>\0r`, written
+# when a run leaves the state; a run with more than `SPLIT_TASKS` tasks keeps each task under a key of its own
+# (`<job>\0t\0<run>/<task>`): an event then rewrites the job record and only the tasks it changed, so its cost
+# follows the change, not the size of the job. Small jobs keep everything in the job record (one write per event).
 #
 # Keys no record refers to yet (a new revision's definition, the tasks of a new run) are written first. Then the
 # job record, which carries the *journal*: the new value of every other key written for the same input. A crash
