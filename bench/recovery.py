@@ -13,6 +13,8 @@ after it, and the workers' RSS before the kill and at the end. Also the registra
 registered job.
 
     python -m bench.recovery [--jobs 100000] [--cases lone,pair] [--steady 20] [--after 60]
+
+With `--steady 1800` it is also the 30-minute memory run: the RSS of the worker every minute of firing.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ def case(name: str, jobs: int, steady_s: float, after_s: float) -> dict[str, obj
         time.sleep(10)  # the workers up and idle: their RSS before any job
         rss_empty = rss_mib(workers[0])
         rate = register(s, cluster, jobs, ref)
-        time.sleep(steady_s)
+        steady = sample_rss(workers[0], steady_s)
         rss_before = [rss_mib(w) for w in workers]
         print(f"  {name}: kill -9 of worker w1 ({rss_before[0]:.0f} MiB)", file=sys.stderr, flush=True)
         workers[0].kill9()
@@ -143,8 +145,24 @@ def case(name: str, jobs: int, steady_s: float, after_s: float) -> dict[str, obj
         return {"registered_jobs": jobs, "registration_jobs_per_s": round(rate), "rss_mib_empty": rss_empty,
                 "rss_mib_before": rss_before,
                 "rss_kib_per_job": round((rss_before[0] - rss_empty) * 1024 / max(1, jobs), 2),
-                "rss_mib_at_end": rss_after,
+                "rss_mib_at_end": rss_after, "rss_mib_steady": steady,
                 **figures}
+
+
+def sample_rss(proc: Proc, steady_s: float, every_s: float = 60.0) -> dict[str, object]:
+    """Worker w1's RSS while the jobs fire before the kill, every minute; growth from the first sample (taken
+    a minute in, once the hot caches filled) to the last."""
+    samples: list[float] = []
+    t_end = time.monotonic() + steady_s
+    while (left := t_end - time.monotonic()) > 0:
+        time.sleep(min(every_s, left))
+        samples.append(round(rss_mib(proc), 1))
+        if len(samples) % 5 == 0:
+            print(f"  steady firing: RSS {samples[-1]} MiB after {len(samples) * every_s:.0f} s", file=sys.stderr,
+                  flush=True)
+    growth = (samples[-1] - samples[0]) / samples[0] * 100 if len(samples) >= 2 else None
+    return {"every_s": every_s, "samples": samples, "growth_pct": None if growth is None else round(growth, 2),
+            "max": max(samples, default=None), "min": min(samples, default=None)}
 
 
 def main(argv: list[str]) -> None:
@@ -161,6 +179,8 @@ def main(argv: list[str]) -> None:
         "late_runs": "per-second runs that started more than 1 s after their instant",
         "lost_occurrences": "per-second instants in the window neither started nor recorded missed",
         "kill_to_first_tick_s": "from the kill to the first tick a worker produced after it",
+        "rss_mib_steady": "worker w1's RSS every minute of firing before the kill (--steady 1800: 30 minutes); "
+                          "growth_pct from the first sample to the last",
         "rss_kib_per_job": "(worker w1's RSS before the kill - its RSS before any job) / registered jobs; in the "
                            "pair case w1 holds about half the jobs",
     }, **out})

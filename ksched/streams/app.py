@@ -59,6 +59,18 @@ class FaustStore:
         return faustcompat.partition_items(self.table, self.partition)
 
 
+#: RocksDB settings of each partition's store. Faust's defaults (64 MiB write buffers, up to three per partition,
+#: a 2 GiB block cache per partition) keep a worker's whole state in memtables until it reaches gigabytes: RSS grew
+#: with every registered job (8.6 KiB per job at 20,000 jobs). Small write buffers flush to SST files early; the
+#: block cache keeps the hot blocks (the job store keeps recent records decoded above it).
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": 4 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "target_file_size_base": 16 * 1024 * 1024,
+    "block_cache_size": 8 * 1024 * 1024,
+}
+
+
 @dataclass
 class StreamsApp:
     app: Any
@@ -152,7 +164,8 @@ def _wire(streams: StreamsApp, worker_name: str) -> Any:
     app, shell, settings, publisher = streams.app, streams.shell, streams.settings, streams.publisher
     inbox_name = settings.topic("inbox")
     inbox = app.topic(inbox_name, key_type=bytes, value_type=bytes, partitions=settings.partitions)
-    table = app.Table("jobstate", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    table = app.Table("jobstate", partitions=settings.partitions, key_type=bytes, value_type=bytes,
+                      options=dict(ROCKSDB_OPTIONS))
 
     faustcompat.also_flush(app, publisher.flush)
 

@@ -60,7 +60,8 @@ class InboxShell:
     codec: Codec
     params: Params = field(default_factory=Params)
     counters: Counters = field(default_factory=Counters)
-    state_cache_size: int = 20_000
+    #: Decoded job records kept (most recently used): the jobs being worked on, not every registered job.
+    state_cache_size: int = 4_096
     hooks: ShellHooks = field(default_factory=ShellHooks)
 
     def __post_init__(self) -> None:

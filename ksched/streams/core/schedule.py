@@ -19,6 +19,7 @@ Daylight saving time (decided, documented in docs/SCHEDULING.md)
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -57,8 +58,10 @@ class Cron:
 
 
 @lru_cache(maxsize=4096)
+@lru_cache(maxsize=4096)
 def parse_cron(expr: str) -> Cron:
-    """Validate `expr`; raise JobSpecError('schedule', ...) naming what is wrong."""
+    """Validate `expr`; raise JobSpecError('schedule', ...) naming what is wrong. Cached: validating steps the
+    expression once, which every registration of a common expression would otherwise pay again."""
     text = " ".join(expr.split())
     if not text:
         raise JobSpecError("schedule", "empty cron expression")
@@ -138,10 +141,19 @@ def spread_offset_ms(job_id: str, spread_ms: int) -> int:
     return int.from_bytes(digest[:8], "big") % spread_ms
 
 
+#: croniter keeps every expression it ever expanded in a module-level dict that nothing trims (about 0.5 KiB per
+#: distinct expression: 50 MiB in a worker holding 100,000 jobs with expressions of their own). `_matcher` is the
+#: bounded cache; croniter's is emptied when it outgrows it (an instance reads it only while it is constructed).
+_CRONITER_EXPRESSIONS: dict[object, object] = getattr(sys.modules[croniter.__module__], "EXPRESSIONS", {})
+
+
 @lru_cache(maxsize=4096)
 def _matcher(fields6: str) -> croniter:
     """A parsed expression to reuse: parsing costs far more than stepping (single-threaded use only)."""
-    return croniter(fields6, _EPOCH, second_at_beginning=True)
+    it = croniter(fields6, _EPOCH, second_at_beginning=True)
+    if len(_CRONITER_EXPRESSIONS) > 4096:
+        _CRONITER_EXPRESSIONS.clear()
+    return it
 
 
 def _nominal_next(cron: Cron, tz: ZoneInfo, after_ms: int) -> int | None:
