@@ -73,7 +73,10 @@ class JobRecord:
 # under `<job>\0s\0<revision>`, written when the job is submitted; its retired runs under `<job>\0r`, written
 # when a run leaves the state; a run with more than `SPLIT_TASKS` tasks keeps each task under a key of its own
 # (`<job>\0t\0<run>/<task>`): an event then rewrites the job record and only the tasks it changed, so its cost
-# follows the change, not the size of the job. Small jobs keep everything in the job record (one write per event).
+# follows the change, not the size of the job. A job holding more than `SPLIT_RUNS` runs (a per-second job whose
+# runs queue while executors are busy or the worker catches up) keeps each run under `<job>\0u\0<run>` and only
+# their ids in the job record: an event then rewrites the runs it changed, not every run the job holds. Small
+# jobs keep everything in the job record (one write per event).
 #
 # Keys no record refers to yet (a new revision's definition, the tasks of a new run) are written first. Then the
 # job record, which carries the *journal*: the new value of every other key written for the same input. A crash
@@ -86,11 +89,17 @@ SEP = "\0"
 SPLIT_TASKS = 8
 #: Large definitions are kept under keys of their own (off only to measure the old layout: `bench state_bytes`).
 SPLIT_SPECS = True
+#: A job with more runs than this keeps each run under a key of its own (the job record keeps their ids).
+SPLIT_RUNS = 8
 _SPLIT = "$split"
 
 
 def task_key(job_id: str, run_id: str, name: str) -> str:
     return f"{job_id}{SEP}t{SEP}{run_id}/{name}"
+
+
+def run_key(job_id: str, run_id: str) -> str:
+    return f"{job_id}{SEP}u{SEP}{run_id}"
 
 
 def spec_key(job_id: str, revision: int) -> str:
@@ -111,6 +120,10 @@ def _split_spec(spec: JobSpec) -> bool:
 
 def _split_run(run: Run) -> bool:
     return len(run.tasks) > SPLIT_TASKS
+
+
+def _split_runs(runs: dict[str, Run]) -> bool:
+    return len(runs) > SPLIT_RUNS
 
 
 def _specs(state: JobState) -> dict[int, JobSpec]:
@@ -144,8 +157,27 @@ def split_changes(before: JobState | None,
     old_retired = before.retired if before is not None else ()
     if after.retired is not old_retired and after.retired != old_retired:
         out[retired_key(job)] = json.dumps(after.retired, separators=_SEP) if after.retired else None
-    _task_changes(job, before.runs if before is not None else {}, after.runs, fresh, out)
+    old_runs = before.runs if before is not None else {}
+    _run_changes(job, old_runs, after.runs, fresh, out)
+    _task_changes(job, old_runs, after.runs, fresh, out)
     return fresh, out
+
+
+def _run_changes(job: str, old_runs: dict[str, Run], new_runs: dict[str, Run], fresh: dict[str, str],
+                 out: dict[str, str | None]) -> None:
+    """The run keys of a job holding many runs: a run the record did not refer to is fresh (a new run, or every
+    run when the job starts keeping them apart); a changed one is updated; one no longer kept apart deleted."""
+    old = old_runs if _split_runs(old_runs) else {}
+    new = new_runs if _split_runs(new_runs) else {}
+    for rid, run in new.items():
+        was = old.get(rid)
+        if was is None:
+            fresh[run_key(job, rid)] = _run_json(run)
+        elif was is not run:
+            out[run_key(job, rid)] = _run_json(run)
+    for rid in old:
+        if rid not in new:
+            out[run_key(job, rid)] = None
 
 
 def _task_changes(job: str, old_runs: dict[str, Run], new_runs: dict[str, Run], fresh: dict[str, str],
@@ -188,11 +220,11 @@ _JSON_SIZE = 8_192
 _NO_SPEC = JobSpec("", [])
 
 
-def _cached_json(obj: Task | JobSpec) -> str:
+def _cached_json(obj: Task | JobSpec | Run) -> str:
     hit = _JSON.get(id(obj))
     if hit is not None and hit[0] is obj:
         return hit[1]
-    text = json.dumps(to_compact_data(obj), separators=_SEP)
+    text = _encode_run(obj) if isinstance(obj, Run) else json.dumps(to_compact_data(obj), separators=_SEP)
     _JSON[id(obj)] = (obj, text)
     if len(_JSON) > _JSON_SIZE:
         for _ in range(_JSON_SIZE // 10):
@@ -207,6 +239,10 @@ def _with(head: dict[str, Any] | str, name: str, body: str) -> str:
 
 
 def _run_json(run: Run) -> str:
+    return _cached_json(run)
+
+
+def _encode_run(run: Run) -> str:
     head = to_compact_data(replace(run, tasks={}))
     head.pop("tasks", None)
     if _split_run(run):
@@ -228,7 +264,10 @@ def encode_record(rec: JobRecord, journal: dict[str, str | None] | None = None) 
     del state["spec"]
     if st.retired:
         state["retired"] = _SPLIT
-    runs = ",".join(f"{json.dumps(rid)}:{_run_json(r)}" for rid, r in st.runs.items())
+    if _split_runs(st.runs):
+        runs = ",".join(f'{json.dumps(rid)}:"{_SPLIT}"' for rid in st.runs)
+    else:
+        runs = ",".join(f"{json.dumps(rid)}:{_run_json(r)}" for rid, r in st.runs.items())
     revisions = ",".join(f'"{rev}":{_spec_json(spec)}' for rev, spec in st.revisions.items())
     body = _with(_with(state, "spec", _spec_json(st.spec)), "runs", "{" + runs + "}")
     if revisions:
@@ -278,7 +317,10 @@ def _decode(raw: bytes, fetch: Fetch) -> tuple[JobRecord, dict[str, Any]]:
     for rev, spec in revisions.items():
         if spec == _SPLIT:
             revisions[rev] = part(spec_key(job, int(rev)))
-    for rid, run in s.get("runs", {}).items():
+    runs = s.get("runs", {})
+    for rid, run in runs.items():
+        if run == _SPLIT:
+            run = runs[rid] = dict(part(run_key(job, rid)))  # a copy: the journal keeps the value it wrote
         if run.get("tasks") == _SPLIT:
             rev = run["revision"]
             spec = s["spec"] if rev == current else revisions.get(str(rev), s["spec"])

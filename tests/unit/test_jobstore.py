@@ -182,7 +182,7 @@ def test_a_revision_that_an_active_run_still_uses_keeps_its_definition() -> None
     assert JobStore().load(store, 0, "f") == JobRecord(1, updated, [])
 
 
-def _drive(split: bool) -> list[JobState]:
+def _drive(split: bool, runs_apart: bool = False) -> list[JobState]:
     """A 30-task fan job through the shell: submitted, then claim, start and completion of ready tasks, with a
     fresh shell (cold load from the store) every few events; the state after every event."""
     from ksched.config import Settings
@@ -192,9 +192,11 @@ def _drive(split: bool) -> list[JobState]:
 
     codec = default_codec()
     settings = Settings(prefix="t", partitions=1)
-    saved = jobstore.SPLIT_TASKS, jobstore.SPLIT_SPECS
+    saved = jobstore.SPLIT_TASKS, jobstore.SPLIT_SPECS, jobstore.SPLIT_RUNS
     if not split:
-        jobstore.SPLIT_TASKS, jobstore.SPLIT_SPECS = 1 << 30, False
+        jobstore.SPLIT_TASKS, jobstore.SPLIT_SPECS, jobstore.SPLIT_RUNS = 1 << 30, False, 1 << 30
+    elif runs_apart:
+        jobstore.SPLIT_RUNS = 0  # every run under a key of its own
     try:
         store = MemoryStore()
         sh = InboxShell(settings, codec)
@@ -223,13 +225,13 @@ def _drive(split: bool) -> list[JobState]:
             ready = nxt or ready[4:]
         return seen
     finally:
-        jobstore.SPLIT_TASKS, jobstore.SPLIT_SPECS = saved
+        jobstore.SPLIT_TASKS, jobstore.SPLIT_SPECS, jobstore.SPLIT_RUNS = saved
 
 
 def test_the_same_history_gives_the_same_states_in_either_layout() -> None:
     """The shell with per-entity keys against one record per job, cold loads included: equal after every event."""
-    split, whole = _drive(True), _drive(False)
-    assert len(split) == 28 and split == whole
+    split, whole, apart = _drive(True), _drive(False), _drive(True, runs_apart=True)
+    assert len(split) == 28 and split == whole and apart == whole
     done = [t.state for t in next(iter(split[-1].runs.values())).tasks.values()]
     assert done.count("SUCCEEDED") >= 5
 
@@ -242,3 +244,65 @@ def test_rewrite_writes_the_record_and_every_key_it_refers_to_as_they_are() -> N
     store.writes.clear()
     assert JobStore().rewrite(store, "f", submitted) == 1 + 1 + 40
     assert sorted(store.writes) == sorted(before) and store.data == before
+
+
+def _many_runs(n_runs: int, tasks: int = 3) -> JobState:
+    """A job holding `n_runs` active runs (as a per-second job whose runs queue while the worker catches up)."""
+    _, (submitted, *_) = states(tasks)
+    (run,) = submitted.runs.values()
+    return replace(submitted, runs={f"f@{i}": replace(run, run_id=f"f@{i}") for i in range(n_runs)})
+
+
+def _changed(state: JobState, run_id: str) -> JobState:
+    return replace(state, runs={**state.runs, run_id: replace(state.runs[run_id], state="CANCELLED")})
+
+
+def test_a_job_holding_many_runs_keeps_them_apart_and_an_event_writes_only_the_runs_it_changed() -> None:
+    many = _many_runs(40)
+    store, jobs = Recording(), JobStore()
+    jobs.save(store, 0, "f", JobRecord(0, many, []), None)
+    assert len(store.writes) == 40 + 1 and store.writes[-1] == b"f"  # the runs (fresh) first, then the record
+    small = len(jobstore.encode_record(JobRecord(0, _many_runs(9), [])))
+    assert len(store.get(b"f") or b"") < 2 * small  # the record keeps the runs' ids, not the runs
+    one = _changed(many, "f@7")
+    store.writes.clear()
+    jobs.save(store, 0, "f", JobRecord(1, one, []), many)
+    assert store.writes == [b"f", jobstore.run_key("f", "f@7").encode()]
+    assert decode_record(store.get(b"f") or b"", store.get).state == one
+    assert JobStore().load(store, 0, "f") == JobRecord(1, one, [])
+
+
+def test_a_crash_after_the_record_of_a_job_holding_many_runs_is_read_through_its_journal() -> None:
+    many = _many_runs(12, tasks=40)  # runs kept apart, each with its tasks under keys of their own
+    store = Recording()
+    JobStore().save(store, 0, "f", JobRecord(0, many, []), None)
+    one = _changed(many, "f@3")
+    store.crash_after = len(store.writes) + 1  # the record only; the run's key keeps its old value
+    JobStore().save(store, 0, "f", JobRecord(1, one, []), many)
+    store.crash_after = None
+    assert b"CANCELLED" not in (store.get(jobstore.run_key("f", "f@3").encode()) or b"")
+    restarted = JobStore()
+    rec = restarted.load(store, 0, "f")
+    assert rec is not None and rec.state == one
+    # The next write carries the journal's run as it was written (its tasks still under keys of their own).
+    two = _changed(rec.state, "f@5")
+    restarted.save(store, 0, "f", JobRecord(2, two, []), rec.state)
+    import json
+
+    run3 = json.loads(store.get(jobstore.run_key("f", "f@3").encode()) or b"")
+    assert run3["state"] == "CANCELLED" and run3["tasks"] == "$split"
+    assert JobStore().load(_without_journal(store, store.get(b"f") or b""), 0, "f") == JobRecord(2, two, [])
+
+
+def test_when_a_job_holds_few_runs_again_their_keys_are_deleted_and_the_record_holds_them() -> None:
+    many = _many_runs(20)
+    store, jobs = Recording(), JobStore()
+    jobs.save(store, 0, "f", JobRecord(0, many, []), None)
+    few = replace(many, runs={rid: r for rid, r in list(many.runs.items())[-3:]})
+    jobs.save(store, 0, "f", JobRecord(1, few, []), many)
+    assert [k for k in store.data if b"\0u\0" in k] == []
+    assert decode_record(store.get(b"f") or b"").state == few  # nothing to fetch: all in the record
+    again = _many_runs(20)
+    jobs.save(store, 0, "f", JobRecord(2, again, []), few)
+    assert len([k for k in store.data if b"\0u\0" in k]) == 20
+    assert JobStore().load(store, 0, "f") == JobRecord(2, again, [])
