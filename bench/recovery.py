@@ -32,7 +32,7 @@ from ksched.artifacts import open_store
 from ksched.config import Settings
 from ksched.reader import group_progress
 from ksched.schemas.codec import default_codec
-from ksched.schemas.events import JobSpec, OccurrenceMissed, Schedule, SubmitJob, TaskSpec, Tick
+from ksched.schemas.events import JobSpec, OccurrenceMissed, OccurrenceSkipped, Schedule, SubmitJob, TaskSpec, Tick
 from ksched.topics import app_id
 from tests.support import Cluster, Proc, write_script
 
@@ -91,10 +91,13 @@ def judge(s: Settings, kill_ms: int, end_ms: int) -> dict[str, object]:
             if lo <= instant <= end_ms:
                 starts.setdefault(e.job_id, []).append((instant, at))
     missed: dict[str, set[int]] = {}
+    skipped: dict[str, set[int]] = {}
     first_tick_after = None
     for _, e in timestamped(s, s.topic("events"), s.partitions):
         if isinstance(e, OccurrenceMissed) and e.job_id.startswith("sec") and lo <= e.scheduled_for_ms <= end_ms:
             missed.setdefault(e.job_id, set()).add(e.scheduled_for_ms)
+        if isinstance(e, OccurrenceSkipped) and e.job_id.startswith("sec") and lo <= e.scheduled_for_ms <= end_ms:
+            skipped.setdefault(e.job_id, set()).add(e.scheduled_for_ms)
     for ts, e in timestamped(s, s.topic("inbox"), s.partitions):
         if isinstance(e, Tick) and ts > kill_ms and (first_tick_after is None or ts < first_tick_after):
             first_tick_after = ts
@@ -106,10 +109,11 @@ def judge(s: Settings, kill_ms: int, end_ms: int) -> dict[str, object]:
         # Firing that never resumed within the window is a gap too: up to the window's end.
         pause = max([pause, *(b - a for a, b in itertools.pairwise([lo, *(st for _, st in ran), end_ms]))])
         late += [float(st - inst) for inst, st in ran if st - inst > 1000]
-        seen = {inst for inst, _ in ran} | missed.get(job, set())
+        seen = {inst for inst, _ in ran} | missed.get(job, set()) | skipped.get(job, set())
         lost += sum(1 for t in range(lo // 1000 * 1000 + 1000, end_ms - 5000, 1000) if t not in seen)
     return {"firing_pause_s": pause / 1000, "late_runs": len(late), "late_ms": summary(late),
             "lost_occurrences": lost, "missed_occurrences": sum(len(v) for v in missed.values()),
+            "skipped_occurrences": sum(len(v) for v in skipped.values()),
             "kill_to_first_tick_s": None if first_tick_after is None else (first_tick_after - kill_ms) / 1000}
 
 
@@ -177,7 +181,8 @@ def main(argv: list[str]) -> None:
         "firing_pause_s": "longest gap between two process starts of one per-second job (or a window edge and "
                           "a start), 10 s before the kill to the end of the window",
         "late_runs": "per-second runs that started more than 1 s after their instant",
-        "lost_occurrences": "per-second instants in the window neither started nor recorded missed",
+        "lost_occurrences": "per-second instants in the window neither started nor recorded missed or skipped",
+        "skipped_occurrences": "per-second instants recorded skipped (overlap: forbid, the previous run still active)",
         "kill_to_first_tick_s": "from the kill to the first tick a worker produced after it",
         "rss_mib_steady": "worker w1's RSS every minute of firing before the kill (--steady 1800: 30 minutes); "
                           "growth_pct from the first sample to the last",
