@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ksched.schemas.events import JobSpec
@@ -64,6 +65,10 @@ class JobRecord:
     applied: int
     state: JobState
     outbox: Outbox
+    #: The job's next wake-up as the shell computed it when it wrote the record, with the look-ahead it used
+    #: (`(wake_ms, lookahead_ms)`): a worker taking the partition over rebuilds its due index from it without
+    #: decoding the job (`JobStore.recovery_scan`). Derived from the state, so not part of the record's identity.
+    wake: tuple[int | None, int] | None = field(default=None, compare=False)
 
 
 # --- layout -----------------------------------------------------------------------------------------
@@ -272,7 +277,8 @@ def encode_record(rec: JobRecord, journal: dict[str, str | None] | None = None) 
     body = _with(_with(state, "spec", _spec_json(st.spec)), "runs", "{" + runs + "}")
     if revisions:
         body = _with(body, "revisions", "{" + revisions + "}")
-    head = json.dumps({"o": rec.applied, "x": outbox}, separators=_SEP)
+    head = json.dumps({"o": rec.applied, **({"w": rec.wake[0], "l": rec.wake[1]} if rec.wake else {}), "x": outbox},
+                      separators=_SEP)
     text = f'{head[:-1]},"s":{body}}}'
     if journal:
         entries = ",".join(f"{json.dumps(k)}:{'null' if v is None else v}" for k, v in journal.items())
@@ -281,6 +287,8 @@ def encode_record(rec: JobRecord, journal: dict[str, str | None] | None = None) 
 
 
 Fetch = Callable[[bytes], "bytes | None"]
+#: The head of a job record: the input offset it applied, its wake-up and look-ahead (as `encode_record` writes it).
+_HEAD = re.compile(rb'\{"o":(-?\d+),"w":(null|-?\d+),"l":(-?\d+),')
 
 
 def _no_fetch(key: bytes) -> bytes | None:
@@ -325,7 +333,8 @@ def _decode(raw: bytes, fetch: Fetch) -> tuple[JobRecord, dict[str, Any]]:
             rev = run["revision"]
             spec = s["spec"] if rev == current else revisions.get(str(rev), s["spec"])
             run["tasks"] = {t["name"]: part(task_key(job, rid, t["name"])) for t in spec["tasks"]}
-    return JobRecord(int(data["o"]), from_data(JobState, s), outbox), journal
+    wake = (data["w"], int(data["l"])) if "l" in data else None
+    return JobRecord(int(data["o"]), from_data(JobState, s), outbox, wake), journal
 
 
 def decode_state(raw: bytes, fetch: Fetch = _no_fetch) -> tuple[int, JobState]:
@@ -380,10 +389,28 @@ class JobStore:
         self._remember(partition, job_id, rec)
 
     def scan(self, store: Store) -> Iterator[JobRecord]:
-        """Every job record of the partition, decoded (recovery reads them all once)."""
+        """Every job record of the partition, decoded."""
         for key, raw in store.items():
             if is_job_key(key):
                 yield decode_record(raw, store.get)
+
+    def recovery_scan(self, store: Store, replay_from: int,
+                      lookahead_ms: int) -> Iterator[tuple[str, int | None, JobRecord | None]]:
+        """Every job of the partition as (job id, next wake-up, record). A job last written for an input before
+        `replay_from` (so its outbox holds nothing to publish again: its entries are of that input or earlier)
+        with a wake-up computed with this look-ahead is not decoded (record None): recovery needs only its
+        wake-up, read from the record's head. Decoding every job was most
+        of what taking a partition over cost (57 us a job: 6 s for 100,000). The others come decoded, with the
+        wake-up None for the caller to compute."""
+        for key, raw in store.items():
+            if not is_job_key(key):
+                continue
+            head = _HEAD.match(raw)
+            if head is not None and int(head[1]) < replay_from and int(head[3]) == lookahead_ms:
+                yield key.decode(), None if head[2] == b"null" else int(head[2]), None
+            else:
+                rec = decode_record(raw, store.get)
+                yield rec.state.job_id, None, rec
 
     def rewrite(self, store: Store, job_id: str, state: JobState) -> int:
         """Write the job's record and every other key it has again, as they are (so that they reach the changelog:

@@ -100,7 +100,10 @@ class InboxShell:
         index = DueIndex()
         republish: list[Message] = []
         rewritten = 0
-        for rec in self.jobs.scan(store):
+        for job_id, wake, rec in self.jobs.recovery_scan(store, replay_from, self.params.lookahead_ms):
+            if rec is None:  # nothing to do for this job but to know when to wake it
+                index.set(job_id, wake)
+                continue
             index.set(rec.state.job_id, core.next_wakeup(rec.state, self.params))
             if rec.applied >= replay_from:
                 # Written for an input past the committed offset: after a crash, a store kept locally may hold it
@@ -186,11 +189,13 @@ class InboxShell:
         except Exception as exc:  # no record may stop the partition: this one is dead-lettered, the rest go on
             return self._undecidable(partition, offset, job_id, event, before, key, value, exc)
         self.hooks.applied(event, before, step.state, step.emits)
+        wake = core.next_wakeup(step.state, self.params)
         if step.state is not None:
             kept = [m for m in msgs if self._in_outbox(m)]
-            new = JobRecord(offset, step.state, outbox.record(rec.outbox if rec else [], offset, kept, settled))
+            new = JobRecord(offset, step.state, outbox.record(rec.outbox if rec else [], offset, kept, settled),
+                            (wake, self.params.lookahead_ms))
             self.jobs.save(store, partition, job_id, new, before)
-        self.due_index(partition).set(job_id, core.next_wakeup(step.state, self.params))
+        self.due_index(partition).set(job_id, wake)
         return msgs
 
     def _undecidable(self, partition: int, offset: int, job_id: str, event: Any, before: JobState | None,

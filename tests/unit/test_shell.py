@@ -9,6 +9,7 @@ from ksched.partitioning import partition_for
 from ksched.schemas.codec import default_codec
 from ksched.schemas.events import ClaimTask, DeadLetter, JobAccepted, SubmitJob, TaskReady, Tick
 from ksched.streams import shell as shell_mod
+from ksched.streams.core.model import Params
 from ksched.streams.deliveries import Deliveries
 from ksched.streams.jobstore import JobRecord, Message, changes, decode_record, encode_record
 from ksched.streams.replay import MemoryStore
@@ -287,3 +288,62 @@ def test_views_are_coalesced_per_key_until_the_flush_and_decisions_go_out_at_onc
     finally:
         pub.producer.purge()
         pub.background.purge()
+
+
+def test_a_partition_taken_over_rebuilds_its_due_index_from_the_records_heads_without_decoding_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each record's head carries the wake-up the shell computed; recovery reads it instead of decoding the job,
+    unless the job has outputs to publish again or was written past the restart position."""
+    from ksched.streams import jobstore
+
+    settings = Settings(prefix="t", partitions=1)
+    store, sh = MemoryStore(), InboxShell(settings, CODEC)
+    inputs: list[tuple[bytes | None, object]] = [
+        (b"daily", SubmitJob("c1", job("daily", "0 0 * * *"), T0)),
+        (b"sec", SubmitJob("c2", job("sec", "* * * * * *"), T0)),
+        (b"once", SubmitJob("c3", job("once"), T0)),
+        (None, Tick(0, T0 + 1000)),
+    ]
+    offset = 0
+    for key, event in inputs:
+        out = sh.process(store, 0, offset, key, CODEC.encode(event), delivered=offset)
+        offset += 1
+        for ready in decoded(out, "t.ready.normal"):  # claimed: a lease deadline to wake at
+            claim = ClaimTask(f"cl{offset}", ready.job_id, ready.run_id, ready.task_id, 1, "ex1", T0)  # type: ignore[attr-defined]
+            sh.process(store, 0, offset, ready.job_id.encode(), CODEC.encode(claim), delivered=offset)  # type: ignore[attr-defined]
+            offset += 1
+    expected = dict(sh.due_index(0)._wake)
+    assert set(expected) == {"daily", "sec", "once"}
+
+    def recover(committed: int, head: bool, lookahead_ms: int = 0) -> tuple[dict[str, int], int]:
+        decodes = 0
+        real = jobstore.decode_record
+
+        def counting(raw: bytes, fetch: object = None) -> object:
+            nonlocal decodes
+            decodes += 1
+            return real(raw, fetch) if fetch is not None else real(raw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(jobstore, "decode_record", counting)
+        if not head:
+            monkeypatch.setattr(jobstore, "_HEAD", __import__("re").compile(rb"(?!)"))
+        fresh = InboxShell(settings, CODEC, Params(lookahead_ms=lookahead_ms))
+        fresh.assigned({0})
+        other = CODEC.encode(SubmitJob("c9", job("other", "0 0 1 1 *"), T0))
+        fresh.process(MemoryStore(dict(store.data)), 0, offset, b"other", other,
+                      committed=committed)
+        monkeypatch.undo()
+        index = dict(fresh.due_index(0)._wake)
+        index.pop("other", None)
+        return index, decodes
+
+    by_head, decoded_with_head = recover(offset, head=True)
+    by_decoding, decoded_without = recover(offset, head=False)
+    assert by_head == by_decoding == expected
+    assert decoded_with_head == 0 and decoded_without == 3
+    # Written past the restart position: decoded (it may have to be written again and its views republished).
+    _, decoded_replaying = recover(0, head=True)
+    assert decoded_replaying == 3
+    # Under another look-ahead the wake-ups written are not this worker's: decoded, and computed anew.
+    ahead, decoded_ahead = recover(offset, head=True, lookahead_ms=500)
+    assert decoded_ahead == 3 and ahead["sec"] == expected["sec"] - 500
