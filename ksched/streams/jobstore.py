@@ -399,9 +399,9 @@ class JobStore:
         """Every job of the partition as (job id, next wake-up, record). A job last written for an input before
         `replay_from` (so its outbox holds nothing to publish again: its entries are of that input or earlier)
         with a wake-up computed with this look-ahead is not decoded (record None): recovery needs only its
-        wake-up, read from the record's head. Decoding every job was most
-        of what taking a partition over cost (57 us a job: 6 s for 100,000). The others come decoded, with the
-        wake-up None for the caller to compute."""
+        wake-up, read from the record's head. Decoding every job was most of what taking a partition over cost
+        (57 us a job: 6 s for 100,000). The others come decoded, with the wake-up None for the caller to
+        compute."""
         for key, raw in store.items():
             if not is_job_key(key):
                 continue

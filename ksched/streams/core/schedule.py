@@ -58,10 +58,8 @@ class Cron:
 
 
 @lru_cache(maxsize=4096)
-@lru_cache(maxsize=4096)
 def parse_cron(expr: str) -> Cron:
-    """Validate `expr`; raise JobSpecError('schedule', ...) naming what is wrong. Cached: validating steps the
-    expression once, which every registration of a common expression would otherwise pay again."""
+    """Validate `expr`; raise JobSpecError('schedule', ...) naming what is wrong."""
     text = " ".join(expr.split())
     if not text:
         raise JobSpecError("schedule", "empty cron expression")
