@@ -306,3 +306,13 @@ def test_when_a_job_holds_few_runs_again_their_keys_are_deleted_and_the_record_h
     jobs.save(store, 0, "f", JobRecord(2, again, []), few)
     assert len([k for k in store.data if b"\0u\0" in k]) == 20
     assert JobStore().load(store, 0, "f") == JobRecord(2, again, [])
+
+
+def test_rewrite_of_a_job_holding_many_runs_writes_each_run_key_again() -> None:
+    many = _many_runs(12)
+    store = Recording()
+    JobStore().save(store, 0, "f", JobRecord(0, many, []), None)
+    before = dict(store.data)
+    store.writes.clear()
+    assert JobStore().rewrite(store, "f", many) == 1 + 12
+    assert sorted(store.writes) == sorted(before) and store.data == before
