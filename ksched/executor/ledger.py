@@ -56,6 +56,7 @@ class Stats:
     replaced_producers: int = 0  # claim producers fenced by a new one: a transactional call never returned
     replaced_consumers: int = 0  # ready topics' consumers that stalled
     folded: int = 0  # attempts that ended before their start was reported: one report for both
+    heartbeats: int = 0  # heartbeat records (one per inbox partition per interval, naming its attempts)
     #: The last claim transactions' durations (bounded: an executor runs for months).
     claim_txn_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
@@ -69,7 +70,8 @@ class Stats:
                 f"{self.replaced_producers} producers and {self.replaced_consumers} consumers replaced; "
                 f"recent p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms), granted {self.granted}, "
                 f"rejected {self.rejected}, renewed {self.renewals}, abandoned {self.abandoned}, "
-                f"started {self.started} ({self.folded} reported with their end), finished {self.finished}")
+                f"started {self.started} ({self.folded} reported with their end), finished {self.finished}, "
+                f"{self.heartbeats} heartbeat records")
 
 
 # --- pure decisions -------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """What the executor tells the scheduler outside its claim transactions, and the logs it stores.
 
-Owns the reports producer (to the inbox, keyed by job id): an attempt's start, its heartbeats, its end (completed
-or failed, with the reference of its capped log in the artifact store), the hand-back of an attempt it will not
-run, and the renewals of claims that wait long for their answer.
+Owns the reports producer (to the inbox, keyed by job id): an attempt's start, its end (completed or failed, with
+the reference of its capped log in the artifact store), the hand-back of an attempt it will not run, and the
+renewals of claims that wait long for their answer; and the heartbeats, one record per inbox partition naming every
+attempt it runs of that partition's jobs (produced to that partition, so a job's reports stay in order).
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from typing import Any
 from ksched import kafka
 from ksched.artifacts import EMPTY_LOG, ArtifactStore
 from ksched.config import Settings
+from ksched.partitioning import partition_for
 from ksched.schemas.codec import default_codec
 from ksched.schemas.events import (
     ClaimTask,
     DeadLetter,
+    ExecutorHeartbeat,
     FailureReason,
+    HeldAttempt,
     TaskCompleted,
     TaskFailed,
-    TaskHeartbeat,
     TaskStarted,
 )
 
@@ -30,6 +33,10 @@ from .runtime import Attempt, Ended
 from .sandbox import Process, cap_log
 
 log = logging.getLogger(__name__)
+
+
+#: Attempts named in one heartbeat record at most (about 100 bytes each).
+HEARTBEAT_BATCH = 1000
 
 
 def retryable(ended: Ended) -> bool:
@@ -46,6 +53,7 @@ class Reporter:
         self.log_limit_bytes = log_limit_bytes
         self.codec = default_codec()
         self.inbox = settings.topic("inbox")
+        self.partitions = settings.partitions
         self.dlq = settings.topic("dlq")
         self._producer = kafka.producer(settings)
 
@@ -74,9 +82,21 @@ class Reporter:
         self._send(TaskFailed(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id, reason, message,
                               retryable, finished or now_ms(), exit_code, started, log_ref))
 
-    def heartbeat(self, attempt: Attempt, wall_ms: int) -> None:
-        r, g = attempt.ready, attempt.grant
-        self._send(TaskHeartbeat(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id, wall_ms))
+    def heartbeats(self, attempts: list[Attempt], wall_ms: int) -> int:
+        """One heartbeat per inbox partition for the attempts running of its jobs; returns how many records."""
+        by_partition: dict[int, list[HeldAttempt]] = {}
+        for a in attempts:
+            r, g = a.ready, a.grant
+            by_partition.setdefault(partition_for(r.job_id, self.partitions), []).append(
+                HeldAttempt(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token))
+        sent = 0
+        for p, held in sorted(by_partition.items()):
+            for i in range(0, len(held), HEARTBEAT_BATCH):  # a record stays far below the inbox's maximum size
+                beat = ExecutorHeartbeat(self.id, p, wall_ms, held[i:i + HEARTBEAT_BATCH])
+                self._producer.produce(self.inbox, key=self.id.encode(), value=self.codec.encode(beat), partition=p)
+                sent += 1
+        self._producer.poll(0)
+        return sent
 
     def renewal(self, p: Pending, wall_ms: int) -> None:
         """The claim again, marked as a renewal: a scheduler this slow to answer must not let its grant lapse."""

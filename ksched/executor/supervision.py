@@ -88,7 +88,7 @@ class Supervisor:
                     runtime.end_early(a, FailureReason.TIMEOUT, f"timed out after {a.ready.timeout_ms} ms")
             if now >= next_beat:
                 next_beat = now + self.heartbeat_s
-                for a in sweep.attempts:
-                    self.reporter.heartbeat(a, wall)
+                if sweep.attempts:
+                    self.stats.heartbeats += self.reporter.heartbeats(sweep.attempts, wall)
             self.reporter.poll()
         self.report_starts(time.monotonic(), everything=True)

@@ -319,6 +319,31 @@ class TaskHeartbeat:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldAttempt:
+    """One attempt an executor is running, as its heartbeat names it."""
+
+    SCHEMA: ClassVar[str] = "ksched.HeldAttempt"
+    job_id: str
+    run_id: str
+    task_id: str
+    attempt: int
+    fencing_token: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorHeartbeat:
+    """An executor's heartbeat for every attempt it runs of the jobs of one inbox partition, produced to that
+    partition: one record per partition per interval instead of one per attempt. The scheduler decides each
+    attempt as a `TaskHeartbeat` (`streams.core.decide.heartbeats_of`)."""
+
+    SCHEMA: ClassVar[str] = "ksched.ExecutorHeartbeat"
+    executor_id: str
+    partition: int
+    at_ms: int
+    attempts: list[HeldAttempt]
+
+
+@dataclass(frozen=True, slots=True)
 class TaskCompleted:
     """The process exited on its own; `exit_code` says how."""
 
@@ -671,7 +696,7 @@ class DeadLetter:
 
 
 Command = SubmitJob | PauseJob | ResumeJob | DeleteJob | TriggerJob | CancelRun | RerunTasks | BackfillJob
-Report = ClaimTask | TaskStarted | TaskHeartbeat | TaskCompleted | TaskFailed
+Report = ClaimTask | TaskStarted | TaskHeartbeat | ExecutorHeartbeat | TaskCompleted | TaskFailed
 InboxEvent = Command | Tick | Report
 Decision = (
     JobAccepted | JobRejected | JobChanged | RunTriggered | OccurrenceMissed | OccurrenceSkipped | TaskReady
@@ -681,7 +706,7 @@ Decision = (
 
 INBOX_TYPES: tuple[type, ...] = (
     SubmitJob, PauseJob, ResumeJob, DeleteJob, TriggerJob, CancelRun, RerunTasks, BackfillJob, Tick,
-    ClaimTask, TaskStarted, TaskHeartbeat, TaskCompleted, TaskFailed,
+    ClaimTask, TaskStarted, TaskHeartbeat, ExecutorHeartbeat, TaskCompleted, TaskFailed,
 )
 DECISION_TYPES: tuple[type, ...] = (
     JobAccepted, JobRejected, JobChanged, RunTriggered, OccurrenceMissed, OccurrenceSkipped, TaskReady,

@@ -22,7 +22,7 @@ from ksched.config import Settings
 from ksched.errors import CodecError
 from ksched.partitioning import partition_for
 from ksched.schemas.codec import Codec
-from ksched.schemas.events import INBOX_TYPES, Tick
+from ksched.schemas.events import INBOX_TYPES, ExecutorHeartbeat, Tick
 from ksched.topics import MAX_RECORD_BYTES
 
 from . import outbox
@@ -156,12 +156,14 @@ class InboxShell:
         settled = outbox.settled(committed, delivered)
         if isinstance(event, Tick):
             return out + self._tick(store, partition, offset, event, settled)
+        if isinstance(event, ExecutorHeartbeat):
+            return out + self._heartbeats(store, partition, offset, event, key, value, settled)
         job_id = core.event_job_id(event)  # type: ignore[arg-type]  # an INBOX_TYPES instance
         owner = partition_for(job_id, self.settings.partitions)
         if owner != partition:
             self.counters.forwarded += 1
             return [*out, self.router.forward(job_id, value, owner)]
-        return out + self._apply(store, partition, offset, job_id, event, key, value, settled)
+        return out + self._apply(store, partition, offset, job_id, [event], key, value, settled)
 
     def _in_outbox(self, m: Message) -> bool:
         """Decisions and the tombstones of retired runs' views; other views are republished from the state."""
@@ -171,28 +173,51 @@ class InboxShell:
         advance = self._clock.advance(store, partition, tick, self.params.resume_gap_ms, self.params.lease_ms)
         msgs: list[Message] = []
         for job_id in self.due_index(partition).pop_due(advance.horizon_ms):
-            msgs += self._apply(store, partition, offset, job_id, advance.tick, None, None, settled)
+            msgs += self._apply(store, partition, offset, job_id, [advance.tick], None, None, settled)
         return msgs
 
-    def _apply(self, store: Store, partition: int, offset: int, job_id: str, event: Any, key: bytes | None,
-               value: bytes | None, settled: int | None) -> list[Message]:
+    def _heartbeats(self, store: Store, partition: int, offset: int, beat: ExecutorHeartbeat, key: bytes | None,
+                    value: bytes | None, settled: int | None) -> list[Message]:
+        """Each attempt's heartbeat, a job's together (its record written once); an attempt of a job another
+        partition owns (an executor that counts partitions differently) is forwarded there on its own."""
+        msgs: list[Message] = []
+        by_job: dict[str, list[Any]] = {}
+        for hb in core.heartbeats_of(beat):
+            owner = partition_for(hb.job_id, self.settings.partitions)
+            if owner != partition:
+                self.counters.forwarded += 1
+                msgs.append(self.router.forward(hb.job_id, self.codec.encode(hb), owner))
+            else:
+                by_job.setdefault(hb.job_id, []).append(hb)
+        for job_id, beats in by_job.items():
+            msgs += self._apply(store, partition, offset, job_id, beats, key, value, settled)
+        return msgs
+
+    def _apply(self, store: Store, partition: int, offset: int, job_id: str, events: list[Any],
+               key: bytes | None, value: bytes | None, settled: int | None) -> list[Message]:
+        """Decide `events` (those of one inbox record about this job, in order) and write the job once."""
         rec = self.jobs.load(store, partition, job_id)
         if rec is not None and offset <= rec.applied:
             self.counters.duplicates += 1
             self.due_index(partition).set(job_id, core.next_wakeup(rec.state, self.params))
             return []
         before = rec.state if rec else None
-        try:
-            step = core.decide(before, event, self._clock.get(partition), self.params)
-            msgs = [self._dead_letter(partition, offset, key, value, str(e.record)) if e.channel == channels.DLQ
-                    else self.router.message(partition, e) for e in step.emits]
-        except Exception as exc:  # no record may stop the partition: this one is dead-lettered, the rest go on
-            return self._undecidable(partition, offset, job_id, event, before, key, value, exc)
-        self.hooks.applied(event, before, step.state, step.emits)
-        wake = core.next_wakeup(step.state, self.params)
-        if step.state is not None:
+        state, msgs, applied = before, [], []
+        for event in events:
+            try:
+                step = core.decide(state, event, self._clock.get(partition), self.params)
+                msgs += [self._dead_letter(partition, offset, key, value, str(e.record)) if e.channel == channels.DLQ
+                         else self.router.message(partition, e) for e in step.emits]
+            except Exception as exc:  # no record may stop the partition: this one is dead-lettered, the rest go on
+                return self._undecidable(partition, offset, job_id, event, before, key, value, exc)
+            applied.append((event, state, step))
+            state = step.state
+        for event, was, step in applied:
+            self.hooks.applied(event, was, step.state, step.emits)
+        wake = core.next_wakeup(state, self.params)
+        if state is not None:
             kept = [m for m in msgs if self._in_outbox(m)]
-            new = JobRecord(offset, step.state, outbox.record(rec.outbox if rec else [], offset, kept, settled),
+            new = JobRecord(offset, state, outbox.record(rec.outbox if rec else [], offset, kept, settled),
                             (wake, self.params.lookahead_ms))
             self.jobs.save(store, partition, job_id, new, before)
         self.due_index(partition).set(job_id, wake)

@@ -115,7 +115,7 @@ def test_every_event_type_travels_through_the_broker(cluster: Cluster, jobs_dir:
 
     # What the other processes wrote to the inbox (the commands are this test's own; their decisions follow).
     inbox = {type(e).__name__ for _, e in cluster.records("inbox")}
-    assert {"Tick", "ClaimTask", "TaskStarted", "TaskHeartbeat", "TaskCompleted", "TaskFailed"} <= inbox
+    assert {"Tick", "ClaimTask", "TaskStarted", "ExecutorHeartbeat", "TaskCompleted", "TaskFailed"} <= inbox
     events = cluster.records("events")
     assert {"JobAccepted", "RunTriggered", "TaskReady", "ClaimGranted", "AttemptEnded", "RetryScheduled",
             "CancelRequested", "TaskSettled", "RunFinished", "JobChanged"} <= {type(e).__name__ for _, e in events}

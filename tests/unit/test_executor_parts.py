@@ -483,3 +483,55 @@ def test_a_quick_attempts_start_is_reported_with_its_end_and_a_long_ones_on_its_
     sup.on_ended(Ended(slow, exit_code=0, started_at_ms=1, finished_at_ms=2))
     assert reports.sent == [("ended", quick.key), ("started", slow.key), ("ended", slow.key)]
     assert stats.folded == 1 and stats.started == 2
+
+
+class _Produced:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None, bytes, int]] = []
+
+    def produce(self, topic: str, key: bytes | None = None, value: bytes = b"", partition: int = -1) -> None:
+        self.records.append((topic, key, value, partition))
+
+    def poll(self, _timeout: float) -> int:
+        return 0
+
+
+def test_heartbeats_are_one_record_per_inbox_partition_naming_its_attempts(tmp_path: Path) -> None:
+    from ksched.artifacts import LocalStore
+    from ksched.config import Settings
+    from ksched.executor import reporting
+    from ksched.executor.reporting import Reporter
+    from ksched.executor.runtime import Attempt
+    from ksched.partitioning import partition_for
+    from ksched.schemas.codec import default_codec
+    from ksched.schemas.events import ClaimGranted, ExecutorHeartbeat, TaskReady
+    from tests.samples import sample
+
+    settings = Settings(bootstrap_servers="127.0.0.1:1", prefix="hb", partitions=4)
+    reporter = Reporter(settings, "ex1", LocalStore(tmp_path / "store"), 1 << 20)
+    produced = _Produced()
+    reporter._producer = produced  # type: ignore[assignment]
+    attempts = []
+    for i in range(40):  # two attempts of each of 20 jobs
+        job = f"job{i // 2}"
+        ready = replace(sample(TaskReady), job_id=job, run_id=f"{job}@1", task_id=f"{job}@1/t{i % 2}")
+        attempts.append(Attempt(ready, replace(sample(ClaimGranted), job_id=job, fencing_token=i)))
+    sent = reporter.heartbeats(attempts, 1234)
+    partitions = {partition_for(f"job{j}", 4) for j in range(20)}
+    assert sent == len(produced.records) == len(partitions)
+    codec, named = default_codec(), []
+    for topic, key, value, partition in produced.records:
+        beat = codec.decode(value)
+        assert isinstance(beat, ExecutorHeartbeat) and topic == "hb.inbox" and key == b"ex1"
+        assert beat.partition == partition and beat.at_ms == 1234
+        assert all(partition_for(a.job_id, 4) == partition for a in beat.attempts)
+        named += [(a.task_id, a.fencing_token) for a in beat.attempts]
+    assert sorted(named) == sorted((a.ready.task_id, a.grant.fencing_token) for a in attempts)
+    # Many attempts of one partition are split over records that stay small.
+    produced.records.clear()
+    reporting.HEARTBEAT_BATCH, saved = 3, reporting.HEARTBEAT_BATCH
+    try:
+        one = [a for a in attempts if partition_for(a.ready.job_id, 4) == partition_for("job0", 4)]
+        assert reporter.heartbeats(one, 1) == -(-len(one) // 3)
+    finally:
+        reporting.HEARTBEAT_BATCH = saved

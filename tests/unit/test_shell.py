@@ -347,3 +347,47 @@ def test_a_partition_taken_over_rebuilds_its_due_index_from_the_records_heads_wi
     # Under another look-ahead the wake-ups written are not this worker's: decoded, and computed anew.
     ahead, decoded_ahead = recover(offset, head=True, lookahead_ms=500)
     assert decoded_ahead == 3 and ahead["sec"] == expected["sec"] - 500
+
+
+def test_an_executors_heartbeat_for_a_partition_is_decided_as_each_attempts_own_heartbeat() -> None:
+    from ksched.schemas.events import ArtifactRef, ClaimGranted, ExecutorHeartbeat, HeldAttempt, JobSpec, TaskHeartbeat
+    from ksched.schemas.events import TaskSpec as Spec
+    from tests.samples import DIGEST
+
+    ref = ArtifactRef(DIGEST, "x.sh", 10)
+    spec = JobSpec("par", [Spec("a", ref), Spec("b", ref)])  # two attempts of one job on one executor
+    p = partition_for("par", 4)
+    elsewhere = next(f"other{i}" for i in range(100) if partition_for(f"other{i}", 4) != p)
+
+    def claimed() -> tuple[InboxShell, MemoryStore, list[HeldAttempt]]:
+        sh, store = make(), MemoryStore()
+        out = sh.process(store, p, 0, b"par", CODEC.encode(SubmitJob("c1", spec, T0)))
+        held = []
+        for i, r in enumerate(decoded(out, "t.ready.normal"), start=1):
+            claim = ClaimTask(f"cl{i}", "par", r.run_id, r.task_id, 1, "ex1", T0)  # type: ignore[attr-defined]
+            (grant,) = decoded(sh.process(store, p, i, b"par", CODEC.encode(claim)), "t.control")
+            assert isinstance(grant, ClaimGranted)
+            held.append(HeldAttempt("par", grant.run_id, grant.task_id, 1, grant.fencing_token))
+        assert len(held) == 2
+        return sh, store, held
+
+    sh, store, held = claimed()
+    before = decode_record(store.get(b"par") or b"").state
+    foreign = HeldAttempt(elsewhere, f"{elsewhere}@x", f"{elsewhere}@x/main", 1, 1)
+    beat = ExecutorHeartbeat("ex1", p, T0 + 5_000, [*held, foreign])
+    out = sh.process(store, p, 3, b"ex1", CODEC.encode(beat))
+    (fwd,) = [m for m in out if m.topic == "t.inbox"]
+    assert fwd.partition == partition_for(elsewhere, 4) and fwd.key == elsewhere.encode()
+    assert CODEC.decode(fwd.value) == TaskHeartbeat(elsewhere, f"{elsewhere}@x", f"{elsewhere}@x/main", 1, 1, "ex1",
+                                                   T0 + 5_000)
+    after = decode_record(store.get(b"par") or b"").state
+    assert after != before  # the leases moved
+    # The same as the two heartbeats sent one by one.
+    sh2, store2, held2 = claimed()
+    for i, h in enumerate(held2):
+        sh2.process(store2, p, 3 + i, b"par", CODEC.encode(
+            TaskHeartbeat("par", h.run_id, h.task_id, 1, h.fencing_token, "ex1", T0 + 5_000)))
+    assert decode_record(store2.get(b"par") or b"").state == after
+    # Delivered again (a redelivery after a crash): applied once.
+    assert sh.process(store, p, 3, b"ex1", CODEC.encode(beat)) == [fwd]
+    assert decode_record(store.get(b"par") or b"").state == after

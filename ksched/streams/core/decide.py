@@ -24,6 +24,7 @@ from ksched.schemas.events import (
     ClaimRejected,
     ClaimTask,
     DeleteJob,
+    ExecutorHeartbeat,
     FailureReason,
     InboxEvent,
     JobAccepted,
@@ -75,7 +76,16 @@ def event_job_id(event: InboxEvent) -> str:
         return event.job.job_id
     if isinstance(event, Tick):
         raise ValueError("a tick is about every job of its partition")
+    if isinstance(event, ExecutorHeartbeat):
+        raise ValueError("an executor's heartbeat is about each attempt it names (heartbeats_of)")
     return event.job_id
+
+
+def heartbeats_of(beat: ExecutorHeartbeat) -> list[TaskHeartbeat]:
+    """An executor's heartbeat for a partition as the heartbeats of the attempts it names, each decided as if the
+    executor had sent it alone (so replay and every rule about heartbeats stay the same)."""
+    return [TaskHeartbeat(a.job_id, a.run_id, a.task_id, a.attempt, a.fencing_token, beat.executor_id, beat.at_ms)
+            for a in beat.attempts]
 
 
 def event_time(event: InboxEvent) -> int:
