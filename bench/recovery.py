@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import shutil
 import sys
 import tempfile
 import time
@@ -123,7 +124,8 @@ def _instant(run_id: str) -> int:
     return parse_instant(run_id.split("@", 1)[1].removesuffix("-catchup"))
 
 
-def case(name: str, jobs: int, steady_s: float, after_s: float, settle_s: float) -> dict[str, object]:
+def case(name: str, jobs: int, steady_s: float, after_s: float, settle_s: float,
+         keep_logs: Path | None = None) -> dict[str, object]:
     with broker() as bootstrap, tempfile.TemporaryDirectory(prefix="ksched-recovery-") as tmp:
         s = Settings(bootstrap_servers=bootstrap, prefix=f"rec{uuid.uuid4().hex[:6]}", home=Path(tmp),
                      partitions=6, ready_partitions=6, control_partitions=3)
@@ -149,6 +151,11 @@ def case(name: str, jobs: int, steady_s: float, after_s: float, settle_s: float)
         time.sleep(settle_s)
         figures = judge(s, kill_ms, end_ms)
         cluster.stop()
+        if keep_logs is not None:  # the workers' and executor's logs, for the timeline of a restart
+            dest = keep_logs / name
+            dest.mkdir(parents=True, exist_ok=True)
+            for log_file in Path(tmp).glob("*.log"):
+                shutil.copy(log_file, dest / log_file.name)
         return {"registered_jobs": jobs, "registration_jobs_per_s": round(rate), "rss_mib_empty": rss_empty,
                 "rss_mib_before": rss_before,
                 "rss_kib_per_job": round((rss_before[0] - rss_empty) * 1024 / max(1, jobs), 2),
@@ -181,8 +188,10 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--settle", type=float, default=45.0,
                     help="seconds waited after the window before judging it (an abandoned claim is offered again "
                          "after 30 s)")
+    ap.add_argument("--keep-logs", type=Path, help="copy the processes' logs of each case to this directory")
     args = ap.parse_args(argv)
-    out = {c: case(c, args.jobs, args.steady, args.after, args.settle) for c in args.cases.split(",")}
+    out = {c: case(c, args.jobs, args.steady, args.after, args.settle, args.keep_logs)
+           for c in args.cases.split(",")}
     report("recovery", {"definitions": {
         "firing_pause_s": "longest gap between two process starts of one per-second job (or a window edge and "
                           "a start), 10 s before the kill to the end of the window",
