@@ -62,8 +62,10 @@ class Settings:
     #: Seconds before their instant that occurrences of `overlap: allow` jobs fire, so executors can claim
     #: and stage them and start them on time (0: fire at the instant).
     lookahead_s: float = 10.0
-    #: Seconds after which a silent streams worker or executor leaves its consumer group.
-    session_timeout_s: float = 10.0
+    #: Seconds after which a silent streams worker leaves its consumer group (executors: at least 6). Brokers
+    #: refuse less than their `group.min.session.timeout.ms` (Kafka's default 6 s; ksched's dev broker 1 s): a
+    #: streams worker raises it to that floor (`streams.worker.session_within_floor`).
+    session_timeout_s: float = 3.0
     #: Copies of each partition's table that other streams workers keep warm (Faust standby replicas), so a
     #: survivor takes over a dead worker's partitions without rebuilding them from the changelog. Off by default:
     #: it cut the firing gap after a kill of one of two workers from 45.5 s to 18.9 s, but the rebalance fault
@@ -156,7 +158,7 @@ def load(env: dict[str, str] | None = None) -> Settings:
         lease_s=_float(e, "KSCHED_LEASE_S", 10.0),
         heartbeat_s=_float(e, "KSCHED_HEARTBEAT_S", 2.0),
         commit_interval_s=_float(e, "KSCHED_COMMIT_INTERVAL_S", 0.5),
-        session_timeout_s=_float(e, "KSCHED_SESSION_TIMEOUT_S", 10.0),
+        session_timeout_s=_float(e, "KSCHED_SESSION_TIMEOUT_S", 3.0),
         standby_replicas=_int(e, "KSCHED_STANDBY_REPLICAS", 0),
         keep_run_views=_int(e, "KSCHED_KEEP_RUN_VIEWS", 50),
         api_url=e.get("KSCHED_API_URL", "").rstrip("/"),

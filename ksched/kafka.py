@@ -63,3 +63,21 @@ def consumer(settings: Settings, group: str | None = None, **overrides: Any) -> 
 
 def admin(settings: Settings) -> AdminClient:
     return AdminClient(_base(settings))
+
+
+def session_timeout_floor_s(settings: Settings, timeout_s: float = 10.0) -> float | None:
+    """The cluster's `group.min.session.timeout.ms` in seconds (the shortest session a consumer group member may
+    ask for; Kafka's default is 6 s), or None when it cannot be read (no DescribeConfigs right on the cluster)."""
+    from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[attr-defined]
+
+    try:
+        client = admin(settings)
+        brokers = sorted(client.list_topics(timeout=timeout_s).brokers)
+        if not brokers:
+            return None
+        resource = ConfigResource(ResourceType.BROKER, str(brokers[0]))
+        configs = client.describe_configs([resource], request_timeout=timeout_s)[resource].result(timeout=timeout_s)
+        entry = configs.get("group.min.session.timeout.ms")
+        return None if entry is None or entry.value is None else int(entry.value) / 1000
+    except Exception:  # not allowed to read it (DescribeConfigs), or not answered
+        return None

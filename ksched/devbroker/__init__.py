@@ -231,6 +231,9 @@ def _properties(data_dir: Path, port: int, controller_port: int, auth: bool = Fa
         "share.coordinator.state.topic.replication.factor=1",
         "share.coordinator.state.topic.min.isr=1",
         "group.initial.rebalance.delay.ms=0",
+        # Streams workers detect a dead peer within their session timeout (3 s by default); Kafka's default
+        # floor of 6 s would refuse it.
+        "group.min.session.timeout.ms=1000",
         "log.segment.bytes=67108864",
         "",
     ])

@@ -82,6 +82,7 @@ def _properties(data_dir: Path, node_id: int, ports: list[list[int]]) -> str:
         f"share.coordinator.state.topic.replication.factor={rf}",
         f"share.coordinator.state.topic.min.isr={isr}",
         "group.initial.rebalance.delay.ms=0",
+        "group.min.session.timeout.ms=1000",  # see devbroker/__init__.py
         "log.segment.bytes=67108864",
         # A restarted node catches up and leads again by itself, as in a rolling restart.
         "auto.leader.rebalance.enable=true",

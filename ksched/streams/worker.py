@@ -11,8 +11,10 @@ import cProfile
 import logging
 import os
 import sys
+from dataclasses import replace
 
 from ksched.config import Settings
+from ksched.kafka import session_timeout_floor_s
 from ksched.topics import ensure_topics
 
 from .app import create_app
@@ -21,11 +23,30 @@ from .localstate import CLEAN_MARKER, prepare_datadir
 log = logging.getLogger(__name__)
 
 
+#: Kafka's own `group.min.session.timeout.ms`, assumed when the brokers' cannot be read.
+KAFKA_SESSION_FLOOR_S = 6.0
+
+
+def session_within_floor(settings: Settings, floor_s: float | None) -> Settings:
+    """A session timeout below what the brokers accept would keep the worker out of its group for good (the
+    join is refused): it is raised to the brokers' floor (Kafka's default floor when theirs cannot be read),
+    with a warning saying what failover then costs."""
+    floor = KAFKA_SESSION_FLOOR_S if floor_s is None else floor_s
+    if settings.session_timeout_s >= floor:
+        return settings
+    known = "" if floor_s is not None else " (Kafka's default: this worker may not read the brokers' configs)"
+    log.warning("KSCHED_SESSION_TIMEOUT_S=%s is below the brokers' group.min.session.timeout.ms%s: using %s s, so "
+                "a dead worker's partitions move only that long after it dies; lower that floor on the brokers "
+                "for a faster failover", settings.session_timeout_s, known, floor)
+    return replace(settings, session_timeout_s=floor)
+
+
 def run(settings: Settings, name: str = "worker", web_port: int | None = None, loglevel: str = "warning",
         web_host: str = "127.0.0.1", web_url: str | None = None) -> int:
     import faust
 
     ensure_topics(settings)
+    settings = session_within_floor(settings, session_timeout_floor_s(settings))
     datadir = settings.home / "streams" / name
     prepare_datadir(datadir, settings)
     streams = create_app(settings, worker_name=name, datadir=datadir, web_port=web_port, web_host=web_host,
