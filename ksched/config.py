@@ -67,10 +67,10 @@ class Settings:
     #: streams worker raises it to that floor (`streams.worker.session_within_floor`).
     session_timeout_s: float = 3.0
     #: Copies of each partition's table that other streams workers keep warm (Faust standby replicas), so a
-    #: survivor takes over a dead worker's partitions without rebuilding them from the changelog. Off by default:
-    #: it cut the firing gap after a kill of one of two workers from 45.5 s to 18.9 s, but the rebalance fault
-    #: test's longest pause grew from 31.1 s to 72.6 s with it (one run each; docs/ARCHITECTURE.md "Faults").
-    standby_replicas: int = 0
+    #: survivor takes over a dead worker's partitions without rebuilding them from the changelog (20,000 jobs, one
+    #: of two workers killed: firing gap 1.0 s with one, 4.0 s without; docs/ARCHITECTURE.md "Faults"). Each
+    #: worker then also writes the partitions it stands by for. A lone worker has nobody to keep a copy.
+    standby_replicas: int = 1
     #: Finished runs per job whose views the `runs` and `tasks` topics keep; older ones get tombstones (the inbox
     #: and decision log keep everything). A decision parameter: replay needs the workers' value.
     keep_run_views: int = 50
@@ -159,7 +159,7 @@ def load(env: dict[str, str] | None = None) -> Settings:
         heartbeat_s=_float(e, "KSCHED_HEARTBEAT_S", 2.0),
         commit_interval_s=_float(e, "KSCHED_COMMIT_INTERVAL_S", 0.5),
         session_timeout_s=_float(e, "KSCHED_SESSION_TIMEOUT_S", 3.0),
-        standby_replicas=_int(e, "KSCHED_STANDBY_REPLICAS", 0),
+        standby_replicas=_int(e, "KSCHED_STANDBY_REPLICAS", 1),
         keep_run_views=_int(e, "KSCHED_KEEP_RUN_VIEWS", 50),
         api_url=e.get("KSCHED_API_URL", "").rstrip("/"),
         lookahead_s=_float(e, "KSCHED_LOOKAHEAD_S", 10.0),
