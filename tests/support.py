@@ -133,7 +133,8 @@ class Cluster:
         return proc
 
     def streams(self, name: str = "w1", web_port: int | None = None) -> Proc:
-        args = ["streams", "--name", name] + (["--web-port", str(web_port)] if web_port else [])
+        args = ["streams", "--name", name, "--loglevel", os.environ.get("KSCHED_TEST_LOGLEVEL", "warning")] + (
+            ["--web-port", str(web_port)] if web_port else [])
         return self._spawn(f"streams-{name}", args, "streams")
 
     def executor(self, slots: int = 4, executor_id: str | None = None, *extra: str, contained: bool = False) -> Proc:
