@@ -54,6 +54,9 @@ class Settings:
     #: Seconds between ticks the leader produces into every inbox partition (0: no ticker, for tests that
     #: produce their own ticks).
     tick_interval_s: float = 1.0
+    #: At most this many ticks the streams workers have not consumed yet per inbox partition (0: no limit); past
+    #: it the ticker holds that partition's ticks, and the next one jumps the clock (`streams.ticker`).
+    tick_backlog: int = 3
     #: Seconds a granted attempt may go without a heartbeat before it is retried.
     lease_s: float = 10.0
     heartbeat_s: float = 2.0
@@ -155,6 +158,7 @@ def load(env: dict[str, str] | None = None) -> Settings:
         artifact_url=e.get("KSCHED_ARTIFACTS", ""),
         s3_endpoint_url=e.get("KSCHED_S3_ENDPOINT_URL", ""),
         tick_interval_s=_float(e, "KSCHED_TICK_INTERVAL_S", 1.0),
+        tick_backlog=_int(e, "KSCHED_TICK_BACKLOG", 3),
         lease_s=_float(e, "KSCHED_LEASE_S", 10.0),
         heartbeat_s=_float(e, "KSCHED_HEARTBEAT_S", 2.0),
         commit_interval_s=_float(e, "KSCHED_COMMIT_INTERVAL_S", 0.5),

@@ -52,7 +52,8 @@ def env_for(s: Settings) -> dict[str, str]:
         "KSCHED_CONTROL_PARTITIONS": str(s.control_partitions), "KSCHED_HEARTBEAT_S": str(s.heartbeat_s),
         "KSCHED_LEASE_S": str(s.lease_s), "KSCHED_COMMIT_INTERVAL_S": str(s.commit_interval_s),
         "KSCHED_SESSION_TIMEOUT_S": str(s.session_timeout_s),
-        "KSCHED_TICK_INTERVAL_S": str(s.tick_interval_s), "KSCHED_LOOKAHEAD_S": str(s.lookahead_s),
+        "KSCHED_TICK_INTERVAL_S": str(s.tick_interval_s), "KSCHED_TICK_BACKLOG": str(s.tick_backlog),
+        "KSCHED_LOOKAHEAD_S": str(s.lookahead_s),
         "KSCHED_KEEP_RUN_VIEWS": str(s.keep_run_views),
     })
     if s.api_url:

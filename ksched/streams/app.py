@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ from ksched.config import Settings
 from ksched.errors import ConfigError
 from ksched.partitioning import partition_for
 from ksched.schemas.codec import default_codec
-from ksched.schemas.events import Tick
 from ksched.topics import MAX_STATE_BYTES, app_id
 
 from . import faustcompat
@@ -34,6 +32,7 @@ from .localstate import CommitRecord
 from .metrics import Metrics, queue_depths
 from .publisher import VIEW_LINGER_S, Publisher
 from .shell import InboxShell, decision_params
+from .ticker import run_ticker
 
 log = logging.getLogger(__name__)
 
@@ -207,30 +206,10 @@ def _wire(streams: StreamsApp, worker_name: str) -> Any:
     app.on_partitions_revoked.connect(on_revoked)
 
     app.task(lambda: _quiet_clients())
-    app.task(lambda: _ticker(streams, worker_name))
+    app.task(lambda: run_ticker(settings, worker_name, app.is_leader, lambda: app.should_stop, publisher.send))
     app.task(lambda: _measure_queues(streams))
     app.task(lambda: _views_out(streams))
     return table
-
-
-async def _ticker(streams: StreamsApp, worker_name: str) -> None:
-    """On the leader only: a tick into every inbox partition at each whole interval."""
-    app, settings = streams.app, streams.settings
-    interval = settings.tick_interval_s
-    if interval <= 0:
-        log.warning("ticker disabled (KSCHED_TICK_INTERVAL_S <= 0): time only moves with ticks from elsewhere")
-        return
-    codec = default_codec()
-    inbox_name = settings.topic("inbox")
-    while not app.should_stop:
-        now = time.time()
-        boundary = (int(now / interval) + 1) * interval
-        await asyncio.sleep(max(0.0, boundary - now))
-        if not app.is_leader():
-            continue
-        now_ms = round(boundary * 1000)
-        streams.publisher.publish([Message(inbox_name, None, codec.encode(Tick(p, now_ms, worker_name)), p)
-                                   for p in range(settings.partitions)])
 
 
 async def _views_out(streams: StreamsApp) -> None:

@@ -91,6 +91,10 @@ class Publisher:
             done = partial(self._acknowledged, *source, generation)
         self._produce(now, done)
 
+    def send(self, messages: list[Message], on_delivery: Any) -> None:
+        """Produce `messages` (not views) now, with a delivery callback of the caller's."""
+        self._produce(messages, on_delivery)
+
     def views_due(self) -> None:
         """Produce the views held for coalescing if the oldest has waited `VIEW_LINGER_S` (called on every publish
         and by the worker's timer)."""
