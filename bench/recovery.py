@@ -1,10 +1,12 @@
 """Recovery: a streams worker killed -9 with N jobs registered, and what that does to firing.
 
-Registers N daily cron jobs (default 100,000; through the inbox, batched like any producer) and 10 per-second
+Registers N daily cron jobs (default 100,000; through the inbox in bulk records of `--batch` submissions, 200;
+`--batch 0`: a record per job) and 10 per-second
 jobs, lets them fire for a while, then kills a worker with kill -9, twice over:
 
 - `lone`: the only worker, restarted at once under the same name (its local state not shut down cleanly);
-- `pair`: one of two workers (the survivor takes over its partitions).
+- `pair`: one of two workers (the survivor takes over its partitions);
+- `register` (only when named): one worker, the registration alone, no firing and no kill.
 
 Prints per case: the firing pause (the longest gap between two process starts of the per-second jobs around
 the kill), runs that started more than 1 s late, occurrences lost (due in the window, neither started nor
@@ -12,7 +14,7 @@ recorded missed), occurrences recorded missed, the time from the kill to the fir
 after it, and the workers' RSS before the kill and at the end. Also the registration rate and the RSS per
 registered job.
 
-    python -m bench.recovery [--jobs 100000] [--cases lone,pair] [--steady 20] [--after 60]
+    python -m bench.recovery [--jobs 100000] [--cases lone,pair|register] [--steady 20] [--after 60] [--batch 200]
 
 With `--steady 1800` it is also the 30-minute memory run: the RSS of the worker every minute of firing.
 """
@@ -30,11 +32,12 @@ from pathlib import Path
 
 from ksched import kafka
 from ksched.artifacts import open_store
+from ksched.bulk import bulk_records
 from ksched.config import Settings
 from ksched.reader import group_progress
 from ksched.schemas.codec import default_codec
 from ksched.schemas.events import JobSpec, OccurrenceMissed, OccurrenceSkipped, Schedule, SubmitJob, TaskSpec, Tick
-from ksched.topics import app_id
+from ksched.topics import MAX_RECORD_BYTES, app_id
 from tests.support import Cluster, Proc, write_script
 
 from .common import broker, report, start_of, summary, timestamped
@@ -52,21 +55,31 @@ def rss_mib(proc: Proc) -> float:
     return float("nan")
 
 
-def register(s: Settings, cluster: Cluster, jobs: int, ref: object) -> float:
-    """Produce the submissions and wait until the workers decided all of them; returns jobs/s."""
+def register(s: Settings, cluster: Cluster, jobs: int, ref: object, batch: int) -> float:
+    """Produce the submissions (in bulk records of `batch` jobs, or one record per job if 0) and wait until the
+    workers decided all of them; returns jobs/s."""
     codec = default_codec()
-    p = kafka.producer(s, **{"linger.ms": 20, "batch.num.messages": 10000})
+    p = kafka.producer(s, **{"linger.ms": 20, "batch.num.messages": 10000,
+                             "message.max.bytes": MAX_RECORD_BYTES + 65536})
     task = TaskSpec("main", ref)  # type: ignore[arg-type]
     t0 = time.monotonic()
     now = int(time.time() * 1000)
-    for i in range(jobs):
-        spec = JobSpec(f"daily{i:06d}", [task], Schedule(cron=f"{i % 60} {i // 60 % 60} {i // 3600 % 24} * * *"))
-        p.produce(s.topic("inbox"), key=spec.job_id.encode(), value=codec.encode(SubmitJob(f"c{i}", spec, now)))
-        if i % 2000 == 0:
-            p.poll(0)
-    for i in range(PER_SECOND):
-        spec = JobSpec(f"sec{i}", [task], Schedule(cron="* * * * * *", misfire="skip", misfire_grace_ms=1000))
-        p.produce(s.topic("inbox"), key=spec.job_id.encode(), value=codec.encode(SubmitJob(f"s{i}", spec, now)))
+    cmds = [SubmitJob(f"c{i}", JobSpec(f"daily{i:06d}", [task],
+                                       Schedule(cron=f"{i % 60} {i // 60 % 60} {i // 3600 % 24} * * *")), now)
+            for i in range(jobs)]
+    cmds += [SubmitJob(f"s{i}", JobSpec(f"sec{i}", [task], Schedule(cron="* * * * * *", misfire="skip",
+                                                                     misfire_grace_ms=1000)), now)
+             for i in range(PER_SECOND)]
+    if batch > 0:
+        for n, r in enumerate(bulk_records(cmds, s.partitions, codec.encode, max_jobs=batch)):
+            p.produce(s.topic("inbox"), key=r.key, value=r.value, partition=r.partition)
+            if n % 50 == 0:
+                p.poll(0)
+    else:
+        for n, cmd in enumerate(cmds):
+            p.produce(s.topic("inbox"), key=cmd.job.job_id.encode(), value=codec.encode(cmd))
+            if n % 2000 == 0:
+                p.poll(0)
     p.flush(120)
     ends = {q: end for q, (_, end) in group_progress(s, s.topic("inbox"), app_id(s)).items()}
     while True:
@@ -128,7 +141,7 @@ def _instant(run_id: str) -> int:
 
 
 def case(name: str, jobs: int, steady_s: float, after_s: float, settle_s: float,
-         keep_logs: Path | None = None) -> dict[str, object]:
+         keep_logs: Path | None = None, batch: int = 200) -> dict[str, object]:
     with broker() as bootstrap, tempfile.TemporaryDirectory(prefix="ksched-recovery-") as tmp:
         s = Settings(bootstrap_servers=bootstrap, prefix=f"rec{uuid.uuid4().hex[:6]}", home=Path(tmp),
                      partitions=6, ready_partitions=6, control_partitions=3)
@@ -138,7 +151,13 @@ def case(name: str, jobs: int, steady_s: float, after_s: float, settle_s: float,
         cluster.executor(slots=64)
         time.sleep(10)  # the workers up and idle: their RSS before any job
         rss_empty = rss_mib(workers[0])
-        rate = register(s, cluster, jobs, ref)
+        rate = register(s, cluster, jobs, ref, batch)
+        if name == "register":  # registration only: no firing, no kill
+            rss = rss_mib(workers[0])
+            cluster.stop()
+            return {"registered_jobs": jobs, "bulk_batch": batch, "registration_jobs_per_s": round(rate),
+                    "rss_mib_empty": rss_empty, "rss_mib_registered": rss,
+                    "rss_kib_per_job": round((rss - rss_empty) * 1024 / max(1, jobs), 2)}
         steady = sample_rss(workers[0], steady_s)
         rss_before = [rss_mib(w) for w in workers]
         progress = group_progress(s, s.topic("inbox"), app_id(s))
@@ -194,8 +213,10 @@ def main(argv: list[str]) -> None:
                     help="seconds waited after the window before judging it (an abandoned claim is offered again "
                          "after 30 s)")
     ap.add_argument("--keep-logs", type=Path, help="copy the processes' logs of each case to this directory")
+    ap.add_argument("--batch", type=int, default=200,
+                    help="submissions per bulk inbox record (SubmitJobs); 0: one SubmitJob record per job")
     args = ap.parse_args(argv)
-    out = {c: case(c, args.jobs, args.steady, args.after, args.settle, args.keep_logs)
+    out = {c: case(c, args.jobs, args.steady, args.after, args.settle, args.keep_logs, args.batch)
            for c in args.cases.split(",")}
     report("recovery", {"definitions": {
         "firing_pause_s": "longest gap between two process starts of one per-second job (or a window edge and "
@@ -209,6 +230,8 @@ def main(argv: list[str]) -> None:
         "inbox_behind_at_kill": "inbox records the workers had not yet committed when w1 was killed (more than a "
                                 "few hundred: the installation was still working off the registration, so the "
                                 "figures measure that as well as the takeover; lengthen --steady)",
+        "registration_jobs_per_s": "jobs registered / seconds from the first submission produced until the "
+                                   "workers had committed every inbox record",
         "kill_to_first_tick_s": "from the kill to the first tick a worker produced after it",
         "rss_mib_steady": "worker w1's RSS every minute of firing before the kill (--steady 1800: 30 minutes); "
                           "growth_pct from the first sample to the last",

@@ -21,8 +21,8 @@ from ksched import kafka
 from ksched.config import Settings
 from ksched.errors import CodecError, KschedError
 from ksched.partitioning import partition_for
-from ksched.schemas.codec import Codec, default_codec
-from ksched.schemas.events import JobDefinition, JobSpec, RunView, TaskView
+from ksched.schemas.codec import HEADER_LEN, Codec, default_codec
+from ksched.schemas.events import JobDefinition, JobSpec, RunView, SubmitJobs, TaskView, schema_name
 from ksched.schemas.records import from_data
 
 log = logging.getLogger(__name__)
@@ -304,6 +304,7 @@ def job_history(settings: Settings, job_id: str, codec: Codec | None = None, sin
     codec = codec or default_codec()
     p = partition_for(job_id, settings.partitions)
     key = job_id.encode()
+    bulk_fp = codec.prefix(schema_name(SubmitJobs))[2:]  # bulk records hold other jobs' submissions too
     out: list[tuple[int, str, Any]] = []
     for topic in (settings.topic("inbox"), settings.topic("events")):
         start = OFFSET_BEGINNING if since_ms is None else offset_for_time(settings, topic, p, since_ms)
@@ -312,11 +313,15 @@ def job_history(settings: Settings, job_id: str, codec: Codec | None = None, sin
             at = int(m.timestamp()[1])
             if until_ms is not None and at > until_ms:
                 break
-            if m.value() is None or (since_ms is not None and at < since_ms):
+            value = m.value()
+            if value is None or (since_ms is not None and at < since_ms):
                 continue
-            if m.key() != key and not (ticks and m.key() is None):
+            bulk = value[2:HEADER_LEN] == bulk_fp
+            if m.key() != key and not (ticks and m.key() is None) and not bulk:
                 continue
             rec = _decode(codec, m)
+            if isinstance(rec, SubmitJobs):  # keyed by its first job: the job's own submissions, if any
+                rec = next((c for c in rec.submissions if c.job.job_id == job_id), None)
             if rec is None or (m.key() is None and type(rec).__name__ != "Tick"):
                 continue
             out.append((at, topic, rec))

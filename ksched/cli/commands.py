@@ -15,6 +15,7 @@ from confluent_kafka import TopicPartition
 
 from ksched import kafka
 from ksched.artifacts import open_store, read_log
+from ksched.bulk import bulk_records
 from ksched.config import Settings
 from ksched.errors import JobSpecError, KschedError
 from ksched.partitioning import partition_for
@@ -137,24 +138,32 @@ def send_and_follow(settings: Settings, job_id: str, event: Any, until: Callable
         consumer.close()
 
 
+def _load_spec(settings: Settings, path: Path) -> JobSpec:
+    """A job file validated, its binaries in the artifact store; JobSpecError names what is wrong."""
+    jf: JobFile = load_job(path)
+    refs: dict[str, ArtifactRef] = {}
+    store = open_store(settings.artifacts, settings.s3_endpoint_url)
+    for b in jf.binaries:
+        if b.path is not None:
+            refs[b.task] = store.put_file(b.path, Progress(b.path.name))
+        else:
+            assert b.digest is not None
+            if not store.exists(b.digest):
+                raise JobSpecError("binary", f"artifact {b.digest} is not in {store.url} (ksched upload it)")
+            refs[b.task] = ArtifactRef(b.digest, b.digest[7:19], store.size(b.digest))
+    spec: JobSpec = jf.with_artifacts(refs)
+    pools = tuple(sorted({t.labels[POOL_LABEL] for t in spec.tasks if POOL_LABEL in t.labels}))
+    if pools:
+        ensure_topics(settings, pools=pools)
+    return spec
+
+
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    path = Path(args.file)
+    if len(args.file) > 1:
+        return _submit_many(args, settings)
+    path = Path(args.file[0])
     try:
-        jf: JobFile = load_job(path)
-        refs: dict[str, ArtifactRef] = {}
-        store = open_store(settings.artifacts, settings.s3_endpoint_url)
-        for b in jf.binaries:
-            if b.path is not None:
-                refs[b.task] = store.put_file(b.path, Progress(b.path.name))
-            else:
-                assert b.digest is not None
-                if not store.exists(b.digest):
-                    raise JobSpecError("binary", f"artifact {b.digest} is not in {store.url} (ksched upload it)")
-                refs[b.task] = ArtifactRef(b.digest, b.digest[7:19], store.size(b.digest))
-        spec: JobSpec = jf.with_artifacts(refs)
-        pools = tuple(sorted({t.labels[POOL_LABEL] for t in spec.tasks if POOL_LABEL in t.labels}))
-        if pools:
-            ensure_topics(settings, pools=pools)
+        spec = _load_spec(settings, path)
     except JobSpecError as exc:
         return err(f"{path}: {exc}")
     command_id = new_command_id()
@@ -184,6 +193,44 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     if isinstance(decision, JobRejected):
         return err(f"rejected {spec.job_id}: {decision.reason}")
     return err(f"submitted {spec.job_id}, but no decision within {args.timeout:.0f}s (is a streams worker running?)")
+
+
+def _submit_many(args: argparse.Namespace, settings: Settings) -> int:
+    """Several job files: every one validated first (nothing is produced if any is wrong), then submitted in bulk
+    records (`ksched.bulk`), without waiting for the decisions."""
+    if args.wait:
+        return err("--wait takes one file; submitted in bulk, each job's decision is in `ksched status JOB`")
+    specs, errors = [], []
+    for name in args.file:
+        try:
+            specs.append(_load_spec(settings, Path(name)))
+        except JobSpecError as exc:
+            errors.append(f"{name}: {exc}")
+    if errors:
+        for line in errors:
+            print(f"error: {line}", file=sys.stderr)
+        return err(f"nothing submitted: {len(errors)} of {len(args.file)} files are not valid")
+    seen: dict[str, str] = {}
+    for name, spec in zip(args.file, specs, strict=True):
+        if spec.job_id in seen:
+            return err(f"nothing submitted: {name} and {seen[spec.job_id]} both define job {spec.job_id!r}")
+        seen[spec.job_id] = name
+    at, by = now_ms(), args.by or "cli"
+    cmds = [SubmitJob(new_command_id(), spec, at, by) for spec in specs]
+    try:
+        records = list(bulk_records(cmds, settings.partitions, default_codec().encode))
+    except JobSpecError as exc:
+        return err(str(exc))
+    p = kafka.producer(settings, **{"message.max.bytes": MAX_RECORD_BYTES + 65536, "linger.ms": 20})
+    failures: list[str] = []
+    topic = submit_topic(settings)
+    for r in records:
+        p.produce(topic, key=r.key, value=r.value, partition=r.partition,
+                  on_delivery=lambda e, _m: failures.append(str(e)) if e else None)
+    if p.flush(60) or failures:
+        return err(f"could not deliver to {topic}: {failures[:3] or 'timeout'} (submitting again is safe)")
+    print(f"submitted {len(cmds)} jobs in {len(records)} records")
+    return 0
 
 
 def _accepted(spec: JobSpec, decision: JobAccepted, run: RunTriggered | None) -> str:

@@ -154,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
-    sp = add("submit", c.cmd_submit, "submit (create or update) a job from a YAML file")
-    sp.add_argument("file")
+    sp = add("submit", c.cmd_submit, "submit (create or update) a job from a YAML file; several files: all are "
+                                     "validated first, then submitted in bulk records without waiting")
+    sp.add_argument("file", nargs="+")
     sp.add_argument("--wait", action="store_true", help="wait until the scheduler accepts or rejects it (a one-off "
                                                        "that runs on submission waits by default, to print its run id)")
     sp.add_argument("--no-wait", action="store_true", help="do not wait, not even for a one-off's run id")

@@ -198,6 +198,17 @@ class SubmitJob:
 
 
 @dataclass(frozen=True, slots=True)
+class SubmitJobs:
+    """Several submissions in one inbox record (bulk registration): all of jobs that one inbox partition owns,
+    produced to it, keyed by the first job's id. The scheduler decides each as if it had been sent alone
+    (`streams.core.decide.submissions_of`) and forwards one whose job another partition owns."""
+
+    SCHEMA: ClassVar[str] = "ksched.SubmitJobs"
+    partition: int
+    submissions: list[SubmitJob]
+
+
+@dataclass(frozen=True, slots=True)
 class PauseJob:
     SCHEMA: ClassVar[str] = "ksched.PauseJob"
     command_id: str
@@ -695,7 +706,7 @@ class DeadLetter:
     value: bytes | None = None
 
 
-Command = SubmitJob | PauseJob | ResumeJob | DeleteJob | TriggerJob | CancelRun | RerunTasks | BackfillJob
+Command = SubmitJob | SubmitJobs | PauseJob | ResumeJob | DeleteJob | TriggerJob | CancelRun | RerunTasks | BackfillJob
 Report = ClaimTask | TaskStarted | TaskHeartbeat | ExecutorHeartbeat | TaskCompleted | TaskFailed
 InboxEvent = Command | Tick | Report
 Decision = (
@@ -705,7 +716,7 @@ Decision = (
 )
 
 INBOX_TYPES: tuple[type, ...] = (
-    SubmitJob, PauseJob, ResumeJob, DeleteJob, TriggerJob, CancelRun, RerunTasks, BackfillJob, Tick,
+    SubmitJob, SubmitJobs, PauseJob, ResumeJob, DeleteJob, TriggerJob, CancelRun, RerunTasks, BackfillJob, Tick,
     ClaimTask, TaskStarted, TaskHeartbeat, ExecutorHeartbeat, TaskCompleted, TaskFailed,
 )
 DECISION_TYPES: tuple[type, ...] = (

@@ -15,14 +15,16 @@ and the pure `core` that decides.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ksched.config import Settings
 from ksched.errors import CodecError
 from ksched.partitioning import partition_for
 from ksched.schemas.codec import Codec
-from ksched.schemas.events import INBOX_TYPES, ExecutorHeartbeat, Tick
+from ksched.schemas.events import INBOX_TYPES, ExecutorHeartbeat, SubmitJobs, Tick
 from ksched.topics import MAX_RECORD_BYTES
 
 from . import outbox
@@ -37,6 +39,9 @@ from .metrics import ShellHooks
 from .router import Router
 
 log = logging.getLogger(__name__)
+
+#: An input's bytes as a dead letter keeps them, or how to encode them if one is needed.
+Original = bytes | Callable[[], bytes] | None
 
 
 def decision_params(settings: Settings) -> Params:
@@ -158,6 +163,8 @@ class InboxShell:
             return out + self._tick(store, partition, offset, event, settled)
         if isinstance(event, ExecutorHeartbeat):
             return out + self._heartbeats(store, partition, offset, event, key, value, settled)
+        if isinstance(event, SubmitJobs):
+            return out + self._submissions(store, partition, offset, event, settled)
         job_id = core.event_job_id(event)  # type: ignore[arg-type]  # an INBOX_TYPES instance
         owner = partition_for(job_id, self.settings.partitions)
         if owner != partition:
@@ -193,8 +200,24 @@ class InboxShell:
             msgs += self._apply(store, partition, offset, job_id, beats, key, value, settled)
         return msgs
 
+    def _submissions(self, store: Store, partition: int, offset: int, bulk: SubmitJobs,
+                     settled: int | None) -> list[Message]:
+        """Each job of a bulk submission decided as if its submission had come alone: its own key and bytes (what a
+        dead letter of it keeps), its record written once; one whose job another partition owns is forwarded."""
+        msgs: list[Message] = []
+        for job_id, cmds in core.submissions_of(bulk).items():
+            owner = partition_for(job_id, self.settings.partitions)
+            if owner != partition:
+                self.counters.forwarded += len(cmds)
+                msgs += [self.router.forward(job_id, self.codec.encode(cmd), owner) for cmd in cmds]
+                continue
+            # Encoded alone only if it is dead-lettered (an encoding costs about what deciding a submission does).
+            alone = partial(self.codec.encode, cmds[0] if len(cmds) == 1 else SubmitJobs(partition, cmds))
+            msgs += self._apply(store, partition, offset, job_id, list(cmds), job_id.encode(), alone, settled)
+        return msgs
+
     def _apply(self, store: Store, partition: int, offset: int, job_id: str, events: list[Any],
-               key: bytes | None, value: bytes | None, settled: int | None) -> list[Message]:
+               key: bytes | None, value: Original, settled: int | None) -> list[Message]:
         """Decide `events` (those of one inbox record about this job, in order) and write the job once."""
         rec = self.jobs.load(store, partition, job_id)
         if rec is not None and offset <= rec.applied:
@@ -224,7 +247,7 @@ class InboxShell:
         return msgs
 
     def _undecidable(self, partition: int, offset: int, job_id: str, event: Any, before: JobState | None,
-                     key: bytes | None, value: bytes | None, exc: Exception) -> list[Message]:
+                     key: bytes | None, value: Original, exc: Exception) -> list[Message]:
         """A decision raised (a bug, or a state no rule foresaw). The job's state stays as it was and the record
         goes to the dead-letter topic with the reason. A tick is not bad input: the job is taken out of the due
         index instead, so it is not retried (and dead-lettered) every second; its next command puts it back."""
@@ -235,8 +258,10 @@ class InboxShell:
         reason = f"deciding {type(event).__name__} for job {job_id!r} failed: {type(exc).__name__}: {exc}"
         return [self._dead_letter(partition, offset, key, value, reason)]
 
-    def _dead_letter(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
+    def _dead_letter(self, partition: int, offset: int, key: bytes | None, value: Original,
                      reason: str) -> Message:
+        if callable(value):
+            value = value()
         self.counters.dead_lettered += 1
         self.hooks.dead_lettered()
         return self.router.dead_letter(partition, offset, key, value, reason, self._clock.get(partition) or 0)

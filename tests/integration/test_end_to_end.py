@@ -18,7 +18,7 @@ from ksched import kafka
 from ksched.artifacts import open_store
 from ksched.instants import iso
 from ksched.partitioning import partition_for
-from ksched.reader import read_partition
+from ksched.reader import job_history, read_partition
 from ksched.schemas.codec import SCHEMA_DIR, default_codec
 from ksched.schemas.events import (
     CancelRequested,
@@ -244,6 +244,32 @@ def test_a_java_client_submits_a_job_with_only_the_avsc_files_and_the_documented
     (run,) = st.ordered_runs()
     logs = cluster.ksched("logs", run.run_id).stdout
     assert f"hello {run.run_id}/main attempt 1" in logs
+
+
+def test_several_job_files_are_validated_first_and_submitted_in_bulk_records(cluster: Cluster,
+                                                                             jobs_dir: Path) -> None:
+    files = [write_job(jobs_dir, f"bulk{i}", f"job: bulk-{i}\nschedule: '0 3 * * *'\nbinary: hello.sh\n")
+             for i in range(12)]
+    files.append(write_job(jobs_dir, "bulk-once", "job: bulk-once\nbinary: hello.sh\n"))
+    bad = write_job(jobs_dir, "bulkbad", "job: bulk-bad\nschedule: '99 * * * *'\nbinary: hello.sh\n")
+    r = cluster.ksched("submit", *map(str, files), str(bad))
+    assert r.returncode == 2 and "nothing submitted: 1 of 14 files are not valid" in r.stderr, r.stderr
+    assert "bulkbad.yaml: schedule" in r.stderr
+
+    r = cluster.ksched("submit", *map(str, files))
+    assert r.returncode == 0, r.stderr
+    records = int(r.stdout.split(" in ")[1].split()[0])
+    assert r.stdout.startswith("submitted 13 jobs") and records <= cluster.settings.partitions
+    eventually(lambda: all(cluster.status(f"bulk-{i}").definition is not None for i in range(12)), 60,
+               what="every job of the bulk records accepted")
+    eventually(lambda: cluster.succeeded_runs("bulk-once"), 60, what="the one-off of a bulk record runs")
+    bulk = [m for p in range(cluster.settings.partitions)
+            for m in read_partition(cluster.settings, cluster.settings.topic("inbox"), p)
+            if m.value() is not None and default_codec().schema_name(m.value()) == "ksched.SubmitJobs"]
+    assert len(bulk) == records  # and none from the refused call
+    for i in range(12):  # each job's history shows its own submission, whichever job keys its bulk record
+        history = job_history(cluster.settings, f"bulk-{i}").records
+        assert [e.job.job_id for _, _, e in history if isinstance(e, SubmitJob)] == [f"bulk-{i}"]
 
 
 def test_replaying_this_installations_inbox_reproduces_its_decision_log(cluster: Cluster) -> None:

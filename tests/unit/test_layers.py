@@ -20,8 +20,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "ksched"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", ("ksched.cli",)),
     ("services", ("ksched.streams", "ksched.executor", "ksched.analytics")),
-    ("platform", ("ksched.kafka", "ksched.topics", "ksched.partitioning", "ksched.reader", "ksched.artifacts",
-                  "ksched.acl", "ksched.devbroker", "ksched.config")),
+    ("platform", ("ksched.kafka", "ksched.topics", "ksched.partitioning", "ksched.bulk", "ksched.reader",
+                  "ksched.artifacts", "ksched.acl", "ksched.devbroker", "ksched.config")),
     ("pure core", ("ksched.streams.core",)),
     ("records", ("ksched.schemas", "ksched.instants", "ksched.errors", "ksched")),
 ]

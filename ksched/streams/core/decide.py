@@ -43,6 +43,7 @@ from ksched.schemas.events import (
     RunState,
     RunTriggered,
     SubmitJob,
+    SubmitJobs,
     TaskCompleted,
     TaskFailed,
     TaskHeartbeat,
@@ -78,6 +79,8 @@ def event_job_id(event: InboxEvent) -> str:
         raise ValueError("a tick is about every job of its partition")
     if isinstance(event, ExecutorHeartbeat):
         raise ValueError("an executor's heartbeat is about each attempt it names (heartbeats_of)")
+    if isinstance(event, SubmitJobs):
+        raise ValueError("a bulk submission is about each job it submits (submissions_of)")
     return event.job_id
 
 
@@ -86,6 +89,15 @@ def heartbeats_of(beat: ExecutorHeartbeat) -> list[TaskHeartbeat]:
     executor had sent it alone (so replay and every rule about heartbeats stay the same)."""
     return [TaskHeartbeat(a.job_id, a.run_id, a.task_id, a.attempt, a.fencing_token, beat.executor_id, beat.at_ms)
             for a in beat.attempts]
+
+
+def submissions_of(bulk: SubmitJobs) -> dict[str, list[SubmitJob]]:
+    """A bulk submission as each job's submissions, in the record's order (a job named twice is decided twice, the
+    later over the earlier, as two records would be)."""
+    by_job: dict[str, list[SubmitJob]] = {}
+    for cmd in bulk.submissions:
+        by_job.setdefault(cmd.job.job_id, []).append(cmd)
+    return by_job
 
 
 def event_time(event: InboxEvent) -> int:
@@ -98,6 +110,8 @@ def event_time(event: InboxEvent) -> int:
         return event.started_at_ms
     if isinstance(event, TaskCompleted | TaskFailed):
         return event.finished_at_ms
+    if isinstance(event, SubmitJobs):
+        return min((cmd.submitted_at_ms for cmd in event.submissions), default=0)
     return event.at_ms
 
 
