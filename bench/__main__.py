@@ -17,9 +17,10 @@ BENCHES = {
     "status_read": [],
     "spawn": [],
     "recovery": [],
+    "airflow": [],
 }
-#: Run only when named (`./dev bench recovery`): minutes each.
-ON_REQUEST = {"recovery"}
+#: Run only when named (`./dev bench recovery`): minutes each (airflow: half an hour, and installs Airflow).
+ON_REQUEST = {"recovery", "airflow"}
 
 
 def main(argv: list[str]) -> None:
