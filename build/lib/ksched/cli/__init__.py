@@ -1,1 +1,0 @@
-"""The `ksched` command line."""

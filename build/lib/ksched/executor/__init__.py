@@ -1,1 +1,0 @@
-"""The executor service: claims ready attempts under Kafka transactions and runs them sandboxed."""

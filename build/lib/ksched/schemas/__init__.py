@@ -1,1 +1,0 @@
-"""Avro schemas (`*.avsc`, earlier versions in `history/`) and the codec that frames them."""
