@@ -19,7 +19,7 @@ BENCHES = {
     "recovery": [],
     "airflow": [],
 }
-#: Run only when named (`./dev bench recovery`): minutes each (airflow: half an hour, and installs Airflow).
+#: Run only when named (`./dev bench recovery`): minutes each (airflow: ~10, and installs Airflow the first time).
 ON_REQUEST = {"recovery", "airflow"}
 
 
