@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 #: `KSCHED_COMMIT_INTERVAL_S`, so a fresher read would not tell much more); the read may take most of it.
 READ_AHEAD_S = 0.4
 #: Committed offsets read this long ago still hold ticks back when a read fails (a loaded broker answers slowly);
-#: past it the ticker ticks as if the workers were caught up rather than stop time.
-STALE_AFTER_S = 10.0
+#: past it the ticker ticks as if the workers were caught up rather than stop time. Short: after a broker outage the
+#: group's coordinator may not answer for a while, and offsets from before the outage would hold every tick back.
+STALE_AFTER_S = 3.0
 
 
 @dataclass
