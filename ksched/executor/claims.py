@@ -180,6 +180,9 @@ class Claimer:
         self._buffers: dict[Partition, deque[tuple[Message, TaskReady | None]]] = {}
         self._paused: set[Partition] = set()
         self._settle_until = 0.0
+        #: Partitions were assigned since the last step: resume them (librdkafka keeps a partition's pause across
+        #: a rebalance, librdkafka#1849; one paused when it was revoked came back paused and was never fetched).
+        self._resume_assigned = False
         self._txn = BoundedCalls(f"txn-{self.id}")
         self._producer = self._new_producer()
         self._group = f"{settings.prefix}-executors" + (f"-{pool}" if pool else "")
@@ -273,6 +276,10 @@ class Claimer:
         """Fetch what the ready topics have, and claim what fits."""
         free_now, free_staged = self.capacity()
         timeout = 0.01 if self._buffered() else 0.1
+        if self._resume_assigned:
+            self._resume_assigned = False
+            self._consumer.resume([tp for tp in self._consumer.assignment()
+                                   if (tp.topic, tp.partition) not in self._paused])
         self._flow_control()
         # Wait for the first record only (consume() would wait for a full batch), then drain what has been
         # fetched without waiting (flow control bounds it), so the choice sees every priority.
@@ -339,6 +346,7 @@ class Claimer:
         # Fetch from every newly assigned partition before choosing, so the first claims already see
         # the high-priority work that is waiting, not just whichever partition answered first.
         self._settle_until = time.monotonic() + 0.3
+        self._resume_assigned = True
         log.debug("assigned %s", partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
