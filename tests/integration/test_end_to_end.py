@@ -265,7 +265,7 @@ def test_several_job_files_are_validated_first_and_submitted_in_bulk_records(clu
     eventually(lambda: cluster.succeeded_runs("bulk-once"), 60, what="the one-off of a bulk record runs")
     bulk = [m for p in range(cluster.settings.partitions)
             for m in read_partition(cluster.settings, cluster.settings.topic("inbox"), p)
-            if m.value() is not None and default_codec().schema_name(m.value()) == "ksched.SubmitJobs"]
+            if (m.value() or b"").startswith(default_codec().prefix("ksched.SubmitJobs"))]  # bad input lies here too
     assert len(bulk) == records  # and none from the refused call
     for i in range(12):  # each job's history shows its own submission, whichever job keys its bulk record
         history = job_history(cluster.settings, f"bulk-{i}").records
