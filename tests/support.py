@@ -87,6 +87,28 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.kill9()
 
+    def runs(self, needle: str) -> bool:
+        """Whether a process below this one (a job it started) has `needle` in its command line."""
+        todo, seen = [self.popen.pid], set()
+        while todo:
+            pid = todo.pop()
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                try:
+                    kids = [int(k) for k in (task / "children").read_text().split()]
+                except OSError:
+                    continue
+                for kid in kids:
+                    if kid in seen:
+                        continue
+                    seen.add(kid)
+                    todo.append(kid)
+                    try:
+                        if needle.encode() in Path(f"/proc/{kid}/cmdline").read_bytes():
+                            return True
+                    except OSError:
+                        pass
+        return False
+
     def tail(self, n: int = 40) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])

@@ -45,7 +45,11 @@ echo "END $KSCHED_TASK_ID $KSCHED_ATTEMPT $KSCHED_FENCING_TOKEN $(date +%s%N)" >
     for _ in range(3):
         eventually(lambda: ledger.exists() and len(ledger.read_text().splitlines()) > 20, 120, what="tasks running")
         time.sleep(rng.uniform(1.0, 2.5))
-        victim = rng.choice([p for p in executors if p.alive()])
+        # The victim is one running an attempt right now (its script asleep): an executor that only waits for
+        # grants (the streams worker may lag) loses no attempt when killed, and such kills would prove nothing.
+        busy = eventually(lambda: [p for p in executors if p.alive() and p.runs("sleep")], 60, interval=0.05,
+                          what="an executor running an attempt")
+        victim = rng.choice(busy)
         victim.kill9()
         executors.append(cluster.executor(slots=8))
 
