@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
+from croniter import croniter
 
 from ksched.errors import JobSpecError
 from ksched.instants import from_ms, iso
 from ksched.schemas.events import Schedule
-from ksched.streams.core.schedule import next_fire, parse_cron, preview, spread_offset_ms, to_ms, zone
+from ksched.streams.core.schedule import (
+    _Croniter,
+    _Fields,
+    _matcher,
+    next_fire,
+    parse_cron,
+    preview,
+    spread_offset_ms,
+    to_ms,
+    zone,
+)
 
 
 def ms(*args: int) -> int:
@@ -142,3 +155,56 @@ def test_spread_is_stable_per_job_within_its_window_and_spreads_jobs() -> None:
 def test_iso_run_instants() -> None:
     assert iso(ms(2026, 1, 2, 3, 4, 5)) == "2026-01-02T03:04:05Z"
     assert iso(ms(2026, 1, 2, 3, 4, 5) + 7) == "2026-01-02T03:04:05.007Z"
+
+
+# --- stepping without croniter's get_next: the same instants ----------------------------------------------
+
+
+def _field(lo: int, hi: int, names: tuple[str, ...] = ()) -> st.SearchStrategy[str]:
+    value = st.integers(lo, hi)
+    one = st.one_of(value.map(str), *([st.sampled_from(names)] if names else []))
+    span = st.tuples(value, value).map(lambda ab: f"{min(ab)}-{max(ab)}")
+    step = st.tuples(st.one_of(st.just("*"), span), st.integers(1, max(1, hi - lo))).map(lambda p: f"{p[0]}/{p[1]}")
+    item = st.one_of(one, span, step)
+    return st.one_of(st.just("*"), item, st.lists(item, min_size=2, max_size=4).map(",".join))
+
+
+MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+FIELDS6 = st.tuples(_field(0, 59), _field(0, 59), _field(0, 23), _field(1, 31), _field(1, 12, MONTHS),
+                    _field(0, 7, DAYS)).map(" ".join)
+INSTANTS = st.datetimes(datetime(1971, 1, 1), datetime(2400, 12, 31))
+
+
+@hypothesis.settings(max_examples=400, deadline=None, database=None)
+@hypothesis.given(FIELDS6, INSTANTS)
+def test_stepping_a_plain_expression_finds_what_croniter_finds(fields6: str, cur: datetime) -> None:
+    try:
+        it = croniter(fields6, cur, second_at_beginning=True)
+    except Exception:
+        hypothesis.reject()
+    matcher = _matcher(fields6)
+    assert isinstance(matcher, _Fields), fields6
+    for _ in range(6):  # from a random instant, then from each match (the steps within a minute and an hour)
+        try:
+            expected: datetime | None = it.get_next(datetime)
+        except ValueError:  # no date matches (croniter's bad date)
+            expected = None
+        assert matcher.next_after(cur) == expected
+        if expected is None:
+            break
+        cur = expected
+
+
+@pytest.mark.parametrize("fields6", ["0 0 0 L * *", "0 0 0 * * 5#2", "0 30 9 * * 1#1"])
+def test_last_day_and_nth_weekday_are_stepped_by_croniter(fields6: str) -> None:
+    cur = datetime(2026, 3, 17, 12, 0, 0)
+    matcher = _matcher(fields6)
+    assert isinstance(matcher, _Croniter)
+    assert matcher.next_after(cur) == croniter(fields6, cur, second_at_beginning=True).get_next(datetime)
+
+
+def test_an_expression_that_matches_no_date_is_invalid() -> None:
+    with pytest.raises(JobSpecError, match="matches no date"):
+        parse_cron("0 0 30 2 *")
+    assert parse_cron("0 0 29 2 *").fields6 == "0 0 0 29 2 *"  # once in four (or eight) years
