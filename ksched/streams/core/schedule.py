@@ -19,6 +19,7 @@ Daylight saving time (decided, documented in docs/SCHEDULING.md)
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping, Sequence
@@ -245,9 +246,67 @@ def _fields(expanded: Sequence[Sequence[int | str]], nth: Mapping[int, object]) 
                    allowed(weekday))
 
 
+#: Per field of a 6-field expression (second, minute, hour, day, month, weekday): the lowest and highest value
+#: written, and where `*` and `a/n` end (a weekday may be written 7, Sunday; croniter counts them to 6).
+_RANGES = ((0, 59, 59), (0, 59, 59), (0, 23, 23), (1, 31, 31), (1, 12, 12), (0, 7, 6))
+_ITEM = re.compile(r"(\*|\d+-\d+|\d+)(?:/(\d+))?")
+
+
+def _plain_fields(fields6: str) -> _Fields | None:
+    """The common expressions (numbers, `*`, `a-b`, steps, lists) read without croniter, as croniter reads them
+    (tests/unit/test_schedule.py compares the two); None for anything else (names, `L`, `#`, a range that wraps,
+    an error), which croniter then parses. Registering a job with an expression of its own mostly paid for
+    croniter's parse; its fields are few and shared (`_field`)."""
+    texts = fields6.split(" ")
+    sets = [_field(text, i) for i, text in enumerate(texts)]
+    if any(v is None for v in sets):
+        return None
+    second, minute, hour, day, month, weekday = sets
+    assert second and minute and hour and day and month and weekday
+    # As croniter: a day field is "any" when written `*`, or when it lists every day and the other day field's
+    # text holds a `*`; both day fields restricted means either matching is enough.
+    day_any = texts[3] == "*" or (len(day) == 31 and "*" in texts[5])
+    weekday_any = texts[5] == "*" or (len(weekday) == 7 and "*" in texts[3])
+    return _Fields(second, minute, hour, None if day_any else frozenset(day), frozenset(month),
+                   None if weekday_any else frozenset(weekday))
+
+
+@lru_cache(maxsize=4096)
+def _field(text: str, index: int) -> tuple[int, ...] | None:
+    """The values field `index` of a 6-field expression allows, sorted; None where `_plain_fields` defers."""
+    lo, hi, top = _RANGES[index]
+    values: set[int] = set()
+    for item in text.split(","):
+        m = _ITEM.fullmatch(item)
+        if m is None:
+            return None
+        base, step = m.group(1), int(m.group(2) or 1)
+        if base == "*":
+            a, b = lo, top
+        elif "-" in base:
+            a, b = (int(v) for v in base.split("-"))
+            if a >= b:  # `a-a` is the whole cycle to croniter, `b-a` wraps around
+                return None
+        else:
+            a = b = int(base)
+            if m.group(2):  # `a/n` runs to the field's end (`top/n` is the whole cycle to croniter)
+                if a >= top:
+                    return None
+                b = top
+        if step < 1 or a < lo or b > hi:
+            return None
+        values.update(range(a, b + 1, step))
+    if index == 5:
+        values = {0 if d == 7 else d for d in values}
+    return tuple(sorted(values))
+
+
 @lru_cache(maxsize=4096)
 def _matcher(fields6: str) -> _Fields | _Croniter:
     """A parsed expression to reuse: parsing costs far more than stepping (single-threaded use only)."""
+    fast = _plain_fields(fields6)
+    if fast is not None:
+        return fast
     expanded, nth = croniter.expand(fields6, second_at_beginning=True)
     fast = _fields(expanded, nth)
     matcher = fast if fast is not None else _Croniter(croniter(fields6, _EPOCH, second_at_beginning=True))
