@@ -331,7 +331,9 @@ def _nominal_next(cron: Cron, tz: ZoneInfo, after_ms: int) -> int | None:
     return None
 
 
-@lru_cache(maxsize=65536)
+#: Serves the jobs being worked on (each event asks for its job's next fire again, with the same cursor); the
+#: entry pins its `Schedule`, so a cache as large as the registered jobs held about 0.2 KiB for each of them.
+@lru_cache(maxsize=8192)
 def next_fire(schedule: Schedule, job_id: str, after_ms: int) -> int | None:
     """The first fire instant strictly after `after_ms` (None: the schedule has no more)."""
     offset = spread_offset_ms(job_id, schedule.spread_ms)
