@@ -8,6 +8,7 @@ if this worker was the last to commit that partition's inputs, and rebuilt from 
 from __future__ import annotations
 
 import cProfile
+import gc
 import logging
 import os
 import sys
@@ -22,6 +23,12 @@ from .localstate import CLEAN_MARKER, prepare_datadir
 
 log = logging.getLogger(__name__)
 
+
+#: The collector's thresholds in a worker: Python's (700, 10, 10) run a young collection every 700 new containers,
+#: and a worker deciding submissions makes a few hundred per job, so registering spent about a sixth of its
+#: time collecting (measured in process: 1,756-1,856 jobs/s with the default, 2,142-2,236 with these). The
+#: worker's garbage is mostly acyclic (freed by reference counting), so collecting less often holds little more.
+GC_THRESHOLDS = (50_000, 20, 100)
 
 #: Kafka's own `group.min.session.timeout.ms`, assumed when the brokers' cannot be read.
 KAFKA_SESSION_FLOOR_S = 6.0
@@ -45,6 +52,7 @@ def run(settings: Settings, name: str = "worker", web_port: int | None = None, l
         web_host: str = "127.0.0.1", web_url: str | None = None) -> int:
     import faust
 
+    gc.set_threshold(*GC_THRESHOLDS)
     ensure_topics(settings)
     settings = session_within_floor(settings, session_timeout_floor_s(settings))
     datadir = settings.home / "streams" / name
