@@ -6,7 +6,8 @@ jobs, lets them fire for a while, then kills a worker with kill -9, twice over:
 
 - `lone`: the only worker, restarted at once under the same name (its local state not shut down cleanly);
 - `pair`: one of two workers (the survivor takes over its partitions);
-- `register` (only when named): one worker, the registration alone, no firing and no kill.
+- `register`, `register-pair` (only when named): one worker, or two, the registration alone, no firing and
+  no kill.
 
 Prints per case: the firing pause (the longest gap between two process starts of the per-second jobs around
 the kill), runs that started more than 1 s late, occurrences lost (due in the window, neither started nor
@@ -14,7 +15,8 @@ recorded missed), occurrences recorded missed, the time from the kill to the fir
 after it, and the workers' RSS before the kill and at the end. Also the registration rate and the RSS per
 registered job.
 
-    python -m bench.recovery [--jobs 100000] [--cases lone,pair|register] [--steady 20] [--after 60] [--batch 200]
+    python -m bench.recovery [--jobs 100000] [--cases lone,pair|register|register-pair] [--steady 20]
+                             [--after 60] [--batch 200]
 
 With `--steady 1800` it is also the 30-minute memory run: the RSS of the worker every minute of firing.
 """
@@ -147,12 +149,12 @@ def case(name: str, jobs: int, steady_s: float, after_s: float, settle_s: float,
                      partitions=6, ready_partitions=6, control_partitions=3)
         cluster = Cluster(s)
         ref = open_store(s.artifacts).put_file(write_script(Path(tmp) / "noop.sh", "exit 0\n"))
-        workers = [cluster.streams("w1")] + ([cluster.streams("w2")] if name == "pair" else [])
+        workers = [cluster.streams("w1")] + ([cluster.streams("w2")] if name in ("pair", "register-pair") else [])
         cluster.executor(slots=64)
         time.sleep(10)  # the workers up and idle: their RSS before any job
         rss_empty = rss_mib(workers[0])
         rate = register(s, cluster, jobs, ref, batch)
-        if name == "register":  # registration only: no firing, no kill
+        if name.startswith("register"):  # registration only (by one worker, or two): no firing, no kill
             rss = rss_mib(workers[0])
             cluster.stop()
             return {"registered_jobs": jobs, "bulk_batch": batch, "registration_jobs_per_s": round(rate),
