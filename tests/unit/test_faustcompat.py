@@ -1,0 +1,45 @@
+"""The patches of Faust's internals (`ksched.streams.faustcompat`), against stand-ins for its consumer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka.structs import TopicPartition
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from ksched.streams import faustcompat
+
+
+class _Thread:
+    def __init__(self, committed: dict[TopicPartition, int | None]) -> None:
+        self.committed = committed
+        self.to_beginning: list[TopicPartition] = []
+
+    def _ensure_consumer(self) -> Any:
+        return self
+
+    async def seek_to_committed(self, *tps: TopicPartition) -> dict[TopicPartition, int | None]:
+        return {tp: self.committed.get(tp) for tp in tps}
+
+    async def call_thread(self, fn: Any, *args: Any) -> Any:
+        return await fn(*args)
+
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        self.to_beginning += tps
+
+
+def test_an_input_partition_never_committed_starts_from_its_beginning_after_a_rebalance() -> None:
+    faustcompat.uncommitted_from_beginning({"t.inbox"})
+    consumer: Any = object.__new__(faust_aiokafka.Consumer)
+    thread = _Thread({TopicPartition("t.inbox", 0): 7, TopicPartition("t.inbox", 1): None,
+                      TopicPartition("t.inbox", 2): 0, TopicPartition("t.jobstate-changelog", 1): None})
+    assigned = {TP("t.inbox", 0), TP("t.inbox", 1), TP("t.inbox", 2), TP("t.jobstate-changelog", 1)}
+    consumer.__dict__.update(_thread=thread, assignment=lambda: assigned, _read_offset={}, _committed_offset={})
+    assert getattr(faust_aiokafka.Consumer, "_ksched_seek_patched", False)
+    # Faust's own seek runs first (the stand-in's `seek_to_committed` with no partitions seeks none), then ours.
+    asyncio.run(faust_aiokafka.Consumer.perform_seek(consumer))
+    # Partitions 1 (never committed) and 2 (committed 0, which aiokafka does not seek to) start over; a
+    # changelog partition is the tables' business and is left alone.
+    assert sorted(thread.to_beginning) == [TopicPartition("t.inbox", 1), TopicPartition("t.inbox", 2)]
