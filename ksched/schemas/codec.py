@@ -9,12 +9,18 @@ Any Kafka client that has the `.avsc` files can produce and read these bytes (Ja
 `BinaryMessageEncoder` writes exactly this). The fingerprint names the writer schema; the codec knows
 the current version of every schema (`schemas/*.avsc`) and every earlier one (`schemas/history/`), and
 resolves old writers to the current reader by Avro's schema-resolution rules.
+
+A job's spec is most of the bytes of a submission and of the two records its acceptance writes (`JobAccepted`,
+`JobDefinition`), and encoding or decoding it most of their cost. An Avro record is its fields' encodings one
+after the other, so the codec keeps the bytes of recently read or written specs (by identity: a spec is
+immutable) and writes them again as they are: a submission's spec is decoded once and never encoded.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +29,7 @@ import fastavro
 from fastavro.schema import load_schema, parse_schema, to_parsing_canonical_form
 
 from ksched.errors import CodecError, UnknownSchemaError
-from ksched.schemas.events import RECORD_TYPES, schema_name
+from ksched.schemas.events import RECORD_TYPES, JobSpec, schema_name
 from ksched.schemas.records import from_data, to_data
 
 MAGIC = b"\xc3\x01"
@@ -60,6 +66,102 @@ class _Writer:
     current: bool
 
 
+SPEC = schema_name(JobSpec)
+_PRIMITIVES = ("string", "int", "long", "boolean")
+#: Specs whose bytes a codec keeps: the jobs being worked on (a spec is read, decided and written within one
+#: inbox record), not every job (that would pin every registered job's spec).
+SPEC_CACHE_SIZE = 4_096
+
+
+@dataclass(frozen=True)
+class _Splice:
+    """A record holding a spec among primitive fields, written as the fields before it, the spec's bytes, and the
+    fields after it (each part a record of those fields, which Avro encodes exactly as the whole does)."""
+
+    before: Any
+    before_fields: tuple[str, ...]
+    field: str
+    after: Any
+    after_fields: tuple[str, ...]
+
+
+def _primitive(kind: str, data: bytes, pos: int) -> tuple[Any, int]:
+    if kind == "string":
+        size, pos = _long(data, pos)
+        if size < 0 or pos + size > len(data):
+            raise ValueError(f"a string of {size} bytes at {pos}, past the record's end")
+        return data[pos:pos + size].decode(), pos + size
+    if kind == "boolean":
+        if data[pos] > 1:
+            raise ValueError(f"a boolean of byte {data[pos]}")
+        return data[pos] == 1, pos + 1
+    return _long(data, pos)  # int or long
+
+
+class _Unfit(Exception):
+    """A spec read from its bytes does not fit its class (what `from_data` raised is its argument)."""
+
+
+def _is_spec(schema: Any) -> bool:
+    """A reference to the spec's schema, or its definition (where a schema first names it)."""
+    return schema == SPEC or (isinstance(schema, dict) and schema.get("name") == SPEC)
+
+
+def _splice(name: str, schema: Any) -> _Splice | None:
+    fields = schema["fields"]
+    at = [i for i, f in enumerate(fields) if _is_spec(f["type"])]
+    if len(at) != 1 or any(f["type"] not in _PRIMITIVES for i, f in enumerate(fields) if i != at[0]):
+        return None
+
+    def part(suffix: str, part_fields: list[Any]) -> Any:
+        return parse_schema({"type": "record", "name": f"{name}_{suffix}",
+                             "fields": [{"name": f["name"], "type": f["type"]} for f in part_fields]})
+
+    before, after = fields[:at[0]], fields[at[0] + 1:]
+    return _Splice(part("before", before), tuple(f["name"] for f in before), fields[at[0]]["name"],
+                   part("after", after), tuple(f["name"] for f in after))
+
+
+def _plan(schema: Any, named: dict[str, Any]) -> Any:
+    """How `_read` reads a value of `schema` keeping its specs' bytes: primitives by name, a spec as "spec", a
+    record as its fields' plans, an array as [plan]; None if the schema holds anything else (read by fastavro)."""
+    if _is_spec(schema):
+        return SPEC
+    if isinstance(schema, str):
+        if schema in _PRIMITIVES:
+            return schema
+        return _plan(named[schema], named) if schema in named else None
+    if isinstance(schema, dict) and schema.get("type") == "record":
+        fields = [(f["name"], _plan(f["type"], named)) for f in schema["fields"]]
+        return None if any(p is None for _, p in fields) else tuple(fields)
+    if isinstance(schema, dict) and schema.get("type") == "array":
+        item = _plan(schema["items"], named)
+        return None if item is None else [item]
+    return None
+
+
+def _holds_spec(plan: Any) -> bool:
+    if plan == SPEC:
+        return True
+    if isinstance(plan, list):
+        return _holds_spec(plan[0])
+    return isinstance(plan, tuple) and any(_holds_spec(p) for _, p in plan)
+
+
+def _long(data: bytes, pos: int) -> tuple[int, int]:
+    b = data[pos]
+    pos += 1
+    n, shift = b & 0x7F, 7
+    while b & 0x80:
+        if shift > 63:
+            raise ValueError("a varint longer than 10 bytes")
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+    return (n >> 1) ^ -(n & 1), pos
+
+
 class Codec:
     """Encodes the dataclasses of `ksched.schemas.events` and decodes any known version back to them."""
 
@@ -68,6 +170,7 @@ class Codec:
         self._schemas: dict[str, Any] = {}
         self._prefix: dict[str, bytes] = {}
         self._writers: dict[bytes, _Writer] = {}
+        self._specs: OrderedDict[int, tuple[JobSpec, bytes]] = OrderedDict()
         for name in self._classes:
             path = schema_dir / f"{name}.avsc"
             if not path.exists():
@@ -84,6 +187,10 @@ class Codec:
                 if old_name not in self._schemas:
                     raise CodecError(f"{path}: history schema {old_name} has no current version")
                 self._writers.setdefault(fingerprint(old), _Writer(old_name, old, current=False))
+        self._spec = load_schema(str(schema_dir / f"{SPEC}.avsc"))
+        self._splices = {n: sp for n, sc in self._schemas.items() if (sp := _splice(n, sc)) is not None}
+        self._plans = {n: p for n, sc in self._schemas.items()
+                       if n != SPEC and (p := _plan(sc, sc.get("__named_schemas", {}))) is not None and _holds_spec(p)}
 
     @property
     def names(self) -> list[str]:
@@ -100,8 +207,30 @@ class Codec:
         name = schema_name(type(event))
         buf = io.BytesIO()
         buf.write(self._prefix[name])
-        fastavro.schemaless_writer(buf, self._schemas[name], to_data(event))
+        splice = self._splices.get(name)
+        if splice is None:
+            fastavro.schemaless_writer(buf, self._schemas[name], to_data(event))
+        else:
+            fastavro.schemaless_writer(buf, splice.before, {f: getattr(event, f) for f in splice.before_fields})
+            buf.write(self.spec_bytes(getattr(event, splice.field)))
+            fastavro.schemaless_writer(buf, splice.after, {f: getattr(event, f) for f in splice.after_fields})
         return buf.getvalue()
+
+    def spec_bytes(self, spec: JobSpec) -> bytes:
+        """The Avro encoding of `spec` (the current schema's), kept for the specs seen last."""
+        hit = self._specs.get(id(spec))
+        if hit is not None and hit[0] is spec:
+            self._specs.move_to_end(id(spec))
+            return hit[1]
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, self._spec, to_data(spec))
+        return self._keep(spec, buf.getvalue())
+
+    def _keep(self, spec: JobSpec, raw: bytes) -> bytes:
+        self._specs[id(spec)] = (spec, raw)  # the entry holds the spec, so its id is not reused while kept
+        if len(self._specs) > SPEC_CACHE_SIZE:
+            self._specs.popitem(last=False)
+        return raw
 
     def encode_data(self, name: str, record: dict[str, Any], schema: Any | None = None) -> bytes:
         """Encode plain data with `schema` (default: the current one); used to test old writers."""
@@ -122,16 +251,55 @@ class Codec:
         body = io.BytesIO(data)
         body.seek(HEADER_LEN)
         reader = None if writer.current else self._schemas[writer.name]
+        plan = self._plans.get(writer.name) if writer.current else None
         try:
-            record = fastavro.schemaless_reader(body, writer.schema, reader)
+            if plan is None:
+                record = fastavro.schemaless_reader(body, writer.schema, reader)
+                end = body.tell()
+            else:
+                record, end = self._read(plan, data, HEADER_LEN, body)
+        except _Unfit as unfit:
+            raise CodecError(f"{writer.name} record does not fit its class: {unfit.args[0]}") from None
         except Exception as exc:
             raise CodecError(f"body is not a valid {writer.name}: {type(exc).__name__}: {exc}") from None
-        if body.tell() != len(data):
-            raise CodecError(f"body is not a valid {writer.name}: {len(data) - body.tell()} trailing bytes")
+        if end != len(data):
+            raise CodecError(f"body is not a valid {writer.name}: {len(data) - end} trailing bytes")
         try:
             return from_data(self._classes[writer.name], record)
         except (TypeError, KeyError, ValueError) as exc:
             raise CodecError(f"{writer.name} record does not fit its class: {exc}") from None
+
+    def _read(self, plan: Any, data: bytes, pos: int, body: io.BytesIO) -> tuple[Any, int]:
+        """A value of a current schema at `pos` (its plan from `_plan`), and where it ends; each spec in it built
+        here and its bytes kept, so that writing it again costs nothing."""
+        if plan == SPEC:
+            body.seek(pos)
+            spec_data = fastavro.schemaless_reader(body, self._spec, None)
+            end = body.tell()
+            try:
+                spec = from_data(JobSpec, spec_data)
+            except (TypeError, KeyError, ValueError) as exc:
+                raise _Unfit(exc) from None
+            self._keep(spec, data[pos:end])
+            return spec, end
+        if isinstance(plan, str):
+            return _primitive(plan, data, pos)
+        if isinstance(plan, list):
+            items: list[Any] = []
+            count, pos = _long(data, pos)
+            while count:
+                if count < 0:
+                    count = -count
+                    _, pos = _long(data, pos)  # the block's size in bytes
+                for _ in range(count):
+                    item, pos = self._read(plan[0], data, pos, body)
+                    items.append(item)
+                count, pos = _long(data, pos)
+            return items, pos
+        record: dict[str, Any] = {}
+        for name, field_plan in plan:
+            record[name], pos = self._read(field_plan, data, pos, body)
+        return record, pos
 
     def _writer_for(self, data: bytes | None) -> _Writer:
         if data is None:

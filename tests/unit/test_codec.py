@@ -4,20 +4,33 @@ That each class matches its `.avsc` field by field is test_schema_contract.py's 
 
 from __future__ import annotations
 
+import io
 import json
 import typing
 from pathlib import Path
 
+import fastavro
 import pytest
 from fastavro.schema import fingerprint as fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from ksched.errors import CodecError, UnknownSchemaError
-from ksched.schemas.codec import HISTORY_DIR, MAGIC, Codec, crc64_avro, default_codec
-from ksched.schemas.events import RECORD_TYPES, SubmitJob, Tick, schema_name
+from ksched.schemas.codec import HISTORY_DIR, MAGIC, SPEC_CACHE_SIZE, Codec, crc64_avro, default_codec
+from ksched.schemas.events import (
+    RECORD_TYPES,
+    JobAccepted,
+    JobDefinition,
+    JobSpec,
+    SubmitJob,
+    SubmitJobs,
+    Tick,
+    schema_name,
+)
+from ksched.schemas.records import from_data
 from tests.samples import job, sample
 
 CODEC = default_codec()
+RECORD_TYPES_BY_NAME = {schema_name(cls): cls for cls in RECORD_TYPES}
 
 
 @pytest.mark.parametrize("cls", RECORD_TYPES, ids=lambda c: c.__name__)
@@ -129,3 +142,97 @@ def test_codec_refuses_a_history_schema_without_a_current_version(tmp_path: Path
         {"type": "record", "name": "Gone", "namespace": "ksched", "fields": []}))
     with pytest.raises(CodecError, match="no current version"):
         Codec(history_dir=tmp_path)
+
+
+# --- a spec's bytes kept and written again ------------------------------------------------------------------
+
+
+def _plain(name: str, event: typing.Any) -> bytes:
+    """What fastavro writes for `event` as a whole, with no spliced parts."""
+    from ksched.schemas.records import to_data
+
+    return CODEC.encode_data(name, to_data(event))
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("cls", [JobAccepted, JobDefinition], ids=lambda c: c.__name__)
+def test_a_record_written_with_its_specs_bytes_spliced_in_is_what_fastavro_writes(cls: type, seed: int) -> None:
+    event = sample(cls, seed)
+    assert CODEC.encode(event) == _plain(schema_name(cls), event)
+    assert CODEC.encode(event) == _plain(schema_name(cls), event)  # the second time from the kept bytes
+
+
+def _fastavro_decoded(data: bytes) -> typing.Any:
+    """`data` decoded by fastavro alone (a codec's own reading of specs bypassed)."""
+    body = io.BytesIO(data)
+    body.seek(10)
+    name = CODEC.schema_name(data)
+    return from_data(RECORD_TYPES_BY_NAME[name], fastavro.schemaless_reader(body, CODEC.schema(name), None))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_submission_read_keeping_its_specs_bytes_is_what_fastavro_reads(seed: int) -> None:
+    one = SubmitJob(f"c{seed}", sample(JobSpec, seed), 1_700_000_000_000 + seed, "me" * seed)
+    many = SubmitJobs(3, [one, SubmitJob("c9", job("other"), -5)])
+    for event in (one, many):
+        data = CODEC.encode(event)
+        assert Codec().decode(data) == _fastavro_decoded(data) == event
+
+
+def test_a_decoded_specs_bytes_are_written_again_as_they_came() -> None:
+    """Avro lets a writer spend more bytes on a number than it needs (Java's block-counted arrays, padded
+    varints); the spec's bytes are kept as written, and the record around them is still valid Avro."""
+    codec = Codec()
+    spec = job("padded")
+    spec_raw = codec.spec_bytes(spec)
+    head = _plain("ksched.SubmitJob", SubmitJob("c1", spec, 7))
+    # the same submission with the job id's length as a two-byte varint (0x8C 0x00 is 6 as much as 0x0C is)
+    assert spec_raw[0] == 2 * len("padded")
+    padded_spec = bytes([spec_raw[0] | 0x80, 0]) + spec_raw[1:]
+    data = head.replace(spec_raw, padded_spec)
+    decoded = codec.decode(data)
+    assert decoded == SubmitJob("c1", spec, 7)
+    accepted = JobAccepted("e", "c1", "padded", 1, decoded.job, 7)
+    written = codec.encode(accepted)
+    assert padded_spec in written
+    assert codec.decode(written) == accepted
+
+
+def test_an_array_written_in_blocks_with_their_sizes_reads_the_same() -> None:
+    """Avro arrays may come as several blocks, each a negative count followed by its size in bytes."""
+    subs = [SubmitJob(f"c{i}", job(f"j{i}"), i) for i in range(3)]
+    items = [_plain("ksched.SubmitJob", s)[10:] for s in subs]
+
+    def varint(n: int) -> bytes:
+        z, out = (n << 1) ^ (n >> 63), b""
+        while z > 0x7F:
+            out, z = out + bytes([z & 0x7F | 0x80]), z >> 7
+        return out + bytes([z])
+
+    blocks = varint(-2) + varint(len(items[0] + items[1])) + items[0] + items[1] + varint(1) + items[2] + varint(0)
+    data = CODEC.prefix("ksched.SubmitJobs") + varint(4) + blocks
+    assert Codec().decode(data) == _fastavro_decoded(data) == SubmitJobs(4, subs)
+
+
+@pytest.mark.parametrize("cut", [1, 5, 20, 60])
+def test_a_cut_or_padded_submission_is_refused_as_fastavro_refuses_it(cut: int) -> None:
+    data = CODEC.encode(SubmitJobs(1, [SubmitJob("c1", job(), 1)]))
+    with pytest.raises(CodecError, match=r"not a valid ksched\.SubmitJobs"):
+        Codec().decode(data[:-cut])
+    with pytest.raises(CodecError, match="trailing bytes"):
+        Codec().decode(data + b"\x00")
+
+
+def test_a_submission_with_bad_text_is_refused_naming_it() -> None:
+    data = CODEC.encode(SubmitJob("cc", job(), 1))
+    at = data.index(b"cc")
+    with pytest.raises(CodecError, match=r"not a valid ksched\.SubmitJob: UnicodeDecodeError"):
+        Codec().decode(data[:at] + b"\xff\xfe" + data[at + 2:])
+
+
+def test_kept_specs_are_bounded() -> None:
+    codec = Codec()
+    specs = [job(f"j{i}") for i in range(SPEC_CACHE_SIZE + 10)]
+    for spec in specs:
+        codec.spec_bytes(spec)
+    assert len(codec._specs) == SPEC_CACHE_SIZE
