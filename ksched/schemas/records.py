@@ -28,10 +28,11 @@ def to_data(obj: Any) -> Any:
     return obj
 
 
-def to_compact_data(obj: Any) -> Any:
-    """Like `to_data`, leaving out dataclass fields that hold their default (`from_data` restores them)."""
+def to_compact_data(obj: Any, leave_out: tuple[str, ...] = ()) -> Any:
+    """Like `to_data`, leaving out dataclass fields that hold their default (`from_data` restores them), and the
+    fields named in `leave_out` (of `obj` itself, for a caller that writes them its own way)."""
     cls: Any = type(obj)
-    return _encoder(cls, True)(obj)
+    return _encoder(cls, True, leave_out)(obj)
 
 
 _MISSING = object()
@@ -46,12 +47,13 @@ def _default(f: dataclasses.Field[Any]) -> Any:
 
 
 @cache
-def _encoder(tp: Any, compact: bool) -> _Convert:
+def _encoder(tp: Any, compact: bool, leave_out: tuple[str, ...] = ()) -> _Convert:
     """A function turning values of type `tp` into plain data, compiled once per type from its hints."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         hints = typing.get_type_hints(tp)
-        fields = [(f.name, _encoder(hints[f.name], compact), _default(f)) for f in dataclasses.fields(tp)]
+        fields = [(f.name, _encoder(hints[f.name], compact), _default(f)) for f in dataclasses.fields(tp)
+                  if f.name not in leave_out]
         if compact:
             def encode_compact(v: Any) -> Any:
                 d = {}
@@ -124,13 +126,32 @@ def _converter(tp: Any) -> _Convert:
 
 
 def _dataclass_converter(cls: type) -> _Convert:
+    """Built from data holding every field (what an Avro reader gives) by one generated call, and from data leaving
+    some out (compact data) field by field, the missing ones taking their defaults."""
     hints = typing.get_type_hints(cls)
     fields = [(f.name, _converter(hints[f.name])) for f in dataclasses.fields(cls) if f.init]
 
-    def convert(v: Any) -> Any:
-        if isinstance(v, cls):
-            return v
+    def partial(v: Any) -> Any:
         kwargs = {name: conv(v[name]) for name, conv in fields if name in v}
         return cls(**kwargs)
 
+    scope: dict[str, Any] = {"cls": cls, "partial": partial, "KeyError": KeyError}
+    args = []
+    for i, (name, conv) in enumerate(fields):
+        value = f"v[{name!r}]"
+        if conv is not _identity:
+            scope[f"c{i}"] = conv
+            value = f"c{i}({value})"
+        args.append(f"{name}={value}")
+    source = (f"def convert(v):\n"
+              f"    if isinstance(v, cls):\n"
+              f"        return v\n"
+              f"    if len(v) == {len(fields)}:\n"
+              f"        try:\n"
+              f"            return cls({', '.join(args)})\n"
+              f"        except KeyError:\n"
+              f"            pass\n"
+              f"    return partial(v)\n")
+    exec(source, scope)  # the source is made here from the class's own field names
+    convert: _Convert = scope["convert"]
     return convert
