@@ -224,11 +224,12 @@ def _on_submit(ctx: _Ctx, cmd: SubmitJob) -> None:
     old = ctx.state
     if old is None or old.deleted:
         revision = old.revision + 1 if old is not None else 1
+        commands = (*old.commands, cmd.command_id) if old else (cmd.command_id,)
         ctx.state = JobState(
             job_id=job.job_id, spec=job, revision=revision,
             cursor_ms=None if job.schedule.cron is None else ctx.now,
             fencing=old.fencing if old else 0, runs=dict(old.runs) if old else {},
-            revisions=_still_used(old) if old else {}, commands=old.commands if old else (),
+            revisions=_still_used(old) if old else {}, commands=commands[-ctx.params.keep_command_ids:],
             created_at_ms=ctx.now, updated_at_ms=ctx.now,
         )
     elif job == old.spec:
@@ -242,8 +243,8 @@ def _on_submit(ctx: _Ctx, cmd: SubmitJob) -> None:
         # One-off jobs fire once per revision; cron jobs continue from their cursor with the new schedule.
         cursor = (old.cursor_ms if old.cursor_ms is not None else ctx.now) if job.schedule.cron else None
         ctx.state = replace(old, spec=job, revision=old.revision + 1, revisions=revisions, cursor_ms=cursor,
-                            owed_catchup_ms=None, updated_at_ms=ctx.now)
-    ctx.remember(cmd.command_id)
+                            owed_catchup_ms=None, updated_at_ms=ctx.now,
+                            commands=(*old.commands, cmd.command_id)[-ctx.params.keep_command_ids:])
     ctx.log(JobAccepted(f"{cmd.command_id}/accepted", cmd.command_id, job.job_id, ctx.job.revision, job, ctx.now))
     _fire_due(ctx)
 
