@@ -13,7 +13,7 @@ import json
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ksched.schemas.events import JobSpec
@@ -222,7 +222,8 @@ _SEP = (",", ":")
 #: 1.9 KiB per registered job).
 _JSON: OrderedDict[int, tuple[Any, str]] = OrderedDict()
 _JSON_SIZE = 8_192
-_NO_SPEC = JobSpec("", [])
+#: The fields of a job's state that `encode_record` writes itself (or under other keys).
+_WRITTEN_APART = ("runs", "spec", "revisions", "retired")
 
 
 def _cached_json(obj: Task | JobSpec | Run) -> str:
@@ -248,8 +249,7 @@ def _run_json(run: Run) -> str:
 
 
 def _encode_run(run: Run) -> str:
-    head = to_compact_data(replace(run, tasks={}))
-    head.pop("tasks", None)
+    head = to_compact_data(run, ("tasks",))
     if _split_run(run):
         return _with(head, "tasks", json.dumps(_SPLIT))
     tasks = ",".join(f"{json.dumps(n)}:{_cached_json(t)}" for n, t in run.tasks.items())
@@ -265,8 +265,7 @@ def encode_record(rec: JobRecord, journal: dict[str, str | None] | None = None) 
     holds what this write puts under those other keys."""
     outbox = [[o, [[m.topic, _b64(m.key), _b64(m.value), m.partition] for m in msgs]] for o, msgs in rec.outbox]
     st = rec.state
-    state = to_compact_data(replace(st, runs={}, spec=_NO_SPEC, revisions={}, retired=()))
-    del state["spec"]
+    state = to_compact_data(st, _WRITTEN_APART)
     if st.retired:
         state["retired"] = _SPLIT
     if _split_runs(st.runs):
