@@ -81,6 +81,22 @@ def partition_items(table: Any, partition: int) -> Iterator[tuple[bytes, bytes]]
         yield bytes(k), bytes(v)
 
 
+def partition_db(table: Any, partition: int) -> Any:
+    """The RocksDB (rocksdict, raw bytes) of one partition of a RocksDB-backed table, opened if it is not yet.
+
+    Writing it directly skips what Faust does per key (serializers, its key index, the changelog send through its
+    aiokafka producer); the caller sends the changelog itself."""
+    return table.data._db_for_partition(partition)
+
+
+def set_persisted_offset(table: Any, topic: str, partition: int, offset: int) -> None:
+    """Record in a partition's RocksDB the changelog offset its writes reached, as Faust does when its own producer
+    delivers a changelog record (its recovery reads the changelog after it). A partition whose database is closed
+    (revoked since) is left alone: opening it again would hold a database Faust has let go."""
+    if partition in table.data._dbs:
+        table.data.set_persisted_offset(TP(topic, partition), offset)
+
+
 def committed_offset(app: Any, topic: str, partition: int) -> int | None:
     """The input offset Faust last committed for a partition (the outbox is trimmed below it).
 

@@ -21,7 +21,7 @@ from typing import Any
 from ksched import kafka
 from ksched.config import Settings
 from ksched.errors import KschedError
-from ksched.topics import MAX_OUTPUT_BYTES, ensure_topics, topic_specs
+from ksched.topics import MAX_OUTPUT_BYTES, MAX_STATE_BYTES, ensure_topics, topic_specs
 
 from .deliveries import Deliveries
 from .jobstore import Message
@@ -51,7 +51,7 @@ class Publisher:
         self._views: dict[tuple[str, bytes | None], Message] = {}
         self._views_since = 0.0  # when the oldest view held was added (monotonic)
         self.coalesced = 0  # views replaced by a later one before they went out
-        conf = {"batch.num.messages": 2000, "message.max.bytes": MAX_OUTPUT_BYTES + 65536}
+        conf = {"batch.num.messages": 2000, "message.max.bytes": max(MAX_OUTPUT_BYTES, MAX_STATE_BYTES) + 65536}
         # Two producers: what an executor or the next decision waits for (ready, control, the inbox) goes out at
         # once; the record of what happened (decision log, views, dead letters) lingers a few ms to share requests
         # (the broker's cost is per request more than per record).
@@ -94,6 +94,14 @@ class Publisher:
     def send(self, messages: list[Message], on_delivery: Any) -> None:
         """Produce `messages` (not views) now, with a delivery callback of the caller's."""
         self._produce(messages, on_delivery)
+
+    def send_state(self, message: Message, on_delivery: Any) -> None:
+        """Produce a record of the state's changelog: it lingers with the decision log (nothing waits for it but
+        the commit, whose flush sends it at once)."""
+        if message.partition is None:
+            raise ValueError("a changelog record goes to its table partition's own changelog partition")
+        self.background.produce(message.topic, message.value, message.key, message.partition,
+                                on_delivery=on_delivery)
 
     def views_due(self) -> None:
         """Produce the views held for coalescing if the oldest has waited `VIEW_LINGER_S` (called on every publish

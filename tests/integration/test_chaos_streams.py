@@ -117,3 +117,51 @@ def test_killing_the_streams_worker_loses_and_doubles_nothing(cluster: Cluster, 
             {task.rsplit("/", 1)[0] for task in executed}
         assert not {r.run_id for r in runs if r.scheduled_for_ms in at_edge} & \
             {task.rsplit("/", 1)[0] for task in executed}, "a run missed at the edge never ran"
+
+
+def test_the_changelog_a_worker_writes_rebuilds_its_state_elsewhere(cluster: Cluster, tmp_path: Path) -> None:
+    """The worker sends its table's changelog through its own producer, not Faust's: what it wrote must be what
+    a worker with no local state rebuilds from, and the offset Faust reads on from must be recorded in the
+    worker's RocksDB."""
+    from faust.stores.rocksdb import Store
+    from rocksdict import AccessType, Rdict
+
+    from ksched.reader import end_offsets
+    from ksched.streams.faustcompat import table_partition_dbs
+    from ksched.streams.localstate import TABLE
+    from ksched.topics import changelog_topic
+
+    write_script(tmp_path / "ok.sh", f'echo "$KSCHED_TASK_ID" >> {tmp_path / "ledger"}\n')
+    names = [f"far{i}" for i in range(6)]
+    for name in names:  # the first of January only: nothing fires by itself during the test
+        write_job(tmp_path, name, f"job: {name}\nschedule: '0 0 1 1 *'\nbinary: ok.sh\n")
+    first = cluster.streams("w1")
+    for name in names:
+        r = cluster.ksched("submit", str(tmp_path / f"{name}.yaml"), "--wait", "--timeout", "90")
+        assert r.returncode == 0, r.stderr
+    cluster.drain_inbox()
+    first.stop()
+
+    ends = end_offsets(cluster.settings, changelog_topic(cluster.settings))
+    recorded = {}
+    for partition, path in table_partition_dbs(cluster.settings.home / "streams" / "w1", TABLE).items():
+        db = Rdict(str(path), access_type=AccessType.read_only())
+        try:
+            raw = db.get(Store.offset_key)
+        finally:
+            db.close()
+        if raw is not None:
+            recorded[partition] = int(bytes(raw))
+    written = {p: end - 1 for p, end in ends.items() if end > 0}
+    assert written, "the worker wrote no changelog"
+    assert {p: recorded.get(p) for p in written} == written, "the offsets Faust reads on from"
+
+    cluster.streams("w2")  # another name: no local state, everything from the changelog
+    cluster.executor(slots=2)
+    for name in names:  # a trigger of a job the new worker did not rebuild would be rejected as unknown
+        r = cluster.ksched("trigger", name)
+        assert r.returncode == 0, r.stderr + r.stdout
+    ledger = tmp_path / "ledger"
+    eventually(lambda: ledger.exists() and len(ledger.read_text().splitlines()) == len(names), 90,
+               what="every job ran once")
+    assert {line.split("@")[0] for line in ledger.read_text().splitlines()} == set(names)
