@@ -228,6 +228,9 @@ def _properties(data_dir: Path, port: int, controller_port: int, auth: bool = Fa
         "transaction.state.log.replication.factor=1",
         "transaction.state.log.min.isr=1",
         "transaction.state.log.num.partitions=8",
+        # An executor killed inside a claim transaction holds up the inbox's readers until it is aborted: look for
+        # timed-out transactions every second, not every 10 s (ksched/executor/claims.py, TXN_TIMEOUT_MS).
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000",
         "share.coordinator.state.topic.replication.factor=1",
         "share.coordinator.state.topic.min.isr=1",
         "group.initial.rebalance.delay.ms=0",

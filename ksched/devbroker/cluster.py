@@ -79,6 +79,9 @@ def _properties(data_dir: Path, node_id: int, ports: list[list[int]]) -> str:
         f"transaction.state.log.replication.factor={rf}",
         f"transaction.state.log.min.isr={isr}",
         "transaction.state.log.num.partitions=8",
+        # An executor killed inside a claim transaction holds up the inbox's readers until it is aborted: look for
+        # timed-out transactions every second, not every 10 s (ksched/executor/claims.py, TXN_TIMEOUT_MS).
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000",
         f"share.coordinator.state.topic.replication.factor={rf}",
         f"share.coordinator.state.topic.min.isr={isr}",
         "group.initial.rebalance.delay.ms=0",

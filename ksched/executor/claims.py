@@ -49,8 +49,15 @@ Partition = tuple[str, int]  # (topic, partition)
 #: is a wedge, and each wedge pauses claiming for this long.
 TXN_TIMEOUT_S = 5.0
 WEDGED_AFTER_S = 3.0
-#: How long a transactional call that times out retriably is called again (below transaction.timeout.ms, 60 s).
-TXN_RESUME_S = 40.0
+#: The claim transactions' timeout (transaction.timeout.ms). An executor killed in the middle of one leaves it open,
+#: and every reader of the inbox (read_committed) waits behind it until the coordinator aborts it: the streams
+#: worker then decides nothing past that offset, so no claim of any executor is answered. At 60 s (what it was)
+#: a kill -9 stalled all claiming for a minute (CI's chaos test: the inbox's last stable offset stood still for
+#: 40 s while its end grew). The coordinator looks for timed-out transactions every
+#: `transaction.abort.timed.out.transaction.cleanup.interval.ms` (Kafka's default 10 s; ksched's brokers 1 s).
+TXN_TIMEOUT_MS = 15_000
+#: How long a transactional call that times out retriably is called again (below the transaction's timeout).
+TXN_RESUME_S = 12.0
 
 
 class Wedged(Exception):
@@ -212,8 +219,8 @@ class Claimer:
         # librdkafka's 100 ms default makes back-to-back claim transactions 100 ms apart at least (KAFKA-5477,
         # confluent-kafka-python#967).
         return kafka.producer(self.settings, **{"transactional.id": f"{self.settings.prefix}-executor-{self.id}",
-                                                "transaction.timeout.ms": 60000, "error_cb": self._client_error,
-                                                "retry.backoff.ms": 5})
+                                                "transaction.timeout.ms": TXN_TIMEOUT_MS,
+                                                "error_cb": self._client_error, "retry.backoff.ms": 5})
 
     def _client_error(self, err: KafkaError) -> None:
         # After the whole cluster was unreachable (the single broker restarted), the producer's cached group
