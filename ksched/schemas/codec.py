@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +172,7 @@ class Codec:
         self._prefix: dict[str, bytes] = {}
         self._writers: dict[bytes, _Writer] = {}
         self._specs: OrderedDict[int, tuple[JobSpec, bytes]] = OrderedDict()
+        self._specs_lock = threading.Lock()  # one codec serves a process's threads (an executor has several)
         for name in self._classes:
             path = schema_dir / f"{name}.avsc"
             if not path.exists():
@@ -218,18 +220,20 @@ class Codec:
 
     def spec_bytes(self, spec: JobSpec) -> bytes:
         """The Avro encoding of `spec` (the current schema's), kept for the specs seen last."""
-        hit = self._specs.get(id(spec))
-        if hit is not None and hit[0] is spec:
-            self._specs.move_to_end(id(spec))
-            return hit[1]
+        with self._specs_lock:
+            hit = self._specs.get(id(spec))
+            if hit is not None and hit[0] is spec:
+                self._specs.move_to_end(id(spec))
+                return hit[1]
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, self._spec, to_data(spec))
         return self._keep(spec, buf.getvalue())
 
     def _keep(self, spec: JobSpec, raw: bytes) -> bytes:
-        self._specs[id(spec)] = (spec, raw)  # the entry holds the spec, so its id is not reused while kept
-        if len(self._specs) > SPEC_CACHE_SIZE:
-            self._specs.popitem(last=False)
+        with self._specs_lock:
+            self._specs[id(spec)] = (spec, raw)  # the entry holds the spec, so its id is not reused while kept
+            if len(self._specs) > SPEC_CACHE_SIZE:
+                self._specs.popitem(last=False)
         return raw
 
     def encode_data(self, name: str, record: dict[str, Any], schema: Any | None = None) -> bytes:
