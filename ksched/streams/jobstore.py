@@ -161,7 +161,7 @@ def split_changes(before: JobState | None,
             out[spec_key(job, rev)] = None
     old_retired = before.retired if before is not None else ()
     if after.retired is not old_retired and after.retired != old_retired:
-        out[retired_key(job)] = json.dumps(after.retired, separators=_SEP) if after.retired else None
+        out[retired_key(job)] = _json(after.retired) if after.retired else None
     old_runs = before.runs if before is not None else {}
     _run_changes(job, old_runs, after.runs, fresh, out)
     _task_changes(job, old_runs, after.runs, fresh, out)
@@ -216,6 +216,24 @@ def _unb64(s: str | None) -> bytes | None:
 
 
 _SEP = (",", ":")
+
+
+def _unserializable(obj: Any) -> Any:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+#: The C encoder `json.dumps` builds on every call, built once (the stored records are trees, so it needs no
+#: check for cycles): a call costs about half of `json.dumps`, and a job's write makes three or four.
+_C_ENCODER = (None if json.encoder.c_make_encoder is None else  # type: ignore[attr-defined]
+              json.encoder.c_make_encoder(None, _unserializable,  # type: ignore[attr-defined]
+                                          json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True))
+
+
+def _json(obj: Any) -> str:
+    """`obj` as compact JSON, as `json.dumps(obj, separators=(",", ":"))` writes it."""
+    if _C_ENCODER is None:
+        return json.dumps(obj, separators=_SEP)
+    return "".join(_C_ENCODER(obj, 0))
 #: JSON of recently encoded tasks and definitions, by identity. The entry holds the object, so its id cannot be
 #: reused while cached. It serves the jobs being worked on (their unchanged parts are not encoded again), so it
 #: is about twice the store's cache of decoded records: it pins what it holds (200,000 entries held
@@ -230,7 +248,7 @@ def _cached_json(obj: Task | JobSpec | Run) -> str:
     hit = _JSON.get(id(obj))
     if hit is not None and hit[0] is obj:
         return hit[1]
-    text = _encode_run(obj) if isinstance(obj, Run) else json.dumps(to_compact_data(obj), separators=_SEP)
+    text = _encode_run(obj) if isinstance(obj, Run) else _json(to_compact_data(obj))
     _JSON[id(obj)] = (obj, text)
     if len(_JSON) > _JSON_SIZE:
         for _ in range(_JSON_SIZE // 10):
@@ -240,7 +258,7 @@ def _cached_json(obj: Task | JobSpec | Run) -> str:
 
 def _with(head: dict[str, Any] | str, name: str, body: str) -> str:
     """`head` (a dict, or an object already as JSON) with one more member whose value is already JSON."""
-    text = head if isinstance(head, str) else json.dumps(head, separators=_SEP)
+    text = head if isinstance(head, str) else _json(head)
     return f'{text[:-1]}{"," if len(text) > 2 else ""}"{name}":{body}}}'
 
 
@@ -276,8 +294,7 @@ def encode_record(rec: JobRecord, journal: dict[str, str | None] | None = None) 
     body = _with(_with(state, "spec", _spec_json(st.spec)), "runs", "{" + runs + "}")
     if revisions:
         body = _with(body, "revisions", "{" + revisions + "}")
-    head = json.dumps({"o": rec.applied, **({"w": rec.wake[0], "l": rec.wake[1]} if rec.wake else {}), "x": outbox},
-                      separators=_SEP)
+    head = _json({"o": rec.applied, **({"w": rec.wake[0], "l": rec.wake[1]} if rec.wake else {}), "x": outbox})
     text = f'{head[:-1]},"s":{body}}}'
     if journal:
         entries = ",".join(f"{json.dumps(k)}:{'null' if v is None else v}" for k, v in journal.items())
@@ -368,7 +385,7 @@ class JobStore:
         rec, journal = _decode(raw, store.get)
         if journal:  # its keys may not all have been written (a crash): the next write writes them again
             self._pending[(partition, job_id)] = {
-                k: None if v is None else json.dumps(v, separators=_SEP) for k, v in journal.items()}
+                k: None if v is None else _json(v) for k, v in journal.items()}
         self._remember(partition, job_id, rec)
         return rec
 

@@ -316,3 +316,22 @@ def test_rewrite_of_a_job_holding_many_runs_writes_each_run_key_again() -> None:
     store.writes.clear()
     assert JobStore().rewrite(store, "f", many) == 1 + 12
     assert sorted(store.writes) == sorted(before) and store.data == before
+
+
+def test_records_are_written_as_json_dumps_writes_them() -> None:
+    """The store's encoder is the C encoder `json.dumps` builds, built once: its output must not differ."""
+    import json
+
+    samples: list[object] = [
+        {"s": "é\u2028\"\\\n", "n": [1, -2, 3.5, 1e300, 0.1], "t": True, "f": False, "z": None, "e": {}, "l": []},
+        [float("inf"), float("nan"), {"nested": [{"k": "v"}]}],
+        "plain", 7, None,
+    ]
+    for obj in samples:
+        assert jobstore._json(obj) == json.dumps(obj, separators=(",", ":"))
+    try:
+        jobstore._json({"x": object()})
+    except TypeError as err:
+        assert "not JSON serializable" in str(err)
+    else:
+        raise AssertionError("an object JSON cannot hold was encoded")
