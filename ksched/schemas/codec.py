@@ -77,13 +77,50 @@ SPEC_CACHE_SIZE = 4_096
 @dataclass(frozen=True)
 class _Splice:
     """A record holding a spec among primitive fields, written as the fields before it, the spec's bytes, and the
-    fields after it (each part a record of those fields, which Avro encodes exactly as the whole does)."""
+    fields after it (Avro encodes a record as its fields' encodings one after the other). The primitive fields
+    are written here, as (name, Avro type): two fastavro calls cost about as much as the rest of the record."""
 
-    before: Any
-    before_fields: tuple[str, ...]
+    before: tuple[tuple[str, str], ...]
     field: str
-    after: Any
-    after_fields: tuple[str, ...]
+    after: tuple[tuple[str, str], ...]
+
+
+_RANGES = {"int": (-(1 << 31), 1 << 31), "long": (-(1 << 63), 1 << 63)}
+
+
+def _varint(n: int) -> bytes:
+    """`n` zigzag-encoded as Avro writes an int or long."""
+    z = (n << 1) ^ (n >> 63)
+    if z < 0x80:
+        return bytes((z,))
+    out = bytearray()
+    while z >= 0x80:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+def _write_fields(out: list[bytes], event: Any, fields: tuple[tuple[str, str], ...]) -> None:
+    for name, kind in fields:
+        value = getattr(event, name)
+        if kind == "string":
+            if not isinstance(value, str):
+                raise TypeError(f"{name}: expected a string, got {type(value).__name__}")
+            raw = value.encode()
+            out.append(_varint(len(raw)))
+            out.append(raw)
+        elif kind == "boolean":
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}: expected a boolean, got {type(value).__name__}")
+            out.append(b"\x01" if value else b"\x00")
+        else:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name}: expected an {kind}, got {type(value).__name__}")
+            low, high = _RANGES[kind]
+            if not low <= value < high:
+                raise ValueError(f"{name}: {value} is out of the range of an Avro {kind}")
+            out.append(_varint(value))
 
 
 def _primitive(kind: str, data: bytes, pos: int) -> tuple[Any, int]:
@@ -108,19 +145,14 @@ def _is_spec(schema: Any) -> bool:
     return schema == SPEC or (isinstance(schema, dict) and schema.get("name") == SPEC)
 
 
-def _splice(name: str, schema: Any) -> _Splice | None:
+def _splice(schema: Any) -> _Splice | None:
     fields = schema["fields"]
     at = [i for i, f in enumerate(fields) if _is_spec(f["type"])]
     if len(at) != 1 or any(f["type"] not in _PRIMITIVES for i, f in enumerate(fields) if i != at[0]):
         return None
-
-    def part(suffix: str, part_fields: list[Any]) -> Any:
-        return parse_schema({"type": "record", "name": f"{name}_{suffix}",
-                             "fields": [{"name": f["name"], "type": f["type"]} for f in part_fields]})
-
     before, after = fields[:at[0]], fields[at[0] + 1:]
-    return _Splice(part("before", before), tuple(f["name"] for f in before), fields[at[0]]["name"],
-                   part("after", after), tuple(f["name"] for f in after))
+    return _Splice(tuple((f["name"], f["type"]) for f in before), fields[at[0]]["name"],
+                   tuple((f["name"], f["type"]) for f in after))
 
 
 def _plan(schema: Any, named: dict[str, Any]) -> Any:
@@ -190,7 +222,7 @@ class Codec:
                     raise CodecError(f"{path}: history schema {old_name} has no current version")
                 self._writers.setdefault(fingerprint(old), _Writer(old_name, old, current=False))
         self._spec = load_schema(str(schema_dir / f"{SPEC}.avsc"))
-        self._splices = {n: sp for n, sc in self._schemas.items() if (sp := _splice(n, sc)) is not None}
+        self._splices = {n: sp for n, sc in self._schemas.items() if (sp := _splice(sc)) is not None}
         self._plans = {n: p for n, sc in self._schemas.items()
                        if n != SPEC and (p := _plan(sc, sc.get("__named_schemas", {}))) is not None and _holds_spec(p)}
 
@@ -207,15 +239,16 @@ class Codec:
 
     def encode(self, event: Any) -> bytes:
         name = schema_name(type(event))
+        splice = self._splices.get(name)
+        if splice is not None:
+            out = [self._prefix[name]]
+            _write_fields(out, event, splice.before)
+            out.append(self.spec_bytes(getattr(event, splice.field)))
+            _write_fields(out, event, splice.after)
+            return b"".join(out)
         buf = io.BytesIO()
         buf.write(self._prefix[name])
-        splice = self._splices.get(name)
-        if splice is None:
-            fastavro.schemaless_writer(buf, self._schemas[name], to_data(event))
-        else:
-            fastavro.schemaless_writer(buf, splice.before, {f: getattr(event, f) for f in splice.before_fields})
-            buf.write(self.spec_bytes(getattr(event, splice.field)))
-            fastavro.schemaless_writer(buf, splice.after, {f: getattr(event, f) for f in splice.after_fields})
+        fastavro.schemaless_writer(buf, self._schemas[name], to_data(event))
         return buf.getvalue()
 
     def spec_bytes(self, spec: JobSpec) -> bytes:

@@ -236,3 +236,24 @@ def test_kept_specs_are_bounded() -> None:
     for spec in specs:
         codec.spec_bytes(spec)
     assert len(codec._specs) == SPEC_CACHE_SIZE
+
+
+@pytest.mark.parametrize(("revision", "at_ms", "text"), [
+    (0, 0, ""), (-1, -1, "é\u2028\0"), (63, 64, "x" * 127), (-64, -65, "y" * 128),
+    ((1 << 31) - 1, (1 << 63) - 1, "日本" * 100), (-(1 << 31), -(1 << 63), "z"),
+])
+def test_the_fields_around_a_spliced_spec_are_written_as_fastavro_writes_them(revision: int, at_ms: int,
+                                                                                text: str) -> None:
+    event = JobAccepted(text, text[::-1], "j", revision, job("j"), at_ms)
+    assert CODEC.encode(event) == _plain("ksched.JobAccepted", event)
+    assert CODEC.decode(CODEC.encode(event)) == event
+
+
+@pytest.mark.parametrize(("revision", "at_ms", "error"), [
+    (1 << 31, 0, ValueError), (-(1 << 31) - 1, 0, ValueError), (0, 1 << 63, ValueError),
+    ("1", 0, TypeError), (True, 0, TypeError), (0, 1.5, TypeError),
+])
+def test_a_field_around_a_spliced_spec_that_avro_cannot_hold_is_refused(revision: typing.Any, at_ms: typing.Any,
+                                                                        error: type) -> None:
+    with pytest.raises(error):
+        CODEC.encode(JobAccepted("e", "c", "j", revision, job("j"), at_ms))
