@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from .records import set_slots_in_init
+
 # ---------------------------------------------------------------------------------------------
 # Vocabulary. Strings rather than Avro enums, so that a new value does not break old readers.
 # ---------------------------------------------------------------------------------------------
@@ -731,3 +733,6 @@ def schema_name(cls: type) -> str:
     """The Avro full name of a record class (`ksched.<Name>`)."""
     name: str = cls.SCHEMA  # type: ignore[attr-defined]
     return name
+
+
+set_slots_in_init(globals())

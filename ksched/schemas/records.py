@@ -149,6 +149,57 @@ def _slot_setters(cls: type, names: list[str]) -> list[Any]:
     return [s.__set__ for s in slots]  # type: ignore[union-attr]
 
 
+class _Factory:
+    def __repr__(self) -> str:
+        return "<factory>"  # as dataclasses shows a field's factory in the signature
+
+
+_FACTORY = _Factory()
+
+
+def set_slots_in_init(namespace: dict[str, Any]) -> None:
+    """Give each frozen dataclass defined in `namespace` (a module's globals) an __init__ that sets its slots
+    directly. The generated one sets each field through object.__setattr__, about twice the cost, and the
+    scheduler builds such records for every event (`dataclasses.replace` goes through __init__ too). Same
+    parameters, defaults and factories; a class with anything more (`__post_init__`, `init=False` or keyword-only
+    fields) keeps its own."""
+    module = namespace["__name__"]
+    for cls in list(namespace.values()):
+        if (isinstance(cls, type) and cls.__module__ == module and dataclasses.is_dataclass(cls)
+                and cls.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+            _set_slots_in_init(cls)
+
+
+def _set_slots_in_init(cls: type) -> None:
+    fields = dataclasses.fields(cls)
+    if any(not f.init or f.kw_only for f in fields):
+        return
+    setters = _slot_setters(cls, [f.name for f in fields])
+    if not setters:
+        return
+    scope: dict[str, Any] = {"__factory": _FACTORY}
+    params, body = [], []
+    for i, (f, setter) in enumerate(zip(fields, setters, strict=True)):
+        scope[f"__set{i}"] = setter
+        value = f.name
+        if f.default is not dataclasses.MISSING:
+            scope[f"__default{i}"] = f.default
+            params.append(f"{f.name}=__default{i}")
+        elif f.default_factory is not dataclasses.MISSING:
+            scope[f"__make{i}"] = f.default_factory
+            params.append(f"{f.name}=__factory")
+            value = f"__make{i}() if {f.name} is __factory else {f.name}"
+        else:
+            params.append(f.name)
+        body.append(f"    __set{i}(self, {value})")
+    exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body or ["    pass"]) + "\n", scope)
+    init = scope["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    init.__annotations__ = {**{f.name: f.type for f in fields}, "return": None}
+    cls.__init__ = init  # type: ignore[misc]
+
+
 def _dataclass_converter(cls: type) -> _Convert:
     """Built from data holding every field (what an Avro reader gives) by generated code, and from data leaving
     some out (compact data) field by field, the missing ones taking their defaults."""

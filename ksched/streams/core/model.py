@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ksched.schemas.events import JobSpec, TaskSpec, TaskState
+from ksched.schemas.records import set_slots_in_init
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,3 +168,6 @@ def task_id(run_id: str, name: str) -> str:
 def split_task_id(tid: str) -> tuple[str, str]:
     run_id, _, name = tid.rpartition("/")
     return run_id, name
+
+
+set_slots_in_init(globals())
