@@ -30,6 +30,8 @@ import fastavro
 from fastavro.schema import load_schema, parse_schema, to_parsing_canonical_form
 
 from ksched.errors import CodecError, UnknownSchemaError
+from ksched.schemas import events
+from ksched.schemas.avroread import PRIMITIVE_READERS, read_long, reader
 from ksched.schemas.events import RECORD_TYPES, JobSpec, schema_name
 from ksched.schemas.records import from_data, to_data
 
@@ -124,16 +126,7 @@ def _write_fields(out: list[bytes], event: Any, fields: tuple[tuple[str, str], .
 
 
 def _primitive(kind: str, data: bytes, pos: int) -> tuple[Any, int]:
-    if kind == "string":
-        size, pos = _long(data, pos)
-        if size < 0 or pos + size > len(data):
-            raise ValueError(f"a string of {size} bytes at {pos}, past the record's end")
-        return data[pos:pos + size].decode(), pos + size
-    if kind == "boolean":
-        if data[pos] > 1:
-            raise ValueError(f"a boolean of byte {data[pos]}")
-        return data[pos] == 1, pos + 1
-    return _long(data, pos)  # int or long
+    return PRIMITIVE_READERS[kind](data, pos)
 
 
 class _Unfit(Exception):
@@ -181,20 +174,6 @@ def _holds_spec(plan: Any) -> bool:
     return isinstance(plan, tuple) and any(_holds_spec(p) for _, p in plan)
 
 
-def _long(data: bytes, pos: int) -> tuple[int, int]:
-    b = data[pos]
-    pos += 1
-    n, shift = b & 0x7F, 7
-    while b & 0x80:
-        if shift > 63:
-            raise ValueError("a varint longer than 10 bytes")
-        b = data[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-    return (n >> 1) ^ -(n & 1), pos
-
-
 class Codec:
     """Encodes the dataclasses of `ksched.schemas.events` and decodes any known version back to them."""
 
@@ -222,6 +201,8 @@ class Codec:
                     raise CodecError(f"{path}: history schema {old_name} has no current version")
                 self._writers.setdefault(fingerprint(old), _Writer(old_name, old, current=False))
         self._spec = load_schema(str(schema_dir / f"{SPEC}.avsc"))
+        records = {c.SCHEMA: c for c in vars(events).values() if isinstance(c, type) and hasattr(c, "SCHEMA")}
+        self._spec_reader = reader(self._spec, JobSpec, records)  # None: fastavro reads specs
         self._splices = {n: sp for n, sc in self._schemas.items() if (sp := _splice(sc)) is not None}
         self._plans = {n: p for n, sc in self._schemas.items()
                        if n != SPEC and (p := _plan(sc, sc.get("__named_schemas", {}))) is not None and _holds_spec(p)}
@@ -309,6 +290,10 @@ class Codec:
     def _read(self, plan: Any, data: bytes, pos: int, body: io.BytesIO) -> tuple[Any, int]:
         """A value of a current schema at `pos` (its plan from `_plan`), and where it ends; each spec in it built
         here and its bytes kept, so that writing it again costs nothing."""
+        if plan == SPEC and self._spec_reader is not None:
+            spec, end = self._spec_reader(data, pos)
+            self._keep(spec, data[pos:end])
+            return spec, end
         if plan == SPEC:
             body.seek(pos)
             spec_data = fastavro.schemaless_reader(body, self._spec, None)
@@ -323,15 +308,15 @@ class Codec:
             return _primitive(plan, data, pos)
         if isinstance(plan, list):
             items: list[Any] = []
-            count, pos = _long(data, pos)
+            count, pos = read_long(data, pos)
             while count:
                 if count < 0:
                     count = -count
-                    _, pos = _long(data, pos)  # the block's size in bytes
+                    _, pos = read_long(data, pos)  # the block's size in bytes
                 for _ in range(count):
                     item, pos = self._read(plan[0], data, pos, body)
                     items.append(item)
-                count, pos = _long(data, pos)
+                count, pos = read_long(data, pos)
             return items, pos
         record: dict[str, Any] = {}
         for name, field_plan in plan:

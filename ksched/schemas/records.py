@@ -138,7 +138,7 @@ def _converter(tp: Any) -> _Convert:
     return _identity
 
 
-def _slot_setters(cls: type, names: list[str]) -> list[Any]:
+def slot_setters(cls: type, names: list[str]) -> list[Any]:
     """The `__set__` of each field's slot, if the class can be built by setting them: every field set by its
     __init__ (nothing else to default) and kept in a slot, and no __post_init__ to run. Empty otherwise."""
     if hasattr(cls, "__post_init__") or len(names) != len(dataclasses.fields(cls)):
@@ -174,7 +174,7 @@ def _set_slots_in_init(cls: type) -> None:
     fields = dataclasses.fields(cls)
     if any(not f.init or f.kw_only for f in fields):
         return
-    setters = _slot_setters(cls, [f.name for f in fields])
+    setters = slot_setters(cls, [f.name for f in fields])
     if not setters:
         return
     scope: dict[str, Any] = {"__factory": _FACTORY}
@@ -218,7 +218,7 @@ def _dataclass_converter(cls: type) -> _Convert:
             scope[f"c{i}"] = conv
             value = f"c{i}({value})"
         values.append((name, value))
-    setters = _slot_setters(cls, [name for name, _ in fields])
+    setters = slot_setters(cls, [name for name, _ in fields])
     if setters:
         # A frozen dataclass's __init__ sets each field through object.__setattr__, about twice what setting
         # its slot directly costs; decoding a submission builds about a dozen of them.

@@ -15,7 +15,7 @@ from fastavro.schema import fingerprint as fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from ksched.errors import CodecError, UnknownSchemaError
-from ksched.schemas.codec import HISTORY_DIR, MAGIC, SPEC_CACHE_SIZE, Codec, crc64_avro, default_codec
+from ksched.schemas.codec import HISTORY_DIR, MAGIC, SCHEMA_DIR, SPEC_CACHE_SIZE, Codec, crc64_avro, default_codec
 from ksched.schemas.events import (
     RECORD_TYPES,
     JobAccepted,
@@ -257,3 +257,38 @@ def test_a_field_around_a_spliced_spec_that_avro_cannot_hold_is_refused(revision
                                                                         error: type) -> None:
     with pytest.raises(error):
         CODEC.encode(JobAccepted("e", "c", "j", revision, job("j"), at_ms))
+
+
+def test_specs_are_read_by_the_direct_reader() -> None:
+    """The codec builds specs from their bytes itself (`schemas.avroread`), not through fastavro's dicts: a
+    schema change it does not cover would quietly make registration slower, so this says so."""
+    assert CODEC._spec_reader is not None
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_direct_reader_reads_a_spec_as_fastavro_and_from_data_do(seed: int) -> None:
+    spec = sample(JobSpec, seed)
+    raw = CODEC.spec_bytes(spec)
+    direct, end = CODEC._spec_reader(raw, 0)
+    assert end == len(raw)
+    schema = fastavro.schema.load_schema(str(SCHEMA_DIR / "ksched.JobSpec.avsc"))
+    assert direct == from_data(JobSpec, fastavro.schemaless_reader(io.BytesIO(raw), schema, None)) == spec
+
+
+def test_a_spec_cut_anywhere_is_refused() -> None:
+    data = CODEC.encode(SubmitJob("c1", sample(JobSpec, 3), 1))
+    for cut in range(1, len(data) - 10):
+        with pytest.raises(CodecError):
+            CODEC.decode(data[:-cut])
+
+
+def test_a_spec_with_a_union_branch_out_of_range_is_refused() -> None:
+    spec = job("u", "0 * * * *")
+    raw = CODEC.spec_bytes(spec)
+    assert spec.schedule.cron is not None
+    at = raw.index(spec.schedule.cron.encode()) - 2  # the branch index, then the string's length
+    assert raw[at] == 2  # branch 1 (zigzag)
+    data = CODEC.encode(SubmitJob("c1", spec, 1))
+    bad = data.replace(raw, raw[:at] + b"\x04" + raw[at + 1:])
+    with pytest.raises(CodecError, match="union branch 2"):
+        Codec().decode(bad)
