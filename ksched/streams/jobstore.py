@@ -389,9 +389,10 @@ class JobStore:
         self._remember(partition, job_id, rec)
         return rec
 
-    def save(self, store: Store, partition: int, job_id: str, rec: JobRecord, before: JobState | None) -> None:
+    def save(self, store: Store, partition: int, job_id: str, rec: JobRecord, before: JobState | None,
+             cache: bool = True) -> None:
         """Write the job record (state, outputs and the journal of this write, atomically), then the other keys
-        that changed since `before` (the state the decision started from)."""
+        that changed since `before` (the state the decision started from); keep it decoded if `cache`."""
         fresh, updates = split_changes(before, rec.state)
         for key, text in fresh.items():  # keys no record refers to yet: safe ahead of it, no journal needed
             store.put(key.encode(), text.encode())
@@ -402,7 +403,10 @@ class JobStore:
                 store.delete(key.encode())
             else:
                 store.put(key.encode(), value.encode())
-        self._remember(partition, job_id, rec)
+        if cache:
+            self._remember(partition, job_id, rec)
+        else:
+            self._records.pop((partition, job_id), None)
 
     def scan(self, store: Store) -> Iterator[JobRecord]:
         """Every job record of the partition, decoded."""

@@ -40,6 +40,9 @@ from .router import Router
 
 log = logging.getLogger(__name__)
 
+#: A job with no active run stays decoded in the state cache only if it wakes within this long (a per-second or
+#: per-minute job); one that sleeps longer is read again from the table when it wakes (`core.keep_warm`).
+KEEP_WARM_MS = 60_000
 #: An input's bytes as a dead letter keeps them, or how to encode them if one is needed.
 Original = bytes | Callable[[], bytes] | None
 
@@ -242,7 +245,8 @@ class InboxShell:
             kept = [m for m in msgs if self._in_outbox(m)]
             new = JobRecord(offset, state, outbox.record(rec.outbox if rec else [], offset, kept, settled),
                             (wake, self.params.lookahead_ms))
-            self.jobs.save(store, partition, job_id, new, before)
+            warm = core.keep_warm(state, wake, self._clock.get(partition), KEEP_WARM_MS)
+            self.jobs.save(store, partition, job_id, new, before, cache=warm)
         self.due_index(partition).set(job_id, wake)
         return msgs
 

@@ -391,3 +391,36 @@ def test_an_executors_heartbeat_for_a_partition_is_decided_as_each_attempts_own_
     # Delivered again (a redelivery after a crash): applied once.
     assert sh.process(store, p, 3, b"ex1", CODEC.encode(beat)) == [fwd]
     assert decode_record(store.get(b"par") or b"").state == after
+
+
+def test_only_jobs_with_work_at_hand_stay_decoded_and_a_sleeping_one_is_read_again_when_it_wakes() -> None:
+    sh, store = make(), MemoryStore()
+    jobs = {"daily": "0 0 3 * * *", "persecond": "* * * * * *", "once": None}
+    for p in range(4):  # the partitions' clocks (until a partition has one, every job stays decoded)
+        sh.process(store, p, 0, b"t", CODEC.encode(Tick(T0, T0)))
+    for offset, (job_id, cron) in enumerate(jobs.items(), start=1):
+        p, raw = submit(job_id, cron)
+        sh.process(store, p, offset, job_id.encode(), raw)
+    cached = {job_id for _, job_id in sh.jobs._records}
+    assert cached == {"persecond", "once"}  # "once" has its run active; "daily" sleeps until 03:00 tomorrow
+    p, raw = submit("daily", jobs["daily"])
+    assert sh.process(store, p, 1, b"daily", raw) == []  # still known as applied: read from the table
+    tomorrow = T0 + 20 * 3600 * 1000  # 04:00 the next day
+    out = sh.process(store, p, 10, b"t", CODEC.encode(Tick(tomorrow, tomorrow)))
+    assert [r.job_id for r in decoded(out, "t.ready.normal")] == ["daily"]  # type: ignore[attr-defined]
+    assert (p, "daily") in sh.jobs._records  # its run is active now
+
+
+def test_keep_warm_keeps_active_jobs_and_those_waking_soon() -> None:
+    from ksched.streams.core.decide import keep_warm
+    from tests.sim import Sim
+
+    sim = Sim()
+    sim.submit(job("j", "0 0 3 * * *"))
+    assert sim.state is not None
+    assert not keep_warm(sim.state, T0 + 3_600_000, T0, 60_000)
+    assert keep_warm(sim.state, T0 + 60_000, T0, 60_000)
+    assert not keep_warm(sim.state, None, T0, 60_000) and not keep_warm(None, T0, T0, 60_000)
+    once = Sim()
+    once.submit(job("o"))
+    assert keep_warm(once.state, None, T0, 60_000)  # its run is active

@@ -147,6 +147,18 @@ def next_wakeup(state: JobState | None, params: Params | None = None) -> int | N
     return min(times) if times else None
 
 
+def keep_warm(state: JobState | None, wake_ms: int | None, now_ms: int | None, within_ms: int) -> bool:
+    """Whether the shell should keep this job's decoded state at hand: it has an active run (reports about it
+    will come), or it wakes within `within_ms`. A daily job that just fired and finished is read again from the
+    table tomorrow; kept, it took a place in the cache that a busier job could use, and the cache filled with
+    such records for an hour (RSS +5 % over 30 minutes of firing with 100,000 daily jobs)."""
+    if state is None:
+        return False
+    if any(run.state not in RunState.TERMINAL for run in state.runs.values()):
+        return True
+    return wake_ms is not None and (now_ms is None or wake_ms - now_ms <= within_ms)
+
+
 def _lookahead(state: JobState, params: Params | None) -> int:
     """How early this job's occurrences fire (see `Params.lookahead_ms`)."""
     if params is None or state.paused or state.spec.schedule.overlap != "allow":
