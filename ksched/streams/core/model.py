@@ -7,6 +7,7 @@ Records are frozen; reducers build new ones with `replace`, so unchanged parts k
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 from ksched.schemas.events import JobSpec, TaskSpec, TaskState
@@ -133,7 +134,11 @@ class JobState:
         return tasks_by_name(self.spec_for(run.revision))[name]
 
 
-_INDEX: dict[int, tuple[JobSpec, dict[str, TaskSpec], dict[str, list[str]]]] = {}
+#: Definitions indexed lately, by identity. Each entry pins its definition, so the memo holds the jobs being
+#: worked on, least recently used out: emptied only when it passed 4,096, it grew by one definition per daily job
+#: that fired (every job fired once a day is read again, a new object) for an hour before it emptied.
+_INDEX: OrderedDict[int, tuple[JobSpec, dict[str, TaskSpec], dict[str, list[str]]]] = OrderedDict()
+_INDEX_SIZE = 1_024
 
 
 def _index(spec: JobSpec) -> tuple[JobSpec, dict[str, TaskSpec], dict[str, list[str]]]:
@@ -141,15 +146,17 @@ def _index(spec: JobSpec) -> tuple[JobSpec, dict[str, TaskSpec], dict[str, list[
     immutable), so large DAGs are not rescanned on every event."""
     hit = _INDEX.get(id(spec))
     if hit is not None and hit[0] is spec:
+        _INDEX.move_to_end(id(spec))
         return hit
     children: dict[str, list[str]] = {t.name: [] for t in spec.tasks}
     for t in spec.tasks:
         for d in t.depends_on:
             children.setdefault(d, []).append(t.name)
-    if len(_INDEX) > 4096:
-        _INDEX.clear()
     entry = (spec, {t.name: t for t in spec.tasks}, children)
     _INDEX[id(spec)] = entry
+    _INDEX.move_to_end(id(spec))
+    if len(_INDEX) > _INDEX_SIZE:
+        _INDEX.popitem(last=False)
     return entry
 
 
