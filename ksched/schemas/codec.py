@@ -32,6 +32,7 @@ from fastavro.schema import load_schema, parse_schema, to_parsing_canonical_form
 from ksched.errors import CodecError, UnknownSchemaError
 from ksched.schemas import events
 from ksched.schemas.avroread import PRIMITIVE_READERS, read_long, reader
+from ksched.schemas.avrowrite import writer
 from ksched.schemas.events import RECORD_TYPES, JobSpec, schema_name
 from ksched.schemas.records import from_data, to_data
 
@@ -203,9 +204,15 @@ class Codec:
         self._spec = load_schema(str(schema_dir / f"{SPEC}.avsc"))
         records = {c.SCHEMA: c for c in vars(events).values() if isinstance(c, type) and hasattr(c, "SCHEMA")}
         self._spec_reader = reader(self._spec, JobSpec, records)  # None: fastavro reads specs
+        self._spec_write = writer(self._spec, JobSpec, records)  # None: fastavro writes specs
+        #: Generated writers of the current schemas (`avrowrite`); a schema they do not cover is fastavro's.
+        self._write = {n: w for n, sc in self._schemas.items() if (w := writer(sc, self._classes[n], records))}
         self._splices = {n: sp for n, sc in self._schemas.items() if (sp := _splice(sc)) is not None}
         self._plans = {n: p for n, sc in self._schemas.items()
                        if n != SPEC and (p := _plan(sc, sc.get("__named_schemas", {}))) is not None and _holds_spec(p)}
+        #: Generated readers of the other current schemas (`avroread`): a record built from its bytes, no dicts.
+        self._direct = {n: r for n, sc in self._schemas.items()
+                        if n not in self._plans and (r := reader(sc, self._classes[n], records)) is not None}
 
     @property
     def names(self) -> list[str]:
@@ -227,6 +234,11 @@ class Codec:
             out.append(self.spec_bytes(getattr(event, splice.field)))
             _write_fields(out, event, splice.after)
             return b"".join(out)
+        write = self._write.get(name)
+        if write is not None:
+            raw = bytearray(self._prefix[name])
+            write(event, raw)
+            return bytes(raw)
         buf = io.BytesIO()
         buf.write(self._prefix[name])
         fastavro.schemaless_writer(buf, self._schemas[name], to_data(event))
@@ -239,6 +251,10 @@ class Codec:
             if hit is not None and hit[0] is spec:
                 self._specs.move_to_end(id(spec))
                 return hit[1]
+        if self._spec_write is not None:
+            raw = bytearray()
+            self._spec_write(spec, raw)
+            return self._keep(spec, bytes(raw))
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, self._spec, to_data(spec))
         return self._keep(spec, buf.getvalue())
@@ -266,6 +282,15 @@ class Codec:
         """Bytes → event. Raises CodecError naming what is wrong, never anything else."""
         writer = self._writer_for(data)
         assert data is not None
+        direct = self._direct.get(writer.name) if writer.current else None
+        if direct is not None:
+            try:
+                event, end = direct(data, HEADER_LEN)
+            except Exception as exc:
+                raise CodecError(f"body is not a valid {writer.name}: {type(exc).__name__}: {exc}") from None
+            if end != len(data):
+                raise CodecError(f"body is not a valid {writer.name}: {len(data) - end} trailing bytes")
+            return event
         body = io.BytesIO(data)
         body.seek(HEADER_LEN)
         reader = None if writer.current else self._schemas[writer.name]

@@ -397,7 +397,7 @@ def test_only_jobs_with_work_at_hand_stay_decoded_and_a_sleeping_one_is_read_aga
     sh, store = make(), MemoryStore()
     jobs = {"daily": "0 0 3 * * *", "persecond": "* * * * * *", "once": None}
     for p in range(4):  # the partitions' clocks (until a partition has one, every job stays decoded)
-        sh.process(store, p, 0, b"t", CODEC.encode(Tick(T0, T0)))
+        sh.process(store, p, 0, b"t", CODEC.encode(Tick(p, T0)))
     for offset, (job_id, cron) in enumerate(jobs.items(), start=1):
         p, raw = submit(job_id, cron)
         sh.process(store, p, offset, job_id.encode(), raw)
@@ -406,7 +406,7 @@ def test_only_jobs_with_work_at_hand_stay_decoded_and_a_sleeping_one_is_read_aga
     p, raw = submit("daily", jobs["daily"])
     assert sh.process(store, p, 1, b"daily", raw) == []  # still known as applied: read from the table
     tomorrow = T0 + 20 * 3600 * 1000  # 04:00 the next day
-    out = sh.process(store, p, 10, b"t", CODEC.encode(Tick(tomorrow, tomorrow)))
+    out = sh.process(store, p, 10, b"t", CODEC.encode(Tick(p, tomorrow)))
     assert [r.job_id for r in decoded(out, "t.ready.normal")] == ["daily"]  # type: ignore[attr-defined]
     assert (p, "daily") in sh.jobs._records  # its run is active now
 
