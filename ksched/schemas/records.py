@@ -200,6 +200,44 @@ def _set_slots_in_init(cls: type) -> None:
     cls.__init__ = init  # type: ignore[misc]
 
 
+_REPLACERS: dict[type, Callable[[Any, dict[str, Any]], Any]] = {}
+
+
+def replace(obj: T, /, **changes: Any) -> T:
+    """`dataclasses.replace`, by code generated per class: the scheduler replaces about two dozen records per task
+    it runs (a task, its attempt, its run, the job), and the standard one walks the class's fields, checks each and
+    calls __init__ with keywords, about five times what setting the new record's slots costs. A class whose
+    records are not built from their slots alone (`slot_setters`) goes through `dataclasses.replace`."""
+    make = _REPLACERS.get(type(obj))
+    if make is None:
+        make = _REPLACERS[type(obj)] = _replacer(type(obj))
+    result: T = make(obj, changes)
+    return result
+
+
+def _replacer(cls: type) -> Callable[[Any, dict[str, Any]], Any]:
+    fields = dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ()
+    setters = slot_setters(cls, [f.name for f in fields]) if fields and all(f.init for f in fields) else []
+    if not setters:
+        return lambda obj, changes: dataclasses.replace(obj, **changes)
+    names = frozenset(f.name for f in fields)
+    scope: dict[str, Any] = {"new": object.__new__, "cls": cls, "names": names, "_unknown": _unknown}
+    lines = ["def make(obj, changes):", "    if not changes.keys() <= names:", "        _unknown(cls, changes, names)",
+             "    get = changes.get", "    o = new(cls)"]
+    for i, (f, setter) in enumerate(zip(fields, setters, strict=True)):
+        scope[f"s{i}"] = setter
+        lines.append(f"    s{i}(o, get({f.name!r}, obj.{f.name}))")
+    lines.append("    return o")
+    exec("\n".join(lines) + "\n", scope)  # the source is made here from the class's own field names
+    make: Callable[[Any, dict[str, Any]], Any] = scope["make"]
+    return make
+
+
+def _unknown(cls: type, changes: dict[str, Any], names: frozenset[str]) -> None:
+    bad = sorted(set(changes) - names)
+    raise TypeError(f"{cls.__name__}.__init__() got an unexpected keyword argument {bad[0]!r}")
+
+
 def _dataclass_converter(cls: type) -> _Convert:
     """Built from data holding every field (what an Avro reader gives) by generated code, and from data leaving
     some out (compact data) field by field, the missing ones taking their defaults."""

@@ -11,7 +11,7 @@ import pytest
 
 from ksched.schemas import events
 from ksched.schemas.events import ArtifactRef, JobSpec, RetryPolicy, TaskSpec
-from ksched.schemas.records import from_data, set_slots_in_init, to_compact_data, to_data
+from ksched.schemas.records import from_data, replace, set_slots_in_init, to_compact_data, to_data
 from ksched.streams.core import model
 from tests.samples import sample
 
@@ -62,6 +62,31 @@ def test_an_init_that_sets_slots_behaves_as_the_dataclass_one() -> None:
 def test_a_class_with_a_post_init_keeps_its_own() -> None:
     with pytest.raises(ValueError, match="empty"):
         _Checked("")
+
+
+def test_replace_makes_what_dataclasses_replace_makes() -> None:
+    import random
+
+    from tests.samples import random_sample, random_value
+
+    rng = random.Random(7)
+    for cls in [*events.RECORD_TYPES, model.Task, model.Attempt]:
+        obj = random_sample(cls, rng)
+        hints = __import__("typing").get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            changed = {f.name: random_value(hints[f.name], f.name, rng)}
+            made = replace(obj, **changed)
+            assert type(made) is cls and made == dataclasses.replace(obj, **changed)
+            assert getattr(made, f.name) is changed[f.name]
+        assert replace(obj) == obj and replace(obj) is not obj
+    kept = ["x"]
+    assert replace(_Fast("a", 1, kept), size=2) == _Fast("a", 2, kept) and replace(_Fast("a", 1, kept)).tags is kept
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nope'"):
+        replace(_Fast("a"), nope=1)
+    with pytest.raises(ValueError, match="empty"):  # a class with a __post_init__ goes through dataclasses'
+        replace(_Checked("a"), name="")
+    with pytest.raises(TypeError):
+        replace(object())
 
 
 @pytest.mark.parametrize("module", [events, model])

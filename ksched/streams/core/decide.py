@@ -8,7 +8,7 @@ every decision. Every decision carries a derived id, and every handler tolerates
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ksched.errors import JobSpecError
@@ -55,6 +55,7 @@ from ksched.schemas.events import (
     Trigger,
     TriggerJob,
 )
+from ksched.schemas.records import replace
 
 from . import backfill, dag
 from .emit import CONTROL, DLQ, EVENTS, READY, RUNS, TASKS, Emit

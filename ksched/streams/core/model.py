@@ -8,10 +8,10 @@ Records are frozen; reducers build new ones with `replace`, so unchanged parts k
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ksched.schemas.events import JobSpec, TaskSpec, TaskState
-from ksched.schemas.records import set_slots_in_init
+from ksched.schemas.records import replace, set_slots_in_init
 
 
 @dataclass(frozen=True, slots=True)
