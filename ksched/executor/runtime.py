@@ -331,7 +331,19 @@ class Runtime:
         finally:
             workdir = ended.attempt.workdir
             if workdir is not None and not self.keep_workdirs:
-                shutil.rmtree(workdir, ignore_errors=True)
+                remove_workdir(workdir)
+
+
+def remove_workdir(workdir: Path) -> None:
+    """Remove an attempt's work dir. Most hold only what the sandbox made (its log and an empty tmp): three calls.
+    Anything else the job left is removed by `shutil.rmtree`, which walks the tree by file descriptors and cost
+    about a sixth of the executor's samples in the throughput bench (py-spy) when every attempt went through it."""
+    try:
+        os.unlink(workdir / "output.log")
+        os.rmdir(workdir / "tmp")
+        os.rmdir(workdir)
+    except OSError:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def too_late(ready: TaskReady, wall_ms: int) -> str:

@@ -535,3 +535,25 @@ def test_heartbeats_are_one_record_per_inbox_partition_naming_its_attempts(tmp_p
         assert reporter.heartbeats(one, 1) == -(-len(one) // 3)
     finally:
         reporting.HEARTBEAT_BATCH = saved
+
+
+def test_a_work_dir_is_removed_whatever_the_job_left_in_it_and_nothing_outside(tmp_path: Path) -> None:
+    from ksched.executor.runtime import remove_workdir
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    plain, busy, linked = (tmp_path / name for name in ("plain", "busy", "linked"))
+    for d in (plain, busy, linked):
+        (d / "tmp").mkdir(parents=True)
+        (d / "output.log").write_text("log")
+    (busy / "tmp" / "deep" / "er").mkdir(parents=True)
+    (busy / "result.csv").write_text("1,2")
+    (linked / "tmp").rmdir()
+    (linked / "tmp").symlink_to(outside)  # the job swapped its tmp for a link: the link goes, not its target
+    (linked / "output.log").unlink()
+    (linked / "output.log").symlink_to(outside / "keep")
+    for d in (plain, busy, linked, tmp_path / "never-made"):
+        remove_workdir(d)
+        assert not d.exists() and not d.is_symlink()
+    assert (outside / "keep").read_text() == "x"
