@@ -137,15 +137,24 @@ def _reader(schema: Any, hint: Any, named: dict[str, Any], classes: dict[str, ty
     raise _Unsupported(schema, hint)
 
 
-def _union(schema: list[Any], hint: Any, named: dict[str, Any], classes: dict[str, type]) -> Read:
-    """`null` or one other type, read into an optional field."""
+def nullable(schema: list[Any], hint: Any) -> tuple[int, Any] | None:
+    """For a union of `null` and one other type, held in an optional field (`hint`): the index of the null branch
+    and the other type's hint. None for any other union, or a field that is not optional."""
     if len(schema) != 2 or "null" not in schema:
-        raise _Unsupported(schema)
+        return None
     inner = [a for a in typing.get_args(hint) if a is not type(None)]
     if len(inner) != 1 or type(None) not in typing.get_args(hint):
+        return None
+    return schema.index("null"), inner[0]
+
+
+def _union(schema: list[Any], hint: Any, named: dict[str, Any], classes: dict[str, type]) -> Read:
+    """`null` or one other type, read into an optional field."""
+    shape = nullable(schema, hint)
+    if shape is None:
         raise _Unsupported(schema, hint)
-    null_at = schema.index("null")
-    other = _reader(schema[1 - null_at], inner[0], named, classes)
+    null_at, inner = shape
+    other = _reader(schema[1 - null_at], inner, named, classes)
 
     def read(data: bytes, pos: int) -> tuple[Any, int]:
         branch, pos = read_long(data, pos)

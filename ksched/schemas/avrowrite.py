@@ -19,6 +19,8 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from .avroread import nullable
+
 Write = Callable[[Any, bytearray], None]
 _DOUBLE = struct.Struct("<d")
 _FLOAT = struct.Struct("<f")
@@ -166,16 +168,14 @@ def _emit(gen: _Gen, lines: list[str], depth: int, var: str, schema: Any, hint: 
 
 def _union(gen: _Gen, lines: list[str], depth: int, var: str, schema: list[Any], hint: Any, path: str) -> None:
     """`null` or one other type, written from an optional field (the branch index, then the value)."""
-    if len(schema) != 2 or "null" not in schema:
-        raise _Unsupported(schema)
-    inner = [a for a in typing.get_args(hint) if a is not type(None)]
-    if len(inner) != 1 or type(None) not in typing.get_args(hint):
+    shape = nullable(schema, hint)
+    if shape is None:
         raise _Unsupported(schema, hint)
-    null_at = schema.index("null")
+    null_at, inner = shape
     pad = "    " * depth
     lines += [f"{pad}if {var} is None:", f"{pad}    out.append({null_at << 1})", f"{pad}else:",
               f"{pad}    out.append({(1 - null_at) << 1})"]
-    _emit(gen, lines, depth + 1, var, schema[1 - null_at], inner[0], path)
+    _emit(gen, lines, depth + 1, var, schema[1 - null_at], inner, path)
 
 
 def _length(lines: list[str], pad: str, expr: str) -> None:
