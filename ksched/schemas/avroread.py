@@ -36,7 +36,18 @@ def read_long(data: bytes, pos: int) -> tuple[int, int]:
         pos += 1
         n |= (b & 0x7F) << shift
         shift += 7
+    if n >> 64:
+        raise ValueError("a varint past the range of an Avro long")
     return (n >> 1) ^ -(n & 1), pos
+
+
+def _read_int(data: bytes, pos: int) -> tuple[int, int]:
+    """An Avro int: a long in 32 bits. A larger value is refused here, where the record comes in, not when a
+    decision writes it again (the writers check ranges too: a job holding one could then never fire)."""
+    value, pos = read_long(data, pos)
+    if not -0x80000000 <= value < 0x80000000:
+        raise ValueError(f"{value} is out of the range of an Avro int")
+    return value, pos
 
 
 def read_string(data: bytes, pos: int) -> tuple[str, int]:
@@ -67,7 +78,7 @@ def _read_null(data: bytes, pos: int) -> tuple[None, int]:
 
 
 PRIMITIVE_READERS: dict[str, Read] = {
-    "string": read_string, "long": read_long, "int": read_long, "double": _read_double, "float": _read_float,
+    "string": read_string, "long": read_long, "int": _read_int, "double": _read_double, "float": _read_float,
     "boolean": _read_boolean, "null": _read_null,
 }
 #: Python types a primitive is read as (what a record's field must be declared as).

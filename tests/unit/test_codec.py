@@ -379,3 +379,23 @@ def test_a_record_cut_or_padded_anywhere_is_refused_by_the_generated_reader() ->
             CODEC.decode(data[:cut])
     with pytest.raises(CodecError, match="trailing bytes"):
         CODEC.decode(data + b"\x00")
+
+
+def test_an_int_past_its_range_is_refused_where_the_record_comes_in() -> None:
+    # fastavro writes any value; a submission holding one is refused on reading, naming it, so no job is stored
+    # with a value that every later write of it (which checks ranges) would refuse.
+    from ksched.schemas.events import Limits, TaskSpec
+    from ksched.schemas.records import to_data
+
+    spec = job("big")
+    spec = JobSpec(spec.job_id, [TaskSpec("main", spec.tasks[0].artifact, limits=Limits(cpu_seconds=1 << 31))])
+    raw = CODEC.encode_data("ksched.SubmitJob", to_data(SubmitJob("c1", spec, 5)))
+    with pytest.raises(CodecError, match="out of the range of an Avro int"):
+        CODEC.decode(raw)
+    tick = CODEC.encode_data("ksched.Tick", {"partition": -(1 << 31) - 1, "now_ms": 5, "ticker": "t",
+                                             "resumed_from_ms": None})
+    with pytest.raises(CodecError, match="out of the range of an Avro int"):
+        CODEC.decode(tick)
+    past_long = CODEC.prefix("ksched.Tick") + b"\x02" + b"\xff" * 9 + b"\x7f" + b"\x00\x00"
+    with pytest.raises(CodecError, match="range of an Avro long"):
+        CODEC.decode(past_long)
