@@ -6,9 +6,9 @@ dicts by `to_data`, then walked again by fastavro against its schema. A writer m
 fields and appends their encodings to a bytearray, in code generated from the schema: one statement per field.
 
 `writer` returns None for a schema or class it does not cover (a union other than null-or-one-type, a fixed,
-an enum); the codec then writes with fastavro as before. A value Avro cannot hold raises as fastavro does: a
-TypeError for the wrong type (a bool where an int is declared, an int where a bool is), a ValueError for an int or
-long out of its range.
+an enum); the codec then writes with fastavro as before. A value Avro cannot hold raises: a TypeError for the
+wrong type (a bool where an int is declared, an int where a bool is), a ValueError for an int or long out of its
+range (fastavro wrote any int, and a Java reader would then refuse the record).
 """
 
 from __future__ import annotations
