@@ -1,5 +1,7 @@
 """DAG hand-offs: a 100-task chain of no-op tasks (hand-off = parent's process finished -> child's process
-started, p50/p99) and a 1,000-task fan-out/fan-in (time from the run's trigger to the last task's end).
+started, p50/p99, and its steps from the records' timestamps) and a 1,000-task fan-out/fan-in (time from the run's
+trigger to the last task's end; the fan-in hand-off, last parent's exit -> the fan-in task's process start, and its
+steps).
 
     python -m bench.dag [--chain 100] [--fan 1000] [--slots 16]
 """
@@ -96,10 +98,21 @@ def fan(s: Settings, ref: ArtifactRef, n: int) -> dict[str, object]:
     triggered = next(ts for ts, e in decisions if isinstance(e, RunTriggered))
     finished = max(e.finished_at_ms for _, e in reports if isinstance(e, TaskCompleted))
     end_started = next(start_of(e) or 0 for _, e in reports if start_of(e) and e.task_id.endswith("/end"))
-    last_middle = max(e.finished_at_ms for _, e in reports
-                      if isinstance(e, TaskCompleted) and "/t" in e.task_id)
+    middles = [(e.finished_at_ms, ts) for ts, e in reports if isinstance(e, TaskCompleted) and "/t" in e.task_id]
+    last_middle, last_reported = max(middles)
+    last_report = max(ts for _, ts in middles)  # the fan-in is ready once every parent's report is decided
+    first = lambda kind, events: next(ts for ts, e in events  # noqa: E731
+                                      if isinstance(e, kind) and e.task_id.endswith("/end"))
+    end_ready, end_claimed, end_granted = first(TaskReady, decisions), first(ClaimTask, reports), \
+        first(ClaimGranted, decisions)
     return {"fan_tasks": n + 2, "fan_time_to_finish_s": round((finished - triggered) / 1000, 2),
-            "fan_in_handoff_ms": end_started - last_middle}
+            "fan_in_handoff_ms": end_started - last_middle,
+            "fan_in_handoff_steps_ms": {
+                "last_parent_exit_to_its_completion_produced": last_reported - last_middle,
+                "last_completion_produced_to_end_ready": end_ready - last_report,
+                "end_ready_to_claim_committed": end_claimed - end_ready,
+                "claim_to_grant": end_granted - end_claimed,
+                "grant_to_process_start": end_started - end_granted}}
 
 
 def main(argv: list[str]) -> None:
