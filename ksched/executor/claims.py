@@ -404,6 +404,16 @@ class Claimer:
             self._replace_producer("the cluster was unreachable; its coordinator may be stale")
         try:
             self._producer.begin_transaction()
+            # The offsets first, the claims after: from a claim's append to the commit's marker, every
+            # read_committed reader of its inbox partition (the streams worker) waits, for other executors'
+            # claims and every report too. Produced first, the claims waited through send_offsets' two round
+            # trips (AddOffsetsToTxn, TxnOffsetCommit) as well: produce -> visible p50 6.3 -> 5.2 ms,
+            # p99 24 -> 17 ms on an idle broker (two runs each way, 200 transactions).
+            positions_ = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
+            group = self._consumer.consumer_group_metadata()
+            producer = self._producer
+            self._resumed("send_offsets_to_transaction",
+                          lambda: producer.send_offsets_to_transaction(positions_, group, TXN_TIMEOUT_S))
             for m, ready, _ in msgs:
                 if ready is None:
                     self._dead_letter(m)
@@ -411,11 +421,6 @@ class Claimer:
                 claim = ClaimTask(p.claim_id, p.ready.job_id, p.ready.run_id, p.ready.task_id, p.ready.attempt,
                                   self.id, now_ms())
                 self._producer.produce(self.inbox, key=p.ready.job_id.encode(), value=self.codec.encode(claim))
-            positions_ = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
-            group = self._consumer.consumer_group_metadata()
-            producer = self._producer
-            self._resumed("send_offsets_to_transaction",
-                          lambda: producer.send_offsets_to_transaction(positions_, group, TXN_TIMEOUT_S))
             self._resumed("commit_transaction", lambda: producer.commit_transaction(TXN_TIMEOUT_S))
         except KafkaException as exc:
             self._claim_failed(exc, batch, first)
