@@ -31,6 +31,39 @@ def cpu_seconds(pid: int | None, children: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+#: Kafka's sub-counts of another request type (counted once, under "Fetch").
+_SUBCOUNTS = ("FetchConsumer", "FetchFollower")
+
+
+def broker_requests(pid: int | None) -> dict[str, int] | None:
+    """The broker's requests so far, by type (its JMX, read by `BrokerRequests.java` through the attach API), or
+    None where that cannot be read (no broker of the bench's own, no JDK with jdk.attach)."""
+    import shutil
+    import subprocess
+
+    java = shutil.which("java")
+    if pid is None or java is None:
+        return None
+    try:
+        out = subprocess.run([java, str(Path(__file__).with_name("BrokerRequests.java")), str(pid)],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        counts = json.loads(out.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+    return {k: int(v) for k, v in counts.items() if k not in _SUBCOUNTS}
+
+
+def requests_per_task(before: dict[str, int] | None, after: dict[str, int] | None, tasks: int) -> dict[str, float]:
+    """Broker requests per task by type between two `broker_requests` readings (types under 0.01 left out), and
+    their total as "all"."""
+    if before is None or after is None or tasks <= 0:
+        return {}
+    per = {k: (n - before.get(k, 0)) / tasks for k, n in after.items()}
+    out = {k: round(v, 2) for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.01}
+    out["all"] = round(sum(per.values()), 2)
+    return out
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")

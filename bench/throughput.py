@@ -6,6 +6,7 @@ measures, through the real broker, streams worker(s) and executors:
     per second over the busy period (first submission to the last task settled);
   * CPU ms per task per role (broker, streams workers, executors with their tasks);
   * Kafka records per task, per topic (end offsets before and after; transaction markers included);
+  * broker requests per task, by type (the broker's JMX before and after; needs a JDK's attach API);
   * claim latency: TaskReady produced -> the executor's process started (p50/p99);
   * per-step times from the producers' record timestamps.
 Set KSCHED_PROFILE_DIR to write the streams worker's cProfile there (`python -m pstats`).
@@ -31,7 +32,18 @@ from ksched.schemas.codec import default_codec
 from ksched.schemas.events import ClaimGranted, ClaimTask, JobSpec, SubmitJob, TaskReady, TaskSpec
 from tests.support import Cluster, write_script
 
-from .common import Follower, broker, broker_pid, cpu_seconds, report, start_of, summary, timestamped
+from .common import (
+    Follower,
+    broker,
+    broker_pid,
+    broker_requests,
+    cpu_seconds,
+    report,
+    requests_per_task,
+    start_of,
+    summary,
+    timestamped,
+)
 
 
 def completed(s: Settings) -> dict[str, int]:
@@ -77,6 +89,7 @@ def main(argv: list[str]) -> None:
         _warm_up(cluster, s, ref)
         cpu_before, cpu_t0 = _cpu(cluster), time.time()
         records_before = record_counts(s)
+        requests_before = broker_requests(broker_pid())
         watch = Follower(s, "ksched.TaskSettled", topic="events")
         done: dict[str, int] = {}
         codec = default_codec()
@@ -101,6 +114,7 @@ def main(argv: list[str]) -> None:
             if len(done) >= args.tasks:
                 break
         cpu_after, window = _cpu(cluster), time.time() - cpu_t0
+        requests_after = broker_requests(broker_pid())
         time.sleep(2 * s.commit_interval_s + 1)  # the views held for coalescing go out with the next commit
         records_after = record_counts(s)
         cluster.stop()
@@ -120,6 +134,7 @@ def main(argv: list[str]) -> None:
             "cpu_cores_busy": {role: round(c / window, 2) for role, c in cpu.items()},
             "cpu_ms_per_task": {role: round(c * 1000 / max(1, len(done)), 2) for role, c in cpu.items()},
             "records_per_task": per_task,
+            "broker_requests_per_task": requests_per_task(requests_before, requests_after, len(done)),
             "executors_at_exit": executor_stats,
         })
 
