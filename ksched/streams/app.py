@@ -30,7 +30,7 @@ from .core.model import Params
 from .jobstore import Message
 from .localstate import CommitRecord
 from .metrics import Metrics, queue_depths
-from .publisher import VIEW_LINGER_S, Publisher
+from .publisher import Publisher
 from .shell import InboxShell, decision_params
 from .ticker import run_ticker
 
@@ -259,9 +259,10 @@ def _wire(streams: StreamsApp, worker_name: str) -> Any:
 
 
 async def _views_out(streams: StreamsApp) -> None:
-    """Views held for coalescing go out after VIEW_LINGER_S even when no record comes to publish them."""
+    """Views held for coalescing go out after the publisher's view linger even when no record comes to publish
+    them."""
     while not streams.app.should_stop:
-        await asyncio.sleep(VIEW_LINGER_S / 2)
+        await asyncio.sleep(streams.publisher.view_linger_s / 2)
         streams.publisher.views_due()
 
 

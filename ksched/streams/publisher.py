@@ -2,9 +2,11 @@
 through Faust's), its delivery reports feeding `Deliveries`, and the flush Faust waits for before it commits
 input offsets, so an input's offset is committed only once all of its outputs were delivered.
 
-Views (the compacted `jobs`, `runs` and `tasks` topics) are coalesced per key for `VIEW_LINGER_S` (and always
-until the flush before a commit), as Kafka Streams' record cache does: a task that is offered, claimed, started
-and done within that time writes its view once, not four times. A view so lags its decision by that much at most.
+Views (the compacted `jobs`, `runs` and `tasks` topics) are coalesced per key until the flush before the next
+commit (at most `view_linger_s`, about a commit interval), as Kafka Streams' record cache does: a task that is
+offered, claimed, started and done within that time writes its view once, not four times. The decision log, views
+and the changelog then linger in their producer until that flush too (`background_linger_ms`), so a view lags its
+decision by about a commit interval, twice that at most.
 A crash loses the views not yet flushed; the shell's recovery publishes the current views of every job decided
 past the committed offset. Tombstones of retired runs go out at once (they are in the outbox,
 whose entries are dropped when their outputs are acknowledged).
@@ -28,13 +30,26 @@ from .jobstore import Message
 
 #: Views held for coalescing at most: past this many, they go out before the next flush.
 MAX_PENDING_VIEWS = 20_000
-#: How long the decision log, views, dead letters and the changelog linger in their producer to share requests.
-#: Nothing waits for them but the commit, whose flush sends them at once. The broker's cost is per request (about
-#: 1.6 ms of CPU each on a 2-core machine); at 5 ms this producer sent a request nearly every window under load:
-#: produce requests per task in the throughput bench went from 4.2 to 2.9 at 20 ms (JMX, one run each).
-BACKGROUND_LINGER_MS = 20
-#: How long a view is held for coalescing at most (a view lags its decision by this much at most).
-VIEW_LINGER_S = 0.1
+#: How long the decision log, views, dead letters and the changelog linger in their producer at most to share
+#: requests: the commit interval (nothing waits for them but the commit, whose flush sends them at once), within
+#: these bounds. The broker's cost is per request (1.2-1.6 ms of CPU each on a 2-core machine), and librdkafka sends
+#: one produce request per partition (librdkafka#1700), so each linger window costs a request per partition written.
+#: Background requests per record in the throughput bench: 0.088 at a 20 ms linger, 0.036-0.045 at 500 ms.
+BACKGROUND_LINGER_MS = (20, 1000)
+
+
+def background_linger_ms(commit_interval_s: float) -> int:
+    low, high = BACKGROUND_LINGER_MS
+    return int(min(high, max(low, commit_interval_s * 1000)))
+#: How long a view is held for coalescing at most: the commit interval (the flush before a commit sends every
+#: view held), within these bounds. At 0.1 s (what it was) a task that waited longer than that for its grant wrote
+#: its view at each step.
+VIEW_LINGER_S = (0.1, 1.0)
+
+
+def view_linger_s(commit_interval_s: float) -> float:
+    low, high = VIEW_LINGER_S
+    return min(high, max(low, commit_interval_s))
 
 
 class OutputError(KschedError):
@@ -53,13 +68,15 @@ class Publisher:
         self.view_topics = {self.settings.topic(t) for t in ("jobs", "runs", "tasks")}
         self._views: dict[tuple[str, bytes | None], Message] = {}
         self._views_since = 0.0  # when the oldest view held was added (monotonic)
+        self.view_linger_s = view_linger_s(self.settings.commit_interval_s)
         self.coalesced = 0  # views replaced by a later one before they went out
         conf = {"batch.num.messages": 2000, "message.max.bytes": max(MAX_OUTPUT_BYTES, MAX_STATE_BYTES) + 65536}
         # Two producers: what an executor or the next decision waits for (ready, control, the inbox) goes out at
         # once; the record of what happened (decision log, views, dead letters) lingers a few ms to share requests
         # (the broker's cost is per request more than per record).
         self.producer = kafka.producer(self.settings, **{"linger.ms": 0, **conf})
-        self.background = kafka.producer(self.settings, **{"linger.ms": BACKGROUND_LINGER_MS, **conf})
+        linger = background_linger_ms(self.settings.commit_interval_s)
+        self.background = kafka.producer(self.settings, **{"linger.ms": linger, **conf})
         self.background_topics = self.view_topics | {self.settings.topic(t) for t in ("events", "dlq")}
         # Topics known to exist (the worker created them at start). A task of a new executor pool needs the
         # pool's ready topics: they are created on first use rather than failing every later commit.
@@ -107,9 +124,9 @@ class Publisher:
                                 on_delivery=on_delivery)
 
     def views_due(self) -> None:
-        """Produce the views held for coalescing if the oldest has waited `VIEW_LINGER_S` (called on every publish
+        """Produce the views held for coalescing if the oldest has waited `view_linger_s` (called on every publish
         and by the worker's timer)."""
-        if self._views and time.monotonic() - self._views_since >= VIEW_LINGER_S:
+        if self._views and time.monotonic() - self._views_since >= self.view_linger_s:
             self._produce_views()
 
     def _produce_views(self) -> None:
