@@ -6,7 +6,14 @@ own code running (the binary appends `date +%s%3N` to a ledger as its first act)
 by the producers' record timestamps: tick produced, TaskReady produced (ready topic), ClaimTask committed
 (inbox), ClaimGranted produced (control), process started.
 
+The staged path (look-ahead on, the default 10 s: attempts are fired ahead, claimed, and held as processes until
+their instant) and the cold path (`--lookahead 0`: fired at their instant) are separate runs. Each run then
+measures the physical floor on the same machine: the same number of processes of the same binary, created held
+by `sandbox.spawn` the way the executor does (no Kafka, no scheduler) and let go at an instant by one loop, and
+prints the ratios of the lags to it.
+
     python -m bench.firing_lag [--jobs 10000] [--due 1000] [--workers 1] [--executors 2] [--slots 300]
+                               [--lookahead 10]
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from pathlib import Path
 from ksched import kafka
 from ksched.artifacts import open_store
 from ksched.config import Settings
+from ksched.executor.sandbox import spawn
 from ksched.schemas.codec import default_codec
 from ksched.schemas.events import (
     ClaimGranted,
@@ -45,10 +53,12 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--executors", type=int, default=2)
     ap.add_argument("--slots", type=int, default=300)
     ap.add_argument("--lead", type=float, default=90.0, help="seconds from now to the due instant")
+    ap.add_argument("--lookahead", type=float, default=10.0,
+                    help="the workers' look-ahead in seconds (0: the cold path, fired at the instant)")
     args = ap.parse_args(argv)
     with broker() as bootstrap, tempfile.TemporaryDirectory(prefix="ksched-lag-") as tmp:
         s = Settings(bootstrap_servers=bootstrap, prefix=f"lag{uuid.uuid4().hex[:6]}", home=Path(tmp),
-                     partitions=6, ready_partitions=6, control_partitions=3)
+                     partitions=6, ready_partitions=6, control_partitions=3, lookahead_s=args.lookahead)
         cluster = Cluster(s)
         ledger = Path(tmp) / "ledger"
         binary = write_script(Path(tmp) / "noop.sh", f'echo "$KSCHED_TASK_ID $(date +%s%3N)" >> {ledger}\n')
@@ -92,11 +102,57 @@ def main(argv: list[str]) -> None:
             tid, at = line.split()
             running.setdefault(tid, float(int(at) - due * 1000))
         stages = _stages(s, due * 1000)
-        report(f"firing_lag_{args.due}", {
+        lag, binary_lag = summary(lags), summary(list(running.values()))
+        floor_start, floor_running = floor(binary, Path(tmp) / "floor", args.due)
+        report(f"firing_lag_{args.due}" + ("_cold" if args.lookahead <= 0 else ""), {
             "registered_jobs": args.jobs, "due_in_same_second": args.due, "started": len(started),
             "streams_workers": args.workers, "executors": args.executors, "slots_per_executor": args.slots,
-            "lag_ms": summary(lags), "binary_running_lag_ms": summary(list(running.values())), **stages,
+            "lookahead_s": args.lookahead, "lag_ms": lag, "binary_running_lag_ms": binary_lag,
+            "floor_lag_ms (held processes let go by a bare loop, no Kafka)": floor_start,
+            "floor_binary_running_lag_ms": floor_running,
+            "ratio_to_floor": {"lag_p50": _ratio(lag["p50"], floor_start["p50"]),
+                               "lag_p99": _ratio(lag["p99"], floor_start["p99"]),
+                               "binary_running_p99": _ratio(binary_lag["p99"], floor_running["p99"])},
+            **stages,
         })
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 2) if b > 0 else float("nan")
+
+
+def floor(binary: Path, root: Path, n: int, lead_s: float = 2.0) -> tuple[dict[str, float], dict[str, float]]:
+    """The physical floor of `n` attempts due at one instant on this machine: `n` processes of `binary` created
+    held (as the executor stages them: `sandbox.spawn(hold=True)`, uncontained like the bench's executors), let go
+    at an instant by one loop, and reaped. Returns the lags from the instant to each release (what the executor
+    reports as the process start) and to the binary's first line in its ledger."""
+    root.mkdir(parents=True, exist_ok=True)
+    ledger = root / "ledger"
+    held = []
+    for i in range(n):
+        workdir = root / f"a{i}"
+        workdir.mkdir()
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "KSCHED_TASK_ID": f"f{i}"}
+        held.append(spawn(_floor_binary(binary, ledger), [], env, workdir, hold=True))
+    instant = int((time.time() + lead_s) * 1000)
+    time.sleep(max(0.0, instant / 1000 - time.time()))
+    for proc in held:
+        proc.release()
+    for proc in held:
+        proc.popen.wait()
+    starts = [float(proc.started_at_ms - instant) for proc in held]
+    running = [float(int(line.split()[1]) - instant) for line in ledger.read_text().splitlines()]
+    return summary(starts), summary(running)
+
+
+def _floor_binary(binary: Path, ledger: Path) -> Path:
+    """The bench's binary, writing to the floor's own ledger."""
+    text = binary.read_text()
+    copy = ledger.parent / binary.name
+    if not copy.exists():
+        copy.write_text(text[:text.rindex(">>")] + f">> {ledger}\n")
+        copy.chmod(0o755)
+    return copy
 
 
 def _stages(s: Settings, due_ms: int) -> dict[str, object]:
