@@ -148,7 +148,7 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
                web_url: str | None = None) -> StreamsApp:
     """`web_host` is where the API listens (loopback unless told otherwise); `web_url` is where the other
     workers reach it when they forward a request about a job this worker owns (default: host and port)."""
-    faustcompat.read_committed()
+    faustcompat.tune_consumer()
     faustcompat.uncommitted_from_beginning({settings.topic("inbox"), settings.topic("commands")})
     app: Any = faust.App(
         app_id(settings),

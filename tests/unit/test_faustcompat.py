@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any
 
+import aiokafka
+from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.structs import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -43,3 +46,34 @@ def test_an_input_partition_never_committed_starts_from_its_beginning_after_a_re
     # Partitions 1 (never committed) and 2 (committed 0, which aiokafka does not seek to) start over; a
     # changelog partition is the tables' business and is left alone.
     assert sorted(thread.to_beginning) == [TopicPartition("t.inbox", 1), TopicPartition("t.inbox", 2)]
+
+
+def test_the_worker_consumer_reads_committed_records_and_fetches_promptly() -> None:
+    faustcompat.tune_consumer()
+    assert getattr(faust_aiokafka.AIOKafkaConsumerThread, "_ksched_patched", False)
+
+    async def made() -> Any:
+        consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9", fetch_max_wait_ms=1500)
+        # The attributes aiokafka's start() hands its fetcher, and the one the fetcher reads per fetch.
+        assert consumer._fetch_max_wait_ms == 1500 and consumer._isolation_level == "read_uncommitted"
+        assert "prefetch_backoff" in inspect.signature(Fetcher.__init__).parameters
+        assert "self._prefetch_backoff" in inspect.getsource(Fetcher._get_actions_per_node) + inspect.getsource(
+            Fetcher)
+        consumer.start = _fake_start(consumer)  # no broker: start only makes the fetcher
+        tuned = faustcompat.tuned(consumer)
+        await tuned.start()
+        await consumer._client.close()
+        consumer._closed = True  # never connected: nothing else to close
+        return tuned
+
+    consumer = asyncio.run(made())
+    assert consumer._isolation_level == "read_committed"
+    assert consumer._fetch_max_wait_ms == faustcompat.FETCH_MAX_WAIT_MS
+    assert consumer._fetcher._prefetch_backoff == faustcompat.PREFETCH_BACKOFF_S
+
+
+def _fake_start(consumer: Any) -> Any:
+    async def start() -> None:
+        consumer._fetcher = type("FetcherStandIn", (), {"_prefetch_backoff": 0.1})()
+
+    return start
