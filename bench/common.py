@@ -137,13 +137,18 @@ class Follower:
         self.consumer.subscribe([settings.topic(topic)])
 
     def poll(self, seconds: float) -> list[Any]:
+        return [e for _, e in self.poll_timestamped(seconds)]
+
+    def poll_timestamped(self, seconds: float) -> list[tuple[int, Any]]:
+        """The records of the schema that came within `seconds`, each with its producer's timestamp (when the
+        producer, for a decision the streams worker, produced it)."""
         out = []
         deadline = time.time() + seconds
         while time.time() < deadline:
             for m in self.consumer.consume(1000, timeout=0.2):
                 value = m.value()
                 if m.error() is None and value is not None and value[:10] in self.prefixes:
-                    out.append(self.codec.decode(value))
+                    out.append((m.timestamp()[1], self.codec.decode(value)))
         return out
 
 
