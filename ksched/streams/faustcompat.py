@@ -20,7 +20,8 @@ from faust.types import TP
 #: lets the broker hold for 1.5 s (the 1,002-task fan-out took 31-32 s against 16-20 s); so fetches are held at most
 #: `FETCH_MAX_WAIT_MS` too. With both (two runs each, alternating with the defaults): the worker's steps max 19-47
 #: ms, chain hand-off p99 71-86 ms (77-130), fan-out 10.5-12.8 s (24.9-29.6), fan-in hand-off 75-253 ms (805-883),
-#: throughput 182 and 130 tasks/s (150 and 123). An idle worker fetches 20 times a second instead of 0.7.
+#: throughput 182 and 130 tasks/s (150 and 123; by the bench's measure then, which overstated both sides). An idle
+#: worker fetches 20 times a second instead of 0.7.
 PREFETCH_BACKOFF_S = 0.01
 FETCH_MAX_WAIT_MS = 50
 
