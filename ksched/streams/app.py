@@ -150,6 +150,7 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
     workers reach it when they forward a request about a job this worker owns (default: host and port)."""
     faustcompat.tune_consumer()
     faustcompat.uncommitted_from_beginning({settings.topic("inbox"), settings.topic("commands")})
+    faustcompat.fetches_only_active_partitions()
     app: Any = faust.App(
         app_id(settings),
         broker=f"kafka://{settings.bootstrap_servers}",
@@ -184,6 +185,7 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
         broker_credentials=faust_credentials(settings),
         logging_config=None,
     )
+    faustcompat.resume_keeps_what_flows(app)
     metrics = Metrics(settings.partitions)
     shell = InboxShell(settings, default_codec(), params or decision_params(settings), hooks=metrics)
     streams = StreamsApp(app, shell, settings, Publisher(settings), metrics)

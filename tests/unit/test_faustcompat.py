@@ -77,3 +77,46 @@ def _fake_start(consumer: Any) -> Any:
         consumer._fetcher = type("FetcherStandIn", (), {"_prefetch_backoff": 0.1})()
 
     return start
+
+
+def test_each_fetch_gets_the_active_partitions_as_they_were_and_none_when_there_are_none() -> None:
+    """aiokafka reads an empty partition set as "every partition", and Faust hands it its live set, which recovery
+    empties while a fetch waits; the fetch must get a copy, and no fetch is made for none."""
+    faustcompat.fetches_only_active_partitions()
+    asked: list[Any] = []
+
+    async def call_thread(fn: Any, consumer: Any, active: Any, **kwargs: Any) -> dict[str, Any]:
+        asked.append(active)
+        return {"records": active}
+
+    thread: Any = object.__new__(faust_aiokafka.AIOKafkaConsumerThread)
+    thread.__dict__.update(call_thread=call_thread, _ensure_consumer=lambda: type("C", (), {"_max_poll_records": 9}))
+    live = {TP("t.inbox", 0), TP("t-jobstate-changelog", 0)}
+    asyncio.run(faust_aiokafka.AIOKafkaConsumerThread.getmany(thread, live, 1.0))
+    live.clear()  # recovery pauses what it has read while the fetch waits
+    assert asked == [{TP("t.inbox", 0), TP("t-jobstate-changelog", 0)}], "the fetch kept the set it was asked with"
+
+    assert asyncio.run(faust_aiokafka.AIOKafkaConsumerThread.getmany(thread, set(), 1.0)) == {}
+    assert len(asked) == 1, "no fetch for an empty set"
+    asyncio.run(faust_aiokafka.AIOKafkaConsumerThread.getmany(thread, None, 1.0))  # a client-only app: all
+    assert asked[-1] is None
+
+
+def test_resuming_flow_empties_the_queues_only_after_a_suspension() -> None:
+    from types import SimpleNamespace
+
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    flow = FlowControlEvent(initially_suspended=True)
+    queue: FlowControlQueue[str] = FlowControlQueue(flow_control=flow, clear_on_resume=True)
+    faustcompat.resume_keeps_what_flows(SimpleNamespace(flow_control=flow))
+
+    queue.put_nowait("left from before")
+    flow.resume()  # ends the suspension: what was left goes
+    assert queue.empty() and flow.is_active()
+    queue.put_nowait("fetched since")
+    flow.resume()  # recovery resumes again while records flow: they stay
+    assert queue.qsize() == 1
+    flow.suspend()  # a rebalance
+    flow.resume()
+    assert queue.empty()
