@@ -103,10 +103,10 @@ def fetches_only_active_partitions() -> None:
     partitions no longer in it. aiokafka reads an empty set as "every partition", and the set does become empty
     while a fetch waits: recovery pauses the changelog partitions it has read before it resumes the inputs. Records
     of inputs were then handed over (aiokafka's position moved past them) and dropped by Faust: found in CI, the
-    triggers that were the first records of their partitions after a worker took them over were never decided (1
-    run in 10 of `test_chaos_streams`'s changelog test; the worker's log showed the fetch of offset 7 of an input
-    partition, not active, and its next fetch at offset 8). Each fetch now gets the set as it was when asked for,
-    and none when it was empty.
+    triggers that were the first records of their partitions after a worker took them over were never decided
+    (1 run in 10 of `test_chaos_streams`'s changelog test; an instrumented worker's log showed the fetch of offset 7
+    of an input partition, not active, and its next fetch at offset 8). Each fetch now gets the set as it was when
+    asked for, and none when it was empty.
     """
     thread_cls: Any = faust_aiokafka.AIOKafkaConsumerThread
     if getattr(thread_cls, "_ksched_getmany_patched", False):
@@ -131,7 +131,7 @@ def resume_keeps_what_flows(app: Any) -> None:
     again (mode's `FlowControlEvent`), and recovery calls it several times while the consumer's flow is already
     running: after reading the changelog, after resuming the standby partitions, and after resuming the inputs and
     seeking them to their committed offsets. A record fetched between that seek and the resume went into a queue,
-    was emptied out, and was not fetched again, since the fetcher had passed it. Found in CI: a worker's log showed
+    was emptied out, and was not fetched again, since the fetcher had passed it. Found with the same test: a log showed
     an input record handed to the scheduler agent's queue that the agent never got. A standby's changelog record
     can be lost the same way (the standby applies the later ones). The first resume after a suspension still
     empties the queues of what the previous assignment left in them.
