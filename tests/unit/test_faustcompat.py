@@ -120,3 +120,31 @@ def test_resuming_flow_empties_the_queues_only_after_a_suspension() -> None:
     flow.suspend()  # a rebalance
     flow.resume()
     assert queue.empty()
+
+
+def test_the_worker_app_is_built_with_the_patches_against_lost_records(tmp_path: Any) -> None:
+    """The patches above guard the worker only if `create_app` applies them. In a fresh interpreter: the tests
+    above apply the class-level ones themselves. No broker is reached."""
+    import subprocess
+    import sys
+
+    script = f"""
+from pathlib import Path
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode.utils.queues import FlowControlQueue
+from ksched.config import Settings
+from ksched.streams.app import create_app
+
+streams = create_app(Settings(bootstrap_servers="127.0.0.1:9", prefix="tunit", home=Path({str(tmp_path)!r})), "w")
+flow = streams.app.flow_control
+flow.resume()  # ends the initial suspension
+queue = FlowControlQueue(flow_control=flow, clear_on_resume=True)
+queue.put_nowait("fetched")
+flow.resume()  # while records flow
+print(sorted(k for k in ("_ksched_getmany_patched", "_ksched_patched")
+             if getattr(faust_aiokafka.AIOKafkaConsumerThread, k, False)),
+      getattr(faust_aiokafka.Consumer, "_ksched_seek_patched", False), queue.qsize())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[-2] == "['_ksched_getmany_patched', '_ksched_patched'] True 1", out.stdout
