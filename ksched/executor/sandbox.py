@@ -25,10 +25,14 @@ from pathlib import Path
 from ksched.instants import iso
 from ksched.schemas.events import ClaimGranted, Limits, TaskReady
 
+from .guardian import Guardian
+
 _SETPRIV = shutil.which("setpriv")
 _PRLIMIT = shutil.which("prlimit")
 BWRAP = shutil.which("bwrap")
 log = logging.getLogger(__name__)
+#: Kills the uncontained attempts' process groups if this process dies (one per process, started on first use).
+GUARDIAN = Guardian()
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -284,10 +288,9 @@ def _spawn(binary: Path, args: list[str], env: dict[str, str], workdir: Path, li
         gate_r, gate_w = os.pipe()
         os.set_inheritable(gate_w, False)
         argv = ["/bin/sh", "-c", _SHIM, "ksched-held", *argv]  # the gate is its stdin until released
-    if _SETPRIV and (isolation is None or not isolation.namespaces) and uid is None:
-        # The process is killed if the executor dies, so a dead executor leaves no orphan running (in a
-        # namespace bubblewrap's --die-with-parent does it; with a uid, the uid's setpriv).
-        argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+    # Its process group is killed if the executor dies, so a dead executor leaves no orphan running: by the
+    # guardian (in a namespace bubblewrap's --die-with-parent does it; with a uid, the uid's setpriv).
+    guarded = (isolation is None or not isolation.namespaces) and uid is None
     opts = limit_args(limits) if limits is not None else []
     if opts and _PRLIMIT:
         argv = [_PRLIMIT, *opts, "--", *argv]
@@ -306,6 +309,16 @@ def _spawn(binary: Path, args: list[str], env: dict[str, str], workdir: Path, li
     finally:
         if hold:
             os.close(gate_r)
+    if guarded:
+        try:
+            GUARDIAN.watch(popen.pid)
+        except OSError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+            if hold:
+                os.close(gate_w)
+            raise
     pool = isolation.uids if isolation is not None else None
     return Process(popen, log_path, int(time.time() * 1000), gate_w if hold else None, uid, pool,
                    isolation is not None and isolation.namespaces)

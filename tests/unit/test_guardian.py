@@ -1,0 +1,81 @@
+"""The guardian kills an uncontained attempt's whole process group when its executor dies (real processes)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from ksched.executor.sandbox import GUARDIAN, spawn
+
+ENV = {"PATH": "/usr/bin:/bin"}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.05)
+
+
+def test_an_executor_killed_outright_takes_its_attempts_whole_process_groups_with_it(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    script = tmp_path / "job.sh"
+    # The attempt's first process and a child of it in its group: a pdeathsig reached only the first.
+    script.write_text(f"#!/bin/sh\nsleep 300 &\necho $$ $! > {pids}.tmp && mv {pids}.tmp {pids}\nwait\n")
+    script.chmod(0o755)
+    executor = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from ksched.executor.sandbox import spawn
+        spawn(Path({str(script)!r}), [], {ENV!r}, Path({str(tmp_path / "work")!r}))
+        time.sleep(300)
+    """)], cwd=REPO)
+    try:
+        _wait_until(pids.exists, 30, "the attempt wrote its pids")
+        first, child = (int(p) for p in pids.read_text().split())
+        assert _running(first) and _running(child)
+        executor.send_signal(signal.SIGKILL)
+        executor.wait(10)
+        _wait_until(lambda: not _running(first) and not _running(child), 30, "the attempt's processes were killed")
+    finally:
+        executor.kill()
+        executor.wait(10)
+        if pids.exists():
+            for pid in pids.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+
+
+def test_a_lost_guardian_is_replaced_and_ended_attempts_leave_it_no_descriptor(tmp_path: Path) -> None:
+    script = tmp_path / "true.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    assert spawn(script, [], ENV, tmp_path / "a").popen.wait(10) == 0
+    first = GUARDIAN.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    _wait_until(lambda: not _running(first), 10, "the guardian died")
+    procs = [spawn(script, [], ENV, tmp_path / f"w{i}") for i in range(20)]
+    assert [p.popen.wait(10) for p in procs] == [0] * 20  # started and watched by a new guardian
+    second = GUARDIAN.pid
+    assert second is not None and second != first
+
+    def descriptors() -> int:
+        return len(os.listdir(f"/proc/{second}/fd"))
+    # stdin, stdout, stderr and the socket, plus its selector's epoll: the attempts' pidfds are closed as they end
+    _wait_until(lambda: descriptors() <= 5, 10, "the guardian closed the ended attempts' pidfds")
