@@ -13,6 +13,10 @@ measures, through the real broker, streams worker(s) and executors:
 Set KSCHED_PROFILE_DIR to write the streams worker's cProfile there (`python -m pstats`).
 
     python -m bench.throughput [--tasks 3000] [--rate 1000] [--workers 1] [--executors 2] [--slots 32]
+                               [--contained]
+
+The executors run their jobs uncontained unless `--contained` (the executor's default: bubblewrap and a uid per
+attempt, a few ms more per start).
 """
 
 from __future__ import annotations
@@ -73,6 +77,9 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--executors", type=int, default=2)
     ap.add_argument("--slots", type=int, default=32)
     ap.add_argument("--partitions", type=int, default=6)
+    ap.add_argument("--contained", action="store_true",
+                    help="executors with their default containment (bubblewrap, a uid per attempt; needs root and "
+                         "bwrap), not --uncontained")
     args = ap.parse_args(argv)
     profile_dir = os.environ.pop("KSCHED_PROFILE_DIR", "")
     with broker() as bootstrap, tempfile.TemporaryDirectory(prefix="ksched-tp-") as tmp:
@@ -86,7 +93,7 @@ def main(argv: list[str]) -> None:
             cluster.streams(f"w{i}")
             os.environ.pop("KSCHED_PROFILE", None)
         for _ in range(args.executors):
-            cluster.executor(slots=args.slots)
+            cluster.executor(slots=args.slots, contained=args.contained)
         _warm_up(cluster, s, ref)
         cpu_before, cpu_t0 = _cpu(cluster), time.time()
         records_before = record_counts(s)
@@ -130,6 +137,7 @@ def main(argv: list[str]) -> None:
             "submit_s": round(submitted - start, 2), "busy_s": round(busy_s, 2),
             "throughput_tasks_per_s": round(len(done) / busy_s, 1) if done else 0.0,
             "streams_workers": args.workers, "executors": args.executors, "slots": args.slots,
+            "executors_contained": args.contained,
             "partitions": args.partitions, **_steps(s),
             # Where the 2 cores went while the tasks ran: cores busy per role, and CPU per task.
             "cpu_cores_busy": {role: round(c / window, 2) for role, c in cpu.items()},
