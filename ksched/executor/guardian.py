@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import select
 import selectors
 import signal
@@ -31,7 +32,9 @@ log = logging.getLogger(__name__)
 
 def _alive(pidfd: int) -> bool:
     """Whether the process is still running (a pidfd is readable once it has exited)."""
-    return not select.select([pidfd], [], [], 0)[0]
+    poll = select.poll()  # not select(): a guardian of a thousand attempts has pidfds past FD_SETSIZE
+    poll.register(pidfd, select.POLLIN)
+    return not poll.poll(0)
 
 
 def guard(sock: socket.socket) -> None:
@@ -47,9 +50,12 @@ def guard(sock: socket.socket) -> None:
                 watched.pop(key.fd, None)
                 continue
             try:
-                data, fds, _, _ = socket.recv_fds(sock, 32, 1)
+                data, fds, flags, _ = socket.recv_fds(sock, 32, 1)
             except OSError:
-                data, fds = b"", []
+                data, fds, flags = b"", [], 0
+            if flags & socket.MSG_CTRUNC:
+                print(f"ksched guardian: the pidfd of process {data.decode()} was lost (out of file descriptors?); "
+                      "it will not be killed with the executor", file=sys.stderr, flush=True)
             if not data:
                 for pidfd, pid in watched.items():
                     # Only while its first process runs is the pid surely still this attempt's group.
@@ -118,6 +124,9 @@ class Guardian:
 
 
 if __name__ == "__main__":
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):  # a pidfd per running or held attempt: often past 1,024
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # it ends with its socket, after the executor
     guard(socket.socket(fileno=int(sys.argv[1])))

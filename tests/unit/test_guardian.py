@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+
+import pytest
 
 from ksched.executor.sandbox import GUARDIAN, spawn
 
@@ -79,3 +82,25 @@ def test_a_lost_guardian_is_replaced_and_ended_attempts_leave_it_no_descriptor(t
         return len(os.listdir(f"/proc/{second}/fd"))
     # stdin, stdout, stderr and the socket, plus its selector's epoll: the attempts' pidfds are closed as they end
     _wait_until(lambda: descriptors() <= 5, 10, "the guardian closed the ended attempts' pidfds")
+
+
+def test_the_guardian_tells_a_running_attempt_from_an_ended_one_past_fd_1024(tmp_path: Path) -> None:
+    # select() refuses descriptors past FD_SETSIZE; a guardian of 1,000 held attempts and the slots has them.
+    from ksched.executor.guardian import _alive
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft <= 2100:
+        pytest.skip(f"needs more than 2,100 open files (soft limit {soft})")
+    script = tmp_path / "wait.sh"
+    script.write_text("#!/bin/sh\nread -r line\n")  # waits for its stdin to end
+    script.chmod(0o755)
+    proc = spawn(script, [], ENV, tmp_path / "w", hold=True)
+    pidfd = os.pidfd_open(proc.pid)
+    high = os.dup2(pidfd, 2100)
+    os.close(pidfd)
+    try:
+        assert _alive(high)
+        proc.discard()
+        assert not _alive(high)
+    finally:
+        os.close(high)
