@@ -15,6 +15,7 @@ pidfds. It holds no child of the executor's, so the executor reaps its attempts 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -75,6 +76,8 @@ class Guardian:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._closed = False
+        atexit.register(self.close)
 
     @property
     def pid(self) -> int | None:
@@ -86,6 +89,8 @@ class Guardian:
         pidfd = os.pidfd_open(pid)
         try:
             with self._lock:
+                if self._closed:
+                    raise OSError("the guardian is closed: this process is exiting")
                 for attempt in (1, 2):
                     if self._sock is None:
                         self._start()
@@ -100,6 +105,15 @@ class Guardian:
                         self._close()
         finally:
             os.close(pidfd)
+
+    def close(self) -> None:
+        """At this process's exit: the guardian kills whatever of ours still runs, and ends."""
+        if self._lock.acquire(timeout=5):  # a thread stuck sending holds it: then the exit ends the guardian
+            try:
+                self._closed = True
+                self._close()
+            finally:
+                self._lock.release()
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
