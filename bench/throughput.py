@@ -13,7 +13,10 @@ measures, through the real broker, streams worker(s) and executors:
 Set KSCHED_PROFILE_DIR to write the streams worker's cProfile there (`python -m pstats`).
 
     python -m bench.throughput [--tasks 3000] [--rate 1000] [--workers 1] [--executors 2] [--slots 32]
-                               [--contained]
+                               [--warmup 12000] [--contained]
+
+`--warmup` tasks run first, the same way, and are not measured: the bench's broker is a JVM it started, whose JIT
+compiler otherwise takes a share of the measured window (reported as `broker_of_which_jit_compiler`).
 
 The executors run their jobs uncontained unless `--contained` (the executor's default: bubblewrap and a uid per
 attempt, a few ms more per start).
@@ -43,11 +46,15 @@ from .common import (
     broker_pid,
     broker_requests,
     cpu_seconds,
+    jit_cpu_seconds,
     report,
     requests_per_task,
+    settle,
     start_of,
+    submit_jobs,
     summary,
     timestamped,
+    warm_up_broker,
 )
 
 
@@ -77,6 +84,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--executors", type=int, default=2)
     ap.add_argument("--slots", type=int, default=32)
     ap.add_argument("--partitions", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=12000,
+                    help="tasks run first, unmeasured, so the broker's JVM is compiled (0: none)")
     ap.add_argument("--contained", action="store_true",
                     help="executors with their default containment (bubblewrap, a uid per attempt; needs root and "
                          "bwrap), not --uncontained")
@@ -95,32 +104,17 @@ def main(argv: list[str]) -> None:
         for _ in range(args.executors):
             cluster.executor(slots=args.slots, contained=args.contained)
         _warm_up(cluster, s, ref)
+        p = kafka.producer(s, **{"linger.ms": 5})
+        watch = Follower(s, "ksched.TaskSettled", topic="events")
+        if args.warmup:
+            warm_up_broker(s, ref, args.warmup, args.rate, p, watch)
         cpu_before, cpu_t0 = _cpu(cluster), time.time()
         records_before = record_counts(s)
         requests_before = broker_requests(broker_pid())
-        watch = Follower(s, "ksched.TaskSettled", topic="events")
         done: dict[str, int] = {}
-        codec = default_codec()
-        p = kafka.producer(s, **{"linger.ms": 5})
-        start = time.time()
-        for i in range(args.tasks):
-            due = start + i / args.rate
-            if (delay := due - time.time()) > 0:
-                time.sleep(delay)
-            spec = JobSpec(f"t{i:06d}", [TaskSpec("main", ref)])
-            p.produce(s.topic("inbox"), key=spec.job_id.encode(),
-                      value=codec.encode(SubmitJob(f"c{i}", spec, int(time.time() * 1000))))
-            p.poll(0)
-        p.flush(60)
+        start = submit_jobs(p, s, ref, "t", args.tasks, args.rate)
         submitted = time.time()
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            # When the worker produced the decision: a settlement's own `at_ms` is the decision's clock, the
-            # executor's report time for a completion, seconds earlier than the decision when the worker lags.
-            done.update({e.task_id: ts for ts, e in watch.poll_timestamped(3.0) if e.task_id.startswith("t")})
-            print(f"  {len(done)}/{args.tasks} settled", file=sys.stderr)
-            if len(done) >= args.tasks:
-                break
+        settle(watch, "t", args.tasks, done)
         cpu_after, window = _cpu(cluster), time.time() - cpu_t0
         requests_after = broker_requests(broker_pid())
         time.sleep(2 * s.commit_interval_s + 1)  # the views held for coalescing go out with the next commit
@@ -153,6 +147,7 @@ def _cpu(cluster: Cluster) -> dict[str, float]:
     procs = cluster.procs
     return {
         "broker": cpu_seconds(broker_pid()),
+        "broker_of_which_jit_compiler": jit_cpu_seconds(broker_pid()),
         "streams": sum(cpu_seconds(p.popen.pid) for p in procs if p.name.startswith("streams")),
         "executors_and_tasks": sum(cpu_seconds(p.popen.pid, children=True) for p in procs
                                    if p.name.startswith("executor")),
