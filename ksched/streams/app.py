@@ -151,6 +151,7 @@ def create_app(settings: Settings, worker_name: str = "worker", datadir: Path | 
     faustcompat.tune_consumer()
     faustcompat.uncommitted_from_beginning({settings.topic("inbox"), settings.topic("commands")})
     faustcompat.fetches_only_active_partitions()
+    faustcompat.commits_across_gaps()
     app: Any = faust.App(
         app_id(settings),
         broker=f"kafka://{settings.bootstrap_servers}",

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 from typing import Any
 
 import aiokafka
 from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.structs import TopicPartition
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from intervaltree import IntervalTree
 
 from ksched.streams import faustcompat
 
@@ -122,6 +125,45 @@ def test_resuming_flow_empties_the_queues_only_after_a_suspension() -> None:
     assert queue.empty()
 
 
+class _Acks:
+    """Faust's consumer's bookkeeping of acknowledged offsets and gaps, with its real methods."""
+
+    _new_offset = faust_consumer.Consumer._new_offset
+
+    def __init__(self) -> None:
+        self._acked: dict[TP, list[int]] = collections.defaultdict(list)
+        self._acked_index: dict[TP, set[int]] = collections.defaultdict(set)
+        self._gap: dict[TP, IntervalTree] = collections.defaultdict(IntervalTree)
+        self._committed_offset: dict[TP, int | None] = collections.defaultdict(lambda: None)
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        await faust_consumer.Consumer._add_gap(self, tp, offset_from, offset_to)
+
+
+def test_one_commit_passes_every_transaction_marker_behind_it() -> None:
+    faustcompat.commits_across_gaps()
+    acks, tp = _Acks(), TP("inbox", 0)
+    acks._committed_offset[tp] = 101  # the next offset to read
+    read = 100
+
+    async def fetched_and_acked(offset: int) -> None:  # as Faust's `_drain_messages` and `ack` do
+        nonlocal read
+        if offset - read > 1:
+            await acks._add_gap(tp, read + 1, offset)
+        read = offset
+        acks._acked[tp].append(offset)
+        acks._acked_index[tp].add(offset)
+
+    async def main() -> None:
+        # Records 101-104, a claim transaction's marker at 105, records 106-109, a marker at 110, 111-114.
+        for offset in [101, 102, 103, 104, 106, 107, 108, 109, 111, 112, 113, 114]:
+            await fetched_and_acked(offset)
+
+    asyncio.run(main())
+    assert acks._new_offset(tp) == 115  # unpatched: 107, then 112, then 115, one commit interval each
+    assert acks._acked[tp] == []
+
+
 def test_the_worker_app_is_built_with_the_patches_against_lost_records(tmp_path: Any) -> None:
     """The patches above guard the worker only if `create_app` applies them. In a fresh interpreter: the tests
     above apply the class-level ones themselves. No broker is reached."""
@@ -143,8 +185,9 @@ queue.put_nowait("fetched")
 flow.resume()  # while records flow
 print(sorted(k for k in ("_ksched_getmany_patched", "_ksched_patched")
              if getattr(faust_aiokafka.AIOKafkaConsumerThread, k, False)),
-      getattr(faust_aiokafka.Consumer, "_ksched_seek_patched", False), queue.qsize())
+      getattr(faust_aiokafka.Consumer, "_ksched_seek_patched", False), queue.qsize(),
+      getattr(faust_aiokafka.Consumer, "_ksched_gap_patched", False))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[-2] == "['_ksched_getmany_patched', '_ksched_patched'] True 1", out.stdout
+    assert out.stdout.split("\n")[-2] == "['_ksched_getmany_patched', '_ksched_patched'] True 1 True", out.stdout
