@@ -98,7 +98,7 @@ class Guardian:
                     try:
                         socket.send_fds(self._sock, [str(pid).encode()], [pidfd])
                         return
-                    except OSError as err:
+                    except (BrokenPipeError, ConnectionResetError) as err:  # it died: closing kills nothing more
                         if attempt == 2:
                             raise
                         log.warning("the guardian is gone (%s); starting another", err)
