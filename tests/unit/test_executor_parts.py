@@ -557,3 +557,81 @@ def test_a_work_dir_is_removed_whatever_the_job_left_in_it_and_nothing_outside(t
         remove_workdir(d)
         assert not d.exists() and not d.is_symlink()
     assert (outside / "keep").read_text() == "x"
+
+
+def test_processes_are_created_by_several_threads_at_once(store: LocalStore, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork and exec waits for a CPU on a busy machine; one thread creating processes one after another capped an
+    executor's starts. Here every creation must wait for the others at a barrier: only creations that run at the
+    same time get past it (one at a time, the first breaks it after its timeout and its attempt fails)."""
+    from ksched.executor import runtime as rt
+
+    n = 4
+    barrier = threading.Barrier(n, timeout=20)
+    real_spawn = rt.spawn
+
+    def spawn_together(*args: Any, **kwargs: Any) -> Process:
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError as exc:
+            raise OSError("created alone") from exc
+        return real_spawn(*args, **kwargs)
+
+    monkeypatch.setattr(rt, "spawn", spawn_together)
+    ref = put(store, tmp_path, "ok.sh", b"#!/bin/sh\nexit 0\n")
+    ended: list[Ended] = []
+    done = threading.Event()
+
+    def on_ended(e: Ended) -> None:
+        ended.append(e)
+        if len(ended) == n:
+            done.set()
+
+    runtime = rt.Runtime(n, ArtifactCache(store, tmp_path / "cache"), tmp_path / "runs", lambda a, p: None,
+                         on_ended, spawners=n)
+    now = int(time.time() * 1000)
+    for i in range(n):
+        ready = replace(sample(TaskReady), task_id=f"j@1/t{i}", artifact=ref, args=[], env_from={}, limits=None,
+                        scheduled_for_ms=now, start_by_ms=None)
+        runtime.submit(Attempt(ready, replace(sample(ClaimGranted), task_id=ready.task_id)))
+    assert done.wait(60)
+    runtime.drain(10)
+    runtime.stop()
+    assert sorted((e.reason, e.exit_code) for e in ended) == [("", 0)] * n
+
+
+def test_a_failure_while_starting_ends_the_attempt_and_frees_its_slot(store: LocalStore, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected error in a spawn thread is not swallowed with its slot: the attempt ends as SPAWN_ERROR and the
+    next one runs in the one slot."""
+    from ksched.executor import runtime as rt
+
+    real_spawn, calls = rt.spawn, []
+
+    def spawn_once_broken(*args: Any, **kwargs: Any) -> Process:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real_spawn(*args, **kwargs)
+
+    monkeypatch.setattr(rt, "spawn", spawn_once_broken)
+    ref = put(store, tmp_path, "ok.sh", b"#!/bin/sh\nexit 0\n")
+    ended: list[Ended] = []
+    done = threading.Event()
+
+    def on_ended(e: Ended) -> None:
+        ended.append(e)
+        if len(ended) == 2:
+            done.set()
+
+    runtime = rt.Runtime(1, ArtifactCache(store, tmp_path / "cache"), tmp_path / "runs", lambda a, p: None,
+                         on_ended, spawners=2)
+    now = int(time.time() * 1000)
+    for i in range(2):
+        ready = replace(sample(TaskReady), task_id=f"j@1/t{i}", artifact=ref, args=[], env_from={}, limits=None,
+                        scheduled_for_ms=now + i, start_by_ms=None)
+        runtime.submit(Attempt(ready, replace(sample(ClaimGranted), task_id=ready.task_id)))
+    assert done.wait(60)
+    runtime.drain(10)
+    runtime.stop()
+    assert sorted((e.reason, e.exit_code) for e in ended) == [("", 0), (FailureReason.SPAWN_ERROR, None)]
