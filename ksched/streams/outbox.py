@@ -27,7 +27,7 @@ def trim(outbox: Outbox, committed: int | None) -> Outbox:
     """The entries whose outputs may not have been flushed yet (at or after the committed offset)."""
     if committed is None:
         return list(outbox[-OUTBOX_FALLBACK:])
-    return [(o, msgs) for o, msgs in outbox if o >= committed]
+    return [entry for entry in outbox if entry[0] >= committed]  # the entries themselves: their JSON is cached
 
 
 def record(outbox: Outbox, offset: int, outputs: list[Message], settled_offset: int | None) -> Outbox:
