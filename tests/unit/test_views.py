@@ -121,3 +121,52 @@ def test_the_current_views_of_a_job_are_every_task_and_run_view_and_its_catalog_
     assert [(e.channel, e.key, e.record.state) for e in gone[1:]] == [(TASKS, TASK, "CANCELLED"),
                                                                       (RUNS, RUN, "CANCELLED")]
     assert gone[2].record.reason == "job deleted"
+
+
+def test_a_run_view_counted_from_its_changes_equals_the_view_counted_afresh() -> None:
+    """The run view after a decision is counted from the view before and the tasks that changed; through starts,
+    retries, failures, skips and a fan-in, every emitted view is the one a full count gives."""
+    import random
+
+    from ksched.schemas.events import TaskSpec
+    from ksched.streams.core import views as v
+    from ksched.streams.core.model import TaskState
+
+    art = job().tasks[0].artifact
+    retry = RetryPolicy(max_attempts=2, backoff_ms=0)
+    middle = [TaskSpec(f"m{i}", art, depends_on=["start"], retry=retry) for i in range(12)]
+    spec = replace(job("fan"), tasks=[TaskSpec("start", art), *middle,
+                                      TaskSpec("end", art, depends_on=[t.name for t in middle],
+                                               trigger_rule="all_done"),
+                                      TaskSpec("never", art, depends_on=["m0"])])
+    rng = random.Random(7)
+    sim, checked = Sim(), 0
+
+    def step(emits: list[Any]) -> None:
+        nonlocal checked
+        for run_id, view in views(emits, RUNS):
+            v._RUN_VIEWS.clear()
+            assert sim.state is not None
+            assert view == v.run_view(sim.state, sim.state.runs[run_id])
+            checked += 1
+
+    step(sim.submit(spec))
+    step(sim.tick(T0))
+    pending = list(sim.readies())
+    while pending:
+        ready = pending.pop(rng.randrange(len(pending)))
+        emits = sim.claim(ready)
+        step(emits)
+        grant = one(emits, ClaimGranted)
+        step(sim.start(grant))
+        outcome = rng.random()
+        emits = sim.complete(grant, exit_code=1 if outcome < 0.3 else 0)
+        step(emits)
+        pending += sim.readies(emits)
+        emits = sim.tick(sim.now + 1000)  # retries are fired by a tick
+        step(emits)
+        pending += sim.readies(emits)
+    assert sim.state is not None
+    run = next(iter(sim.state.runs.values()))
+    assert run.tasks["never"].state in (TaskState.SKIPPED, TaskState.UPSTREAM_FAILED, TaskState.SUCCEEDED)
+    assert checked > 40

@@ -6,8 +6,8 @@ is published only when it differs from the view of the state before (a heartbeat
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator
 
 from ksched.schemas.events import AttemptView, JobDefinition, RunView, TaskView
 
@@ -19,12 +19,59 @@ def job_definition(state: JobState) -> JobDefinition:
     return JobDefinition(state.job_id, state.revision, state.spec, state.paused, state.updated_at_ms)
 
 
+#: Run views of recent runs, by identity (each entry holds its run, so the id is not reused while cached): the
+#: view of a run before a decision is the view after the one before it. Deterministic: a cache of a pure function.
+_RUN_VIEWS: OrderedDict[int, tuple[Run, str, RunView]] = OrderedDict()
+_RUN_VIEWS_SIZE = 4_096
+
+
 def run_view(state: JobState, run: Run) -> RunView:
+    hit = _RUN_VIEWS.get(id(run))
+    if hit is not None and hit[0] is run and hit[1] == state.job_id:
+        return hit[2]
     counts = Counter(t.state for t in run.tasks.values())
-    starts = [a.started_at_ms for t in run.tasks.values() for a in t.attempts if a.started_at_ms is not None]
-    return RunView(run.run_id, state.job_id, run.revision, run.trigger, run.state, run.scheduled_for_ms,
-                   run.created_at_ms, dict(sorted(counts.items())), run.finished_at_ms, run.cancel_reason,
-                   min(starts, default=None))
+    return _remember(state.job_id, run, _view(state.job_id, run, counts, _first_start(run.tasks.values())))
+
+
+def _view(job_id: str, run: Run, counts: Counter[str], first_start: int | None) -> RunView:
+    return RunView(run.run_id, job_id, run.revision, run.trigger, run.state, run.scheduled_for_ms,
+                   run.created_at_ms, dict(sorted((k, n) for k, n in counts.items() if n)), run.finished_at_ms,
+                   run.cancel_reason, first_start)
+
+
+def _first_start(tasks: Iterable[Task]) -> int | None:
+    return min((a.started_at_ms for t in tasks for a in t.attempts if a.started_at_ms is not None), default=None)
+
+
+def _remember(job_id: str, run: Run, view: RunView) -> RunView:
+    _RUN_VIEWS[id(run)] = (run, job_id, view)
+    if len(_RUN_VIEWS) > _RUN_VIEWS_SIZE:
+        for _ in range(_RUN_VIEWS_SIZE // 10):
+            _RUN_VIEWS.popitem(last=False)
+    return view
+
+
+def run_view_after(state: JobState, old_view: RunView, old: Run, run: Run,
+                   changed: list[tuple[Task | None, Task]]) -> RunView:
+    """`run_view(state, run)` from the view of the run before (`old`) and its tasks that changed (old, new): a task
+    finishing in a 1,000-task run costs what it changed, not a count of the other 999."""
+    hit = _RUN_VIEWS.get(id(run))
+    if hit is not None and hit[0] is run and hit[1] == state.job_id:
+        return hit[2]
+    if len(run.tasks) != len(old.tasks) + sum(1 for was, _ in changed if was is None):
+        return run_view(state, run)  # a task left the run: counted afresh
+    counts = Counter(old_view.task_counts)
+    first = old_view.started_at_ms
+    for was, task in changed:
+        if was is not None:
+            counts[was.state] -= 1
+            if first is not None and _first_start([was]) == first and _first_start([task]) != first:
+                return run_view(state, run)  # the earliest start may be gone: counted afresh
+        counts[task.state] += 1
+        new_first = _first_start([task])
+        if new_first is not None and (first is None or new_first < first):
+            first = new_first
+    return _remember(state.job_id, run, _view(state.job_id, run, counts, first))
 
 
 def attempt_view(a: Attempt) -> AttemptView:
@@ -58,15 +105,21 @@ def view_changes(before: JobState | None, after: JobState | None) -> Iterator[Em
         old = old_runs.get(run_id)
         if old is run:
             continue
+        changed: list[tuple[Task | None, Task]] = []
         for name, task in run.tasks.items():
             old_task = old.tasks.get(name) if old is not None else None
             if old_task is task:
                 continue
+            changed.append((old_task, task))
             view = task_view(after, run, task)
             if old is None or old_task is None or view != task_view(before, old, old_task):  # type: ignore[arg-type]
                 yield Emit(TASKS, view.task_id, view)
-        rv = run_view(after, run)
-        if old is None or rv != run_view(before, old):  # type: ignore[arg-type]
+        if old is None:
+            yield Emit(RUNS, run_id, run_view(after, run))
+            continue
+        old_view = run_view(before, old)  # type: ignore[arg-type]
+        rv = run_view_after(after, old_view, old, run, changed)
+        if rv != old_view:
             yield Emit(RUNS, run_id, rv)
 
 
