@@ -9,6 +9,7 @@ steps).
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -105,6 +106,27 @@ def fan(s: Settings, ref: ArtifactRef, n: int) -> dict[str, object]:
                                       if isinstance(e, kind) and e.task_id.endswith("/end"))
     end_ready, end_claimed, end_granted = first(TaskReady, decisions), first(ClaimTask, reports), \
         first(ClaimGranted, decisions)
+    # Where a middle task's time goes, step by step, while a thousand of them pass through the single executor.
+    at: dict[str, dict[str, int]] = {k: {} for k in ("ready", "claimed", "granted", "started", "ended", "reported")}
+    for ts, e in decisions:
+        if "/t" in getattr(e, "task_id", ""):
+            if isinstance(e, TaskReady):
+                at["ready"].setdefault(e.task_id, ts)
+            elif isinstance(e, ClaimGranted):
+                at["granted"].setdefault(e.task_id, ts)
+    for ts, e in reports:
+        if "/t" in getattr(e, "task_id", ""):
+            if isinstance(e, ClaimTask):
+                at["claimed"].setdefault(e.task_id, ts)
+            elif isinstance(e, TaskCompleted):
+                at["started"][e.task_id], at["ended"][e.task_id], at["reported"][e.task_id] = \
+                    e.started_at_ms, e.finished_at_ms, ts
+    order = list(at)
+    steps = {f"{a}_to_{b}": summary([at[b][t] - at[a][t] for t in at["reported"] if t in at[a] and t in at[b]])
+             for a, b in itertools.pairwise(order)}
+    span = max(at["reported"].values()) - min(at["ready"].values())
+    running = sum(at["ended"][t] - at["started"][t] for t in at["ended"]) / max(1, span)
+    in_flight = sum(at["reported"][t] - at["claimed"][t] for t in at["reported"] if t in at["claimed"]) / max(1, span)
     return {"fan_tasks": n + 2, "fan_time_to_finish_s": round((finished - triggered) / 1000, 2),
             "fan_in_handoff_ms": end_started - last_middle,
             "fan_in_handoff_steps_ms": {
@@ -112,7 +134,10 @@ def fan(s: Settings, ref: ArtifactRef, n: int) -> dict[str, object]:
                 "last_completion_produced_to_end_ready": end_ready - last_report,
                 "end_ready_to_claim_committed": end_claimed - end_ready,
                 "claim_to_grant": end_granted - end_claimed,
-                "grant_to_process_start": end_started - end_granted}}
+                "grant_to_process_start": end_started - end_granted},
+            "fan_middle_task_steps_ms": steps,
+            "fan_mean_processes_running": round(running, 1),
+            "fan_mean_claimed_not_reported": round(in_flight, 1)}
 
 
 def main(argv: list[str]) -> None:
