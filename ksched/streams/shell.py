@@ -116,7 +116,7 @@ class InboxShell:
             if rec.applied >= replay_from:
                 # Written for an input past the committed offset: after a crash, a store kept locally may hold it
                 # while the changelog does not (`localstate`). Writing it again sends it; otherwise a no-op.
-                rewritten += self.jobs.rewrite(store, rec.state.job_id, rec.state)
+                rewritten += self.jobs.rewrite(store, rec.state.job_id, rec.state, rec.apart)
             replayed = outbox.unpublished(rec.outbox, replay_from)
             republish += [m for m in replayed if self._in_outbox(m)]  # again: their ids make repeats harmless
             if replayed or rec.applied >= replay_from:
@@ -244,7 +244,7 @@ class InboxShell:
         if state is not None:
             kept = [m for m in msgs if self._in_outbox(m)]
             new = JobRecord(offset, state, outbox.record(rec.outbox if rec else [], offset, kept, settled),
-                            (wake, self.params.lookahead_ms))
+                            (wake, self.params.lookahead_ms), rec.apart if rec else frozenset())
             warm = core.keep_warm(state, wake, self._clock.get(partition), KEEP_WARM_MS)
             self.jobs.save(store, partition, job_id, new, before, cache=warm)
         self.due_index(partition).set(job_id, wake)

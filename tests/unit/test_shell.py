@@ -441,3 +441,33 @@ def test_keep_warm_keeps_active_jobs_and_those_waking_soon() -> None:
     once = Sim()
     once.submit(job("o"))
     assert keep_warm(once.state, None, T0, 60_000)  # its run is active
+
+
+def test_a_long_outbox_is_kept_under_keys_of_its_own_written_once_and_deleted_when_done() -> None:
+    """A busy job's outbox holds the outputs of every input since the last known delivery; kept in the job record it
+    was rewritten with every event (40 KB a write in a 1,002-task fan-out). Past `OUTBOX_INLINE` entries each entry
+    gets a key of its own: the record keeps offsets, an entry leaving the outbox is deleted, and a worker taking the
+    partition over still publishes every entry again."""
+    from dataclasses import replace
+
+    from ksched.streams import jobstore
+
+    sh, store = make(), MemoryStore()
+    p, raw = submit("busy", "* * * * * *")
+    sh.process(store, p, 0, b"busy", raw)
+    for i in range(1, 101):  # nothing is known to be delivered: the outbox keeps its last entries
+        sh.process(store, p, i, None, CODEC.encode(Tick(p, T0 + 1000 * i)))
+    stored = store.get(b"busy") or b""
+    rec = decode_record(stored, store.get)
+    assert len(rec.outbox) > jobstore.OUTBOX_INLINE and rec.apart == {o for o, _ in rec.outbox}
+    apart_keys = {k for k in store.data if k.startswith(b"busy\x00x\x00")}
+    assert apart_keys == {jobstore.outbox_key("busy", o).encode() for o, _ in rec.outbox}  # none left behind
+    inline = jobstore.encode_record(replace(rec, apart=frozenset()))
+    assert decode_record(inline, store.get) == rec  # the same outbox, whichever way it is stored
+    assert 4 * len(stored) < len(inline)
+    restarted = make()
+    restarted.assigned({p})
+    first = rec.outbox[0][0]
+    out = restarted.process(store, p, 101, None, CODEC.encode(Tick(p, T0 + 101_000)), committed=first)
+    events = [m for m in out if m.topic == "t.events"]
+    assert len(events) >= sum(1 for _, msgs in rec.outbox for m in msgs if m.topic == "t.events")
