@@ -24,6 +24,7 @@ from ksched.partitioning import partition_for
 from ksched.schemas.events import PRIORITIES, RetryScheduled, TaskCompleted, TaskFailed, TaskStarted, TaskState, Trigger
 
 from .core.model import JobState, split_task_id
+from .core.views import run_view
 
 log = logging.getLogger(__name__)
 _LIVE = (TaskState.CLAIMED, TaskState.RUNNING)
@@ -49,7 +50,8 @@ class ShellHooks:
 def _live(state: JobState | None) -> int:
     if state is None:
         return 0
-    return sum(1 for r in state.runs.values() for t in r.tasks.values() if t.state in _LIVE)
+    # From the runs' views (cached, and counted from the changes): not a count over every task at every decision.
+    return sum(run_view(state, r).task_counts.get(s, 0) for r in state.runs.values() for s in _LIVE)
 
 
 class Metrics(ShellHooks):

@@ -122,16 +122,16 @@ _RULES: dict[str, Callable[[_Parents], str | None]] = {
 
 def verdict(rule: str, parents: Iterable[str]) -> str | None:
     """What a WAITING task becomes given its parents' states, or None if it must keep waiting."""
-    states = list(parents)
-    if not states:
+    distinct = set(parents)  # a fan-in's thousand parents hold a handful of states: one pass, then set algebra
+    if not distinct:
         return TaskState.READY
     if rule not in _RULES:
         raise ValueError(f"unknown trigger rule {rule!r}")
     return _RULES[rule](_Parents(
-        ended=all(s in TaskState.TERMINAL for s in states),
-        failed=any(s in _FAILED for s in states),
-        succeeded=any(s == TaskState.SUCCEEDED for s in states),
-        all_succeeded=all(s == TaskState.SUCCEEDED for s in states),
+        ended=distinct <= TaskState.TERMINAL,
+        failed=not distinct.isdisjoint(_FAILED),
+        succeeded=TaskState.SUCCEEDED in distinct,
+        all_succeeded=distinct == {TaskState.SUCCEEDED},
     ))
 
 
@@ -157,7 +157,9 @@ def settle_waiting(specs: Sequence[TaskSpec], tasks: Mapping[str, Task], by_name
         if name in seen_ready or states.get(name, tasks[name].state) != TaskState.WAITING:
             continue
         spec = by_name[name]
-        new = verdict(spec.trigger_rule, (states.get(d, tasks[d].state) for d in spec.depends_on))
+        parents = ([states.get(d, tasks[d].state) for d in spec.depends_on] if states
+                   else [tasks[d].state for d in spec.depends_on])
+        new = verdict(spec.trigger_rule, parents)
         if new is None:
             continue
         changes[name] = new
