@@ -559,6 +559,32 @@ def test_a_work_dir_is_removed_whatever_the_job_left_in_it_and_nothing_outside(t
     assert (outside / "keep").read_text() == "x"
 
 
+def _run_noops(store: LocalStore, tmp_path: Path, n: int, slots: int, spawners: int) -> list[Ended]:
+    """Run `n` no-op attempts due now through a runtime; how each ended."""
+    from ksched.executor import runtime as rt
+
+    ref = put(store, tmp_path, "ok.sh", b"#!/bin/sh\nexit 0\n")
+    ended: list[Ended] = []
+    done = threading.Event()
+
+    def on_ended(e: Ended) -> None:
+        ended.append(e)
+        if len(ended) == n:
+            done.set()
+
+    runtime = rt.Runtime(slots, ArtifactCache(store, tmp_path / "cache"), tmp_path / "runs", lambda a, p: None,
+                         on_ended, spawners=spawners)
+    now = int(time.time() * 1000)
+    for i in range(n):
+        ready = replace(sample(TaskReady), task_id=f"j@1/t{i}", artifact=ref, args=[], env_from={}, limits=None,
+                        scheduled_for_ms=now + i, start_by_ms=None)
+        runtime.submit(Attempt(ready, replace(sample(ClaimGranted), task_id=ready.task_id)))
+    assert done.wait(60)
+    runtime.drain(10)
+    runtime.stop()
+    return ended
+
+
 def test_processes_are_created_by_several_threads_at_once(store: LocalStore, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A fork and exec waits for a CPU on a busy machine; one thread creating processes one after another capped an
@@ -578,25 +604,7 @@ def test_processes_are_created_by_several_threads_at_once(store: LocalStore, tmp
         return real_spawn(*args, **kwargs)
 
     monkeypatch.setattr(rt, "spawn", spawn_together)
-    ref = put(store, tmp_path, "ok.sh", b"#!/bin/sh\nexit 0\n")
-    ended: list[Ended] = []
-    done = threading.Event()
-
-    def on_ended(e: Ended) -> None:
-        ended.append(e)
-        if len(ended) == n:
-            done.set()
-
-    runtime = rt.Runtime(n, ArtifactCache(store, tmp_path / "cache"), tmp_path / "runs", lambda a, p: None,
-                         on_ended, spawners=n)
-    now = int(time.time() * 1000)
-    for i in range(n):
-        ready = replace(sample(TaskReady), task_id=f"j@1/t{i}", artifact=ref, args=[], env_from={}, limits=None,
-                        scheduled_for_ms=now, start_by_ms=None)
-        runtime.submit(Attempt(ready, replace(sample(ClaimGranted), task_id=ready.task_id)))
-    assert done.wait(60)
-    runtime.drain(10)
-    runtime.stop()
+    ended = _run_noops(store, tmp_path, n, slots=n, spawners=n)
     assert sorted((e.reason, e.exit_code) for e in ended) == [("", 0)] * n
 
 
@@ -615,23 +623,5 @@ def test_a_failure_while_starting_ends_the_attempt_and_frees_its_slot(store: Loc
         return real_spawn(*args, **kwargs)
 
     monkeypatch.setattr(rt, "spawn", spawn_once_broken)
-    ref = put(store, tmp_path, "ok.sh", b"#!/bin/sh\nexit 0\n")
-    ended: list[Ended] = []
-    done = threading.Event()
-
-    def on_ended(e: Ended) -> None:
-        ended.append(e)
-        if len(ended) == 2:
-            done.set()
-
-    runtime = rt.Runtime(1, ArtifactCache(store, tmp_path / "cache"), tmp_path / "runs", lambda a, p: None,
-                         on_ended, spawners=2)
-    now = int(time.time() * 1000)
-    for i in range(2):
-        ready = replace(sample(TaskReady), task_id=f"j@1/t{i}", artifact=ref, args=[], env_from={}, limits=None,
-                        scheduled_for_ms=now + i, start_by_ms=None)
-        runtime.submit(Attempt(ready, replace(sample(ClaimGranted), task_id=ready.task_id)))
-    assert done.wait(60)
-    runtime.drain(10)
-    runtime.stop()
+    ended = _run_noops(store, tmp_path, 2, slots=1, spawners=2)
     assert sorted((e.reason, e.exit_code) for e in ended) == [("", 0), (FailureReason.SPAWN_ERROR, None)]
