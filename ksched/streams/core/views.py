@@ -19,16 +19,22 @@ def job_definition(state: JobState) -> JobDefinition:
     return JobDefinition(state.job_id, state.revision, state.spec, state.paused, state.updated_at_ms)
 
 
-#: Run views of recent runs, by identity (each entry holds its run, so the id is not reused while cached): the
-#: view of a run before a decision is the view after the one before it. Deterministic: a cache of a pure function.
-_RUN_VIEWS: OrderedDict[int, tuple[Run, str, RunView]] = OrderedDict()
+#: The view of each recent run's latest version, by (job, run), valid while the run is that same object: the view
+#: of a run before a decision is the view after the one before it. One entry per run, not per version (a
+#: 1,000-task run's every version would pin its own dict of tasks). Deterministic: a cache of a pure function.
+_RUN_VIEWS: OrderedDict[tuple[str, str], tuple[Run, RunView]] = OrderedDict()
 _RUN_VIEWS_SIZE = 4_096
 
 
+def _cached_view(job_id: str, run: Run) -> RunView | None:
+    hit = _RUN_VIEWS.get((job_id, run.run_id))
+    return hit[1] if hit is not None and hit[0] is run else None
+
+
 def run_view(state: JobState, run: Run) -> RunView:
-    hit = _RUN_VIEWS.get(id(run))
-    if hit is not None and hit[0] is run and hit[1] == state.job_id:
-        return hit[2]
+    hit = _cached_view(state.job_id, run)
+    if hit is not None:
+        return hit
     counts = Counter(t.state for t in run.tasks.values())
     return _remember(state.job_id, run, _view(state.job_id, run, counts, _first_start(run.tasks.values())))
 
@@ -44,7 +50,8 @@ def _first_start(tasks: Iterable[Task]) -> int | None:
 
 
 def _remember(job_id: str, run: Run, view: RunView) -> RunView:
-    _RUN_VIEWS[id(run)] = (run, job_id, view)
+    _RUN_VIEWS.pop((job_id, run.run_id), None)
+    _RUN_VIEWS[(job_id, run.run_id)] = (run, view)
     if len(_RUN_VIEWS) > _RUN_VIEWS_SIZE:
         for _ in range(_RUN_VIEWS_SIZE // 10):
             _RUN_VIEWS.popitem(last=False)
@@ -55,9 +62,9 @@ def run_view_after(state: JobState, old_view: RunView, old: Run, run: Run,
                    changed: list[tuple[Task | None, Task]]) -> RunView:
     """`run_view(state, run)` from the view of the run before (`old`) and its tasks that changed (old, new): a task
     finishing in a 1,000-task run costs what it changed, not a count of the other 999."""
-    hit = _RUN_VIEWS.get(id(run))
-    if hit is not None and hit[0] is run and hit[1] == state.job_id:
-        return hit[2]
+    hit = _cached_view(state.job_id, run)
+    if hit is not None:
+        return hit
     if len(run.tasks) != len(old.tasks) + sum(1 for was, _ in changed if was is None):
         return run_view(state, run)  # a task left the run: counted afresh
     counts = Counter(old_view.task_counts)
