@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ksched.config import Settings
 from ksched.errors import ConfigError
 from ksched.kafka import client_config
+from ksched.schemas.events import POOL_LABEL as POOL_LABEL  # the label that routes a task to a pool
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -41,8 +42,6 @@ class TopicSpec:
     copartitioned: bool = False
 
 
-#: The task label that routes a task to a pool of executors (e.g. bigger machines).
-POOL_LABEL = "pool"
 
 
 def ready_topic(settings: Settings, priority: str, pool: str = "") -> str:

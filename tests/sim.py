@@ -81,9 +81,9 @@ class Sim:
         return self.send(TaskHeartbeat(g.job_id, g.run_id, g.task_id, g.attempt, g.fencing_token, g.executor_id,
                                        self.now))
 
-    def complete(self, g: ClaimGranted, exit_code: int = 0) -> list[Emit]:
+    def complete(self, g: ClaimGranted, exit_code: int = 0, offer: str = "", pool: str = "") -> list[Emit]:
         return self.send(TaskCompleted(g.job_id, g.run_id, g.task_id, g.attempt, g.fencing_token, g.executor_id,
-                                       exit_code, self.now, self.now))
+                                       exit_code, self.now, self.now, offer_id=offer, offer_pool=pool))
 
     def fail(self, g: ClaimGranted, reason: str, retryable: bool = True) -> list[Emit]:
         return self.send(TaskFailed(g.job_id, g.run_id, g.task_id, g.attempt, g.fencing_token, g.executor_id,

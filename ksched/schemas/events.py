@@ -21,6 +21,8 @@ PRIORITIES = ("high", "normal", "low")
 MISFIRE_POLICIES = ("skip", "once", "all")
 OVERLAP_POLICIES = ("allow", "forbid", "replace")
 TRIGGER_RULES = ("all_success", "all_done", "one_success", "one_failed", "none_failed")
+#: The task label that routes a task to a pool of executors (e.g. bigger machines).
+POOL_LABEL = "pool"
 
 
 class TaskState:
@@ -371,6 +373,11 @@ class TaskCompleted:
     started_at_ms: int
     finished_at_ms: int
     log_ref: str = ""
+    #: Not empty: the executor has a free slot and offers it to a task this completion makes ready (a child in
+    #: a DAG). The scheduler grants one such task of the executor's pool (`offer_pool`) straight to it, with
+    #: this as the claim id: the hand-off to the next task skips the ready topic and a claim transaction.
+    offer_id: str = ""
+    offer_pool: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@ import pytest
 from ksched.schemas.events import (
     ArtifactRef,
     ClaimGranted,
+    ClaimRejected,
+    ClaimTask,
     JobSpec,
     RerunTasks,
     RetryPolicy,
@@ -252,3 +254,56 @@ def test_per_task_retries_inside_a_dag() -> None:
     sim.start(grant)
     sim.complete(grant, 0)
     assert sim.readies()[-1].task_name == "b"
+
+
+def _offer_job() -> JobSpec:
+    job = dag_job(("a", [], "all_success"), ("b", ["a"], "all_success"), ("gpu", ["a"], "all_success"),
+                  ("c", ["b"], "all_success"))
+    return replace(job, tasks=[t if t.name != "gpu" else replace(t, labels={"pool": "gpu"}) for t in job.tasks])
+
+
+def test_a_completion_that_offers_its_slot_is_granted_the_next_task_without_a_claim() -> None:
+    sim = Sim()
+    sim.submit(_offer_job())
+    grant_a = one(sim.claim(sim.readies()[0]), ClaimGranted)
+    emits = sim.complete(grant_a, offer="a#1/offer@ex1/x")
+    # b goes to ex1's control partition: its ready record, then the grant answering the offer. gpu belongs to
+    # another pool and is offered on the ready topic as ever.
+    assert [r.task_name for r in sim.readies(emits)] == ["gpu"]
+    handed, grant_b = sim.control(emits)
+    assert [e.key for e in emits if e.channel == "control"] == ["ex1", "ex1"]
+    assert isinstance(handed, TaskReady) and handed.task_name == "b"
+    assert isinstance(grant_b, ClaimGranted) and grant_b.task_id == handed.task_id
+    assert grant_b.claim_id == "a#1/offer@ex1/x" and grant_b.executor_id == "ex1"
+    assert grant_b.fencing_token == grant_a.fencing_token + 1
+    # the decision log records both, as for a claim
+    assert handed in sim.logged(TaskReady, emits) and sim.logged(ClaimGranted, emits) == [grant_b]
+    assert sim.state is not None and sim.state.runs[handed.run_id].tasks["b"].state == TaskState.CLAIMED
+    # another executor claiming b loses; the offer's id, sent again as a claim, gets the same grant
+    assert one(sim.claim(handed, "ex2"), ClaimRejected).reason == "task is claimed by ex1"
+    again = sim.send(ClaimTask(grant_b.claim_id, "pipe", handed.run_id, handed.task_id, 1, "ex1", sim.now))
+    assert one(again, ClaimGranted) == grant_b
+    # a repeated completion of a (a redelivered report) takes up no offer
+    assert sim.control(sim.complete(grant_a, offer="a#1/offer@ex1/x2")) == []
+    # the granted attempt reports like any other; c is not of the offering executor's pool: no grant
+    emits = sim.complete(grant_b, offer="b#1/offer@ex1/y", pool="gpu")
+    assert [r.task_name for r in sim.readies(emits)] == ["c"] and sim.control(emits) == []
+    grant_c = one(sim.claim(sim.readies(emits)[0]), ClaimGranted)
+    assert sim.control(sim.complete(grant_c, offer="c#1/offer@ex1/z")) == []  # a leaf: nothing to grant
+    gpu = next(r for r in sim.readies() if r.task_name == "gpu")
+    sim.complete(one(sim.claim(gpu, "ex3"), ClaimGranted))
+    assert one(sim.emits, RunFinished).state == "SUCCEEDED"
+
+
+def test_a_failed_tasks_retry_is_not_granted_on_its_own_offer() -> None:
+    sim = Sim()
+    job = dag_job(("a", [], "all_success"), ("b", ["a"], "all_done"))
+    sim.submit(replace(job, tasks=[replace(job.tasks[0], retry=RetryPolicy(max_attempts=2, backoff_ms=0)),
+                                   job.tasks[1]]))
+    grant = one(sim.claim(sim.readies()[0]), ClaimGranted)
+    emits = sim.complete(grant, exit_code=1, offer="a#1/offer@ex1/x")
+    assert [(r.task_name, r.attempt) for r in sim.readies(emits)] == [("a", 2)] and sim.control(emits) == []
+    grant = one(sim.claim(sim.readies(emits)[0], "ex2"), ClaimGranted)
+    emits = sim.complete(grant, exit_code=1, offer="a#2/offer@ex2/y")  # failed for good: b runs (all_done)
+    handed, granted = sim.control(emits)
+    assert handed.task_name == "b" and isinstance(granted, ClaimGranted) and granted.executor_id == "ex2"

@@ -14,6 +14,7 @@ from typing import Any
 from ksched.errors import JobSpecError
 from ksched.instants import iso
 from ksched.schemas.events import (
+    POOL_LABEL,
     AttemptEnded,
     BackfillAccepted,
     BackfillFinished,
@@ -851,8 +852,40 @@ def _on_completed(ctx: _Ctx, rep: TaskCompleted) -> None:
     task = task.with_attempt(att)
     outcome = Outcome.SUCCEEDED if rep.exit_code == 0 else Outcome.FAILED
     why = "exit code 0" if rep.exit_code == 0 else f"exit code {rep.exit_code}"
+    mark = len(ctx.emits)
     _end_attempt(ctx, run.run_id, task, outcome, rep.exit_code, why, retryable=True,
                  finished_at_ms=rep.finished_at_ms)
+    if rep.offer_id:
+        _take_offer(ctx, rep, mark)
+
+
+def _take_offer(ctx: _Ctx, rep: TaskCompleted, since: int) -> None:
+    """Grant the executor that offered its freed slot (`rep.offer_id`) the first task of the same run that this
+    completion made ready and that belongs to the executor's pool and is due (not the completed task's own retry:
+    that may go to any executor, as a retry should): the hand-off from a task to its
+    child then skips the ready topic, the executor's claim transaction and the claim's trip through the inbox.
+    The offer stands for the claim (its id is the claim id), so the grant is the one a claim would have won:
+    the next fencing token and a lease. The ready record goes to that executor's control partition instead of
+    the ready topic, just before its grant; the decision log records both as for any claim."""
+    for i in range(since, len(ctx.emits)):
+        e = ctx.emits[i]
+        if e.channel != READY:
+            continue
+        ready: TaskReady = e.record
+        if (ready.run_id != rep.run_id or ready.task_id == rep.task_id
+                or ready.labels.get(POOL_LABEL, "") != rep.offer_pool or ready.scheduled_for_ms > ctx.now):
+            continue
+        found = _locate(ctx, ready.task_id)
+        if found is None:
+            continue
+        run, task = found
+        att = task.attempt
+        if task.state != TaskState.READY or task.cancel_requested or att is None or att.number != ready.attempt:
+            continue
+        ctx.emits[i] = Emit(CONTROL, rep.executor_id, ready)
+        _grant(ctx, run, task, att, ClaimTask(rep.offer_id, ctx.job.job_id, run.run_id, ready.task_id,
+                                              ready.attempt, rep.executor_id, ctx.now))
+        return
 
 
 _FAILURE_OUTCOME = {FailureReason.TIMEOUT: Outcome.TIMED_OUT, FailureReason.CANCELLED: Outcome.CANCELLED}

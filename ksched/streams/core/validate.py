@@ -6,7 +6,15 @@ from __future__ import annotations
 import re
 
 from ksched.errors import JobSpecError
-from ksched.schemas.events import MISFIRE_POLICIES, OVERLAP_POLICIES, PRIORITIES, TRIGGER_RULES, JobSpec, TaskSpec
+from ksched.schemas.events import (
+    MISFIRE_POLICIES,
+    OVERLAP_POLICIES,
+    POOL_LABEL,
+    PRIORITIES,
+    TRIGGER_RULES,
+    JobSpec,
+    TaskSpec,
+)
 
 from .dag import find_cycle
 from .schedule import parse_cron, zone
@@ -97,7 +105,7 @@ def _validate_extras(t: TaskSpec, prefix: str) -> None:
     if min(lim.cpu_seconds, lim.memory_mb, lim.open_files, lim.processes, lim.log_bytes) < 0:
         raise JobSpecError(f"{prefix}limits", "limits must not be negative")
     _validate_env_from(t, prefix)
-    pool = t.labels.get("pool")
+    pool = t.labels.get(POOL_LABEL)
     if pool is not None and not POOL.match(pool):
         raise JobSpecError(f"{prefix}labels.pool",
                            f"invalid pool name {pool!r}: lowercase letters, digits and '-' (max 32)")
