@@ -1,9 +1,11 @@
 """This executor's control channel: the answers to its claims and the cancel requests for its attempts.
 
 Owns the consumer of its partition of the control topic, assigned at the end offset before any claim is made,
-so no answer is skipped. A grant for a waiting claim hands the attempt to the runtime; one for a claim given up
-on, or arriving while the executor drains, is handed straight back; a repeat is ignored (`ledger.answer_grant`
-decides). A rejection settles its claim; a cancel carrying the attempt's fencing token ends it early.
+so no answer is skipped. A ready record keyed by this executor comes just before the grant that takes up a slot
+it offered with a completion (`supervision`); the grant finds it in the ledger. A grant for a waiting claim (or
+an offer) hands the attempt to the runtime; one for a claim given up on, or arriving while the executor drains,
+is handed straight back; a repeat is ignored (`ledger.answer_grant` decides). A rejection settles its claim; a
+cancel carrying the attempt's fencing token ends it early.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ksched.config import Settings
 from ksched.errors import CodecError
 from ksched.partitioning import partition_for
 from ksched.schemas.codec import default_codec
-from ksched.schemas.events import CancelRequested, ClaimGranted, ClaimRejected, FailureReason
+from ksched.schemas.events import CancelRequested, ClaimGranted, ClaimRejected, FailureReason, TaskReady
 
 from .ledger import GrantAnswer, Ledger, Stats
 from .reporting import Reporter
@@ -58,6 +60,10 @@ class Control:
                 event = self.codec.decode(m.value())
             except CodecError as err:
                 self._refuse(m, str(err))
+                continue
+            if isinstance(event, TaskReady):
+                if m.key() == self.id.encode():  # the grant of an offer of ours follows it
+                    self.ledger.handed(event)
                 continue
             if not isinstance(event, ClaimGranted | ClaimRejected | CancelRequested):
                 self._refuse(m, f"{type(event).SCHEMA} is not a control record")
@@ -98,6 +104,8 @@ class Control:
                                  retryable=True, started=None, exit_code=None)
         else:
             self.stats.granted += 1
+            if grant.claim_id.rpartition("/offer@")[1]:
+                self.stats.handed += 1
             runtime.submit(attempt)
 
     def _on_cancel(self, req: CancelRequested, runtime: Runtime) -> None:

@@ -1,7 +1,8 @@
 """What this executor has claimed and taken on, shared by its threads under one lock.
 
-The ledger holds the claims waiting for the scheduler's answer, the claims given up on, the granted attempts,
-the attempts ever taken on (so none starts twice) and whether the executor is draining. The claim loop, the
+The ledger holds the claims waiting for the scheduler's answer, the claims given up on, the slots offered with
+completions (and the ready records sent ahead of the grants that take them up), the granted attempts, the attempts
+ever taken on (so none starts twice) and whether the executor is draining. The claim loop, the
 control thread, the supervisor and the runtime's hooks each change it through one method, one critical section
 each. The decisions about it (free capacity, what a grant means, when a claim is stale or due for renewal) are
 pure functions beside it, and so are the executor's counters (`Stats`).
@@ -26,6 +27,8 @@ V = TypeVar("V")
 
 TAKEN_MEMORY = 100_000
 ABANDONED_MEMORY = 10_000
+#: Offers not (yet) taken up, and ready records sent ahead of a grant, remembered at most.
+OFFER_MEMORY = 10_000
 
 
 def now_ms() -> int:
@@ -56,6 +59,8 @@ class Stats:
     replaced_producers: int = 0  # claim producers fenced by a new one: a transactional call never returned
     replaced_consumers: int = 0  # ready topics' consumers that stalled
     folded: int = 0  # attempts that ended before their start was reported: one report for both
+    offered: int = 0  # completions that offered their slot to the task they make ready
+    handed: int = 0  # grants taking up such an offer: attempts granted without a claim
     heartbeats: int = 0  # heartbeat records (one per inbox partition per interval, naming its attempts)
     #: The last claim transactions' durations (bounded: an executor runs for months).
     claim_txn_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
@@ -70,6 +75,7 @@ class Stats:
                 f"{self.replaced_producers} producers and {self.replaced_consumers} consumers replaced; "
                 f"recent p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms), granted {self.granted}, "
                 f"rejected {self.rejected}, renewed {self.renewals}, abandoned {self.abandoned}, "
+                f"granted on offers {self.handed} of {self.offered}, "
                 f"started {self.started} ({self.folded} reported with their end), finished {self.finished}, "
                 f"{self.heartbeats} heartbeat records")
 
@@ -104,6 +110,14 @@ def answer_grant(*, pending: bool, abandoned: bool, taken: bool, draining: bool)
     if draining:
         return GrantAnswer.STOPPING
     return GrantAnswer.START
+
+
+def may_offer(slots: int, due_now: int) -> bool:
+    """Whether an attempt that is ending may offer its slot to the task its completion makes ready: only when the
+    executor, counting that attempt still (`due_now`: claims and attempts holding a slot), would then have a slot
+    free, none of it promised to a claim. A busy executor claims from the ready topics as usual, in priority
+    order."""
+    return due_now <= slots
 
 
 def is_stale(p: Pending, now: float, claim_timeout_s: float) -> bool:
@@ -152,13 +166,21 @@ class Ledger:
         # re-deciding after a crash) must not start it twice. Bounded; old attempts are long settled.
         self._taken: dict[str, None] = {}
         self._draining = False  # stopping: a grant that still arrives is handed straight back
+        # Slots offered with a completion (offer id -> when), and the ready records the scheduler sent ahead of the
+        # grants that take offers up (attempt key -> record). Offers are not counted as load: one taken up while
+        # the slots filled waits for a slot like a prefetched claim. Bounded; most offers are never taken up.
+        self._offers: dict[str, float] = {}
+        self._handed: dict[str, TaskReady] = {}
 
     def load(self) -> tuple[int, int]:
         """(claims and attempts holding a slot, claims and attempts holding a staging place)."""
         with self._lock:
-            staged = sum(1 for p in self._pending.values() if p.staged) + sum(
-                1 for a in self._attempts.values() if a.staged)
-            return len(self._pending) + len(self._attempts) - staged, staged
+            return self._load()
+
+    def _load(self) -> tuple[int, int]:
+        staged = sum(1 for p in self._pending.values() if p.staged) + sum(
+            1 for a in self._attempts.values() if a.staged)
+        return len(self._pending) + len(self._attempts) - staged, staged
 
     def open(self, batch: Iterable[Pending]) -> list[Pending]:
         """Record new claims, leaving out attempts this executor already took on (a re-sent ready record)."""
@@ -167,6 +189,19 @@ class Ledger:
             for p in fresh:
                 self._pending[p.claim_id] = p
             return fresh
+
+    def offer(self, offer_id: str, now: float, slots: int) -> bool:
+        """Offer a slot with a completion, if the executor will have one free (`may_offer`) and is not draining."""
+        with self._lock:
+            if self._draining or not may_offer(slots, self._load()[0]):
+                return False
+            remember(self._offers, offer_id, now, OFFER_MEMORY)
+            return True
+
+    def handed(self, ready: TaskReady) -> None:
+        """A ready record the scheduler sent to this executor: the grant taking up one of its offers follows."""
+        with self._lock:
+            remember(self._handed, f"{ready.task_id}#{ready.attempt}", ready, OFFER_MEMORY)
 
     def committed(self, batch: Iterable[Pending], now: float) -> None:
         with self._lock:
@@ -190,6 +225,10 @@ class Ledger:
         key = f"{grant.task_id}#{grant.attempt}"
         with self._lock:
             pending = self._pending.pop(grant.claim_id, None)
+            if pending is None and grant.claim_id in self._offers and key in self._handed:
+                # An offer taken up: the grant of the ready record sent ahead of it, as if claimed at the offer.
+                pending = Pending(self._handed.pop(key), grant.claim_id, self._offers.pop(grant.claim_id), False,
+                                  committed=True)
             abandoned = self._abandoned.pop(grant.claim_id, None) if pending is None else None
             what = answer_grant(pending=pending is not None, abandoned=abandoned is not None,
                                 taken=key in self._taken, draining=self._draining)

@@ -62,8 +62,8 @@ class Reporter:
         self._send(TaskStarted(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id,
                                proc.started_at_ms, proc.pid))
 
-    def ended(self, ended: Ended) -> None:
-        """Store the attempt's log, then report how it ended."""
+    def ended(self, ended: Ended, offer_id: str = "", offer_pool: str = "") -> None:
+        """Store the attempt's log, then report how it ended (a completion with the slot it offers, if any)."""
         attempt = ended.attempt
         r, g = attempt.ready, attempt.grant
         log_ref = self._upload_log(attempt.key, ended.log_path) if ended.log_path is not None else ""
@@ -74,7 +74,8 @@ class Reporter:
         else:
             assert ended.exit_code is not None and ended.started_at_ms is not None
             self._send(TaskCompleted(r.job_id, r.run_id, r.task_id, g.attempt, g.fencing_token, self.id,
-                                     ended.exit_code, ended.started_at_ms, ended.finished_at_ms, log_ref))
+                                     ended.exit_code, ended.started_at_ms, ended.finished_at_ms, log_ref,
+                                     offer_id, offer_pool))
 
     def failed(self, attempt: Attempt, reason: str, message: str, *, retryable: bool, started: int | None,
                exit_code: int | None, log_ref: str = "", finished: int | None = None) -> None:

@@ -62,6 +62,9 @@ class ExecutorConfig:
     claim_timeout_s: float = 30.0
     max_artifact_bytes: int = 512 * 1024 * 1024
     log_limit_bytes: int = 1024 * 1024
+    #: Whether a completion may offer its freed slot to the task it makes ready (`supervision`): a DAG's next task
+    #: is then granted straight to this executor, without the ready topic and a claim.
+    offers: bool = True
     #: The pool of executors this one belongs to: it takes only tasks labelled `pool: <name>` ("": unlabelled).
     pool: str = ""
     workdir: Path | None = None
@@ -95,7 +98,8 @@ class Executor:
                                backlog_limit=max(2, self.config.slots, self.config.staging))
         self.control = Control(settings, self.id, self.ledger, self.stats, self.reporter)
         self.supervisor = Supervisor(self.ledger, self.stats, self.reporter, heartbeat_s=settings.heartbeat_s,
-                                     lease_s=settings.lease_s, claim_timeout_s=self.config.claim_timeout_s)
+                                     lease_s=settings.lease_s, claim_timeout_s=self.config.claim_timeout_s,
+                                     slots=self.config.slots if self.config.offers else 0, pool=self.config.pool)
 
     def stop(self) -> None:
         self._stop.set()

@@ -8,12 +8,17 @@ An attempt's start is reported `START_FOLD_S` after it, unless it ended by then:
 (the scheduler takes a completion of a granted attempt as its start too), so a quick attempt costs one report,
 not two, and a long one still shows RUNNING after a moment. The grant's lease covers the wait (heartbeats renew a
 granted attempt's lease whether or not its start was reported).
+
+An attempt that completes while the executor will have a slot free offers that slot in its completion report
+(`Ledger.offer`): the scheduler may grant it the task the completion makes ready (the next task of a DAG) at once,
+sending the ready record and the grant to this executor's control partition, with no claim in between.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 from ksched.schemas.events import FailureReason
 
@@ -35,8 +40,11 @@ START_FOLD_S = 0.25
 
 class Supervisor:
     def __init__(self, ledger: Ledger, stats: Stats, reporter: Reporter, *, heartbeat_s: float, lease_s: float,
-                 claim_timeout_s: float) -> None:
+                 claim_timeout_s: float, slots: int = 0, pool: str = "") -> None:
         self.ledger = ledger
+        #: Completions offer a free slot when the executor has `slots` (0: never) for tasks of `pool`.
+        self.slots = slots
+        self.pool = pool
         self.stats = stats
         self.reporter = reporter
         self.heartbeat_s = heartbeat_s
@@ -67,7 +75,15 @@ class Supervisor:
         with self._lock:
             if self._unreported.pop(ended.attempt.key, None) is not None:
                 self.stats.folded += 1  # its end reports its start
-        self.reporter.ended(ended)
+        offer = ""
+        if self.slots > 0 and not ended.reason:
+            a = ended.attempt
+            offer = f"{a.key}/offer@{self.reporter.id}/{uuid.uuid4().hex[:12]}"
+            if self.ledger.offer(offer, time.monotonic(), self.slots):
+                self.stats.offered += 1
+            else:
+                offer = ""
+        self.reporter.ended(ended, offer, self.pool)
         self.stats.finished += 1
         self.ledger.ended(ended.attempt.key)
 

@@ -24,6 +24,7 @@ from ksched.executor.ledger import (
     answer_grant,
     free_capacity,
     is_stale,
+    may_offer,
     needs_renewal,
     remember,
 )
@@ -285,6 +286,55 @@ def test_a_draining_ledger_hands_grants_back_and_lists_what_is_running() -> None
     assert ledger.attempt(answer.attempt.key) is None  # handed back, not running
 
 
+def test_an_offered_slot_is_taken_up_by_the_grant_that_follows_its_ready_record() -> None:
+    ledger = Ledger()
+    running = ledger.answer(grant_for(claim(ledger, "c1"))).attempt
+    assert running is not None
+    assert ledger.offer("o1", now=5.0, slots=1)  # counting the attempt that is ending, one slot: free after it
+    claim(ledger, "c2", 2)
+    assert not ledger.offer("o2", now=5.0, slots=1)  # a claim waits for the slot it frees: no offer
+    child = replace(sample(TaskReady), task_id="j@1/child", attempt=1)
+    direct = replace(sample(ClaimGranted), task_id=child.task_id, attempt=1, claim_id="o1")
+    assert ledger.answer(direct).what is GrantAnswer.NOT_OURS  # no ready record came ahead of it
+    ledger.handed(child)
+    answer = ledger.answer(direct)
+    assert answer.what is GrantAnswer.START and answer.attempt is not None and answer.claimed_at == 5.0
+    assert answer.attempt.ready is child and answer.attempt.grant is direct
+    assert ledger.attempt(answer.attempt.key) is answer.attempt
+    assert ledger.answer(direct).what is GrantAnswer.REPEAT  # a worker re-deciding sends it again
+    ledger.handed(replace(child, task_id="j@1/other"))  # a grant naming an offer never made is not ours
+    assert ledger.answer(replace(direct, task_id="j@1/other", claim_id="o2")).what is GrantAnswer.NOT_OURS
+    ledger.drain()
+    assert not ledger.offer("o3", now=6.0, slots=8)  # a draining executor offers nothing
+    assert may_offer(4, 4) and not may_offer(4, 5)
+
+
+def test_a_completion_offers_its_slot_only_when_the_supervisor_may() -> None:
+    from ksched.executor.ledger import Stats
+    from ksched.executor.supervision import Supervisor
+
+    class Reports(_Reports):
+        id = "ex1"
+        offers: list[tuple[str, str]] = []
+
+        def ended(self, ended: Any, offer_id: str = "", offer_pool: str = "") -> None:
+            self.offers.append((offer_id, offer_pool))
+
+    for slots, reason, offered in ((2, "", True), (0, "", False), (2, FailureReason.TIMEOUT, False)):
+        reports, stats, ledger = Reports(), Stats(), Ledger()
+        reports.offers = []
+        attempt = ledger.answer(grant_for(claim(ledger, "c1"))).attempt
+        assert attempt is not None
+        sup = Supervisor(ledger, stats, reports, heartbeat_s=2.0, lease_s=10.0, claim_timeout_s=30.0,  # type: ignore[arg-type]
+                         slots=slots, pool="big")
+        sup.on_ended(Ended(attempt, exit_code=0 if not reason else None, started_at_ms=1, finished_at_ms=2,
+                           reason=reason))
+        (offer, pool), = reports.offers
+        assert bool(offer) is offered and stats.offered == int(offered)
+        if offered:
+            assert offer.startswith(f"{attempt.key}/offer@ex1/") and pool == "big"
+
+
 def test_a_failed_claim_transaction_forgets_its_claims() -> None:
     ledger = Ledger()
     p = claim(ledger, "c1")
@@ -458,7 +508,7 @@ class _Reports:
     def started(self, attempt: Any, proc: Any) -> None:
         self.sent.append(("started", attempt.key))
 
-    def ended(self, ended: Any) -> None:
+    def ended(self, ended: Any, offer_id: str = "", offer_pool: str = "") -> None:
         self.sent.append(("ended", ended.attempt.key))
 
 
