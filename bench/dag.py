@@ -3,7 +3,12 @@ started, p50/p99, and its steps from the records' timestamps) and a 1,000-task f
 trigger to the last task's end; the fan-in hand-off, last parent's exit -> the fan-in task's process start, and its
 steps).
 
-    python -m bench.dag [--chain 100] [--fan 1000] [--slots 16] [--warmup 12000]
+An executor with a slot free offers it with each completion, and the scheduler grants it the child that the
+completion made ready at once (no ready record on the ready topic, no claim): such a hand-off has no
+ready -> claim -> grant steps, only completion -> grant. `--no-offers` runs the executor without offers (every
+attempt claimed from the ready topic), the path as it was before offers.
+
+    python -m bench.dag [--chain 100] [--fan 1000] [--slots 16] [--warmup 12000] [--no-offers]
 """
 
 from __future__ import annotations
@@ -78,17 +83,21 @@ def chain(s: Settings, ref: ArtifactRef, n: int) -> dict[str, object]:
     handoffs = [float(started[f"s{i:03d}"] - finished[f"s{i - 1:03d}"]) for i in range(1, n)]
     steps: dict[str, list[float]] = {k: [] for k in (
         "parent_exit_to_completion_produced_ms", "completion_to_child_ready_ms", "ready_to_claim_committed_ms",
-        "claim_to_grant_ms", "grant_to_process_start_ms")}
+        "claim_to_grant_ms", "completion_to_grant_on_offer_ms", "grant_to_process_start_ms")}
     for i in range(1, n):
         parent, child = f"s{i - 1:03d}", f"s{i:03d}"
         steps["parent_exit_to_completion_produced_ms"].append(completed_ts[parent] - finished[parent])
-        steps["completion_to_child_ready_ms"].append(ready_ts[child] - completed_ts[parent])
-        steps["ready_to_claim_committed_ms"].append(claimed_ts[child] - ready_ts[child])
-        steps["claim_to_grant_ms"].append(granted_ts[child] - claimed_ts[child])
+        if child in claimed_ts:
+            steps["completion_to_child_ready_ms"].append(ready_ts[child] - completed_ts[parent])
+            steps["ready_to_claim_committed_ms"].append(claimed_ts[child] - ready_ts[child])
+            steps["claim_to_grant_ms"].append(granted_ts[child] - claimed_ts[child])
+        else:  # granted on the parent's offer: ready and granted in one decision
+            steps["completion_to_grant_on_offer_ms"].append(granted_ts[child] - completed_ts[parent])
         steps["grant_to_process_start_ms"].append(started[child] - granted_ts[child])
     total = finished[f"s{n - 1:03d}"] - started["s000"]
     return {"chain_tasks": n, "handoff_ms": summary(handoffs), "chain_total_s": round(total / 1000, 2),
-            "handoff_steps": {k: summary(v) for k, v in steps.items()}}
+            "chain_granted_on_offers": len(steps["completion_to_grant_on_offer_ms"]),
+            "handoff_steps": {k: summary(v) for k, v in steps.items() if v}}
 
 
 def fan(s: Settings, ref: ArtifactRef, n: int) -> dict[str, object]:
@@ -104,8 +113,8 @@ def fan(s: Settings, ref: ArtifactRef, n: int) -> dict[str, object]:
     last_report = max(ts for _, ts in middles)  # the fan-in is ready once every parent's report is decided
     first = lambda kind, events: next(ts for ts, e in events  # noqa: E731
                                       if isinstance(e, kind) and e.task_id.endswith("/end"))
-    end_ready, end_claimed, end_granted = first(TaskReady, decisions), first(ClaimTask, reports), \
-        first(ClaimGranted, decisions)
+    end_ready, end_granted = first(TaskReady, decisions), first(ClaimGranted, decisions)
+    end_claimed = next((ts for ts, e in reports if isinstance(e, ClaimTask) and e.task_id.endswith("/end")), None)
     # Where a middle task's time goes, step by step, while a thousand of them pass through the single executor.
     at: dict[str, dict[str, int]] = {k: {} for k in ("ready", "claimed", "granted", "started", "ended", "reported")}
     for ts, e in decisions:
@@ -132,9 +141,11 @@ def fan(s: Settings, ref: ArtifactRef, n: int) -> dict[str, object]:
             "fan_in_handoff_steps_ms": {
                 "last_parent_exit_to_its_completion_produced": last_reported - last_middle,
                 "last_completion_produced_to_end_ready": end_ready - last_report,
-                "end_ready_to_claim_committed": end_claimed - end_ready,
-                "claim_to_grant": end_granted - end_claimed,
+                **({"end_ready_to_claim_committed": end_claimed - end_ready,
+                    "claim_to_grant": end_granted - end_claimed} if end_claimed is not None
+                   else {"end_granted_on_the_last_parents_offer": True}),
                 "grant_to_process_start": end_started - end_granted},
+            "fan_tasks_granted_on_offers": sum(1 for t in at["granted"] if t not in at["claimed"]),
             "fan_middle_task_steps_ms": steps,
             "fan_mean_processes_running": round(running, 1),
             "fan_mean_claimed_not_reported": round(in_flight, 1)}
@@ -145,6 +156,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--chain", type=int, default=100)
     ap.add_argument("--fan", type=int, default=1000)
     ap.add_argument("--slots", type=int, default=16)
+    ap.add_argument("--no-offers", action="store_true", help="the executor offers no slots with its completions")
     ap.add_argument("--warmup", type=int, default=12000,
                     help="one-task jobs run first, unmeasured, so the broker's JVM is compiled (0: none)")
     args = ap.parse_args(argv)
@@ -154,7 +166,7 @@ def main(argv: list[str]) -> None:
         cluster = Cluster(s)
         ref = open_store(s.artifacts).put_file(write_script(Path(tmp) / "noop.sh", "exit 0\n"))
         cluster.streams("w0")
-        cluster.executor(slots=args.slots)
+        cluster.executor(args.slots, None, *(["--no-offers"] if args.no_offers else []))
         if args.warmup:
             warm_up_broker(s, ref, args.warmup, 1000.0, kafka.producer(s, **{"linger.ms": 5}),
                            Follower(s, "ksched.TaskSettled", topic="events"))
