@@ -122,6 +122,11 @@ tasks:
     (run,) = settled_runs(cluster, "diamond")
     assert run["state"] == "SUCCEEDED" and set(states(run).values()) == {"SUCCEEDED"}
     assert grants(cluster, "diamond") == {(f"{run['run_id']}/{t}", 1): 1 for t in "abcd"}
+    # The executor, with slots to spare, offered a's slot and d's last parent's: b (a's first child) and d were
+    # granted on those offers, through the control topic, with no claim; c was claimed from the ready topic.
+    offered = {e.task_id.rsplit("/", 1)[1] for _, e in cluster.records("events")
+               if isinstance(e, ClaimGranted) and e.job_id == "diamond" and "/offer@" in e.claim_id}
+    assert offered == {"b", "d"}
     spans = ledger.spans(str(run["run_id"]))
     assert spans["a"][1] <= spans["b"][0] and spans["a"][1] <= spans["c"][0]
     assert max(spans["b"][1], spans["c"][1]) <= spans["d"][0]
