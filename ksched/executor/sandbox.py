@@ -12,6 +12,8 @@ empty ones. Resource limits apply through prlimit; the uid's RLIMIT_NPROC holds 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import logging
 import os
 import shutil
@@ -159,10 +161,7 @@ class Process:
         gate, self.gate = self.gate, None
         if gate is None:
             return
-        try:
-            os.write(gate, GO)
-        finally:
-            os.close(gate)
+        go_and_close(gate)
         self.started_at_ms = int(time.time() * 1000)
 
     def discard(self) -> None:
@@ -253,6 +252,41 @@ def limit_args(limits: Limits) -> list[str]:
 
 
 GO = b"go\n"
+
+
+def _libc_keeping_the_gil() -> ctypes.PyDLL | None:
+    try:
+        libc = ctypes.PyDLL(None, use_errno=True)
+        libc.write.argtypes, libc.write.restype = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_ssize_t
+        libc.close.argtypes, libc.close.restype = [ctypes.c_int], ctypes.c_int
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+#: libc's write and close through a handle that keeps the GIL while they run (ctypes.PyDLL). Letting a held
+#: process go is a write of 3 bytes to a pipe with room (atomic, never blocks) and a close. Through `os` each call
+#: gives up the GIL, and taking it back waits for the executor's other threads, busy reaping and reporting the
+#: processes let go a moment before: 500 releases took 1.7 s beside four busy threads, 0.09 s this way (and
+#: 125 against 23 ms beside none), so a burst due at one instant is let go in one stretch.
+_LIBC = _libc_keeping_the_gil()
+
+
+def go_and_close(gate: int) -> None:
+    """Write the go word to a held process's gate and close it. OSError if the process is gone (EPIPE)."""
+    if _LIBC is None:
+        try:
+            os.write(gate, GO)
+        finally:
+            os.close(gate)
+        return
+    written = _LIBC.write(gate, GO, len(GO))
+    err = ctypes.get_errno() if written < 0 else 0
+    _LIBC.close(gate)
+    if written < 0:
+        raise OSError(err, os.strerror(err))
+    if written != len(GO):  # not for 3 bytes to a pipe (PIPE_BUF is at least 512): never let go half a word
+        raise OSError(errno.EIO, f"wrote {written} of {len(GO)} bytes to the gate")
 # The shim a held process runs until it is released: it execs the binary only on the go word, so a gate that
 # closes any other way (the executor died or discarded it) runs nothing.
 _SHIM = 'IFS= read -r word && [ "$word" = go ] && exec "$@" </dev/null; exit 111'

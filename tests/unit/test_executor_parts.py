@@ -3,6 +3,7 @@ artifact cache and the sandboxed process (real subprocesses)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -173,6 +174,22 @@ def test_a_held_process_runs_its_binary_only_when_released_with_its_limits_and_a
     lines = proc.log_path.read_text().split()
     assert lines[0] == "64"  # its limits
     assert lines[-1] == "/dev/null" and "3" not in lines[1:-1]  # stdin is /dev/null again; no fd of the gate
+
+
+def test_releasing_a_held_process_that_was_killed_raises_and_closes_its_gate(tmp_path: Path) -> None:
+    script = tmp_path / "noop.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    proc = spawn(script, [], {"PATH": "/usr/bin:/bin"}, tmp_path / "work", hold=True)
+    gate = proc.gate
+    assert gate is not None
+    os.killpg(proc.popen.pid, 9)
+    proc.popen.wait(10)
+    with pytest.raises(OSError) as caught:  # EPIPE from the libc write, not a SIGPIPE
+        proc.release()
+    assert caught.value.errno == errno.EPIPE and proc.gate is None
+    with pytest.raises(OSError):  # closed, not leaked
+        os.fstat(gate)
 
 
 def test_a_held_process_that_is_discarded_or_loses_its_executor_runs_nothing(tmp_path: Path) -> None:
