@@ -260,11 +260,11 @@ _JSON_SIZE = 8_192
 _WRITTEN_APART = ("runs", "spec", "revisions", "retired")
 
 
-def _cached_json(obj: Task | JobSpec | Run) -> str:
+def _cached_json(obj: Task | JobSpec) -> str:
     hit = _JSON.get(id(obj))
     if hit is not None and hit[0] is obj:
         return hit[1]
-    text = _encode_run(obj) if isinstance(obj, Run) else _json(to_compact_data(obj))
+    text = _json(to_compact_data(obj))
     _JSON[id(obj)] = (obj, text)
     if len(_JSON) > _JSON_SIZE:
         for _ in range(_JSON_SIZE // 10):
@@ -314,8 +314,24 @@ def _with(head: dict[str, Any] | str, name: str, body: str) -> str:
     return f'{text[:-1]}{"," if len(text) > 2 else ""}"{name}":{body}}}'
 
 
+#: JSON of each recent run's latest version, by run id (it names its job), valid while the run is that same object:
+#: an unchanged run is not encoded again. One entry per run, not per version as `_JSON` kept them: each version of a
+#: 1,000-task run pins its own dict of tasks (about 36 KB), and up to 8,192 of them could be held.
+_RUN_JSON: OrderedDict[str, tuple[Run, str]] = OrderedDict()
+_RUN_JSON_SIZE = 4_096
+
+
 def _run_json(run: Run) -> str:
-    return _cached_json(run)
+    hit = _RUN_JSON.get(run.run_id)
+    if hit is not None and hit[0] is run:
+        return hit[1]
+    text = _encode_run(run)
+    _RUN_JSON.pop(run.run_id, None)
+    _RUN_JSON[run.run_id] = (run, text)
+    if len(_RUN_JSON) > _RUN_JSON_SIZE:
+        for _ in range(_RUN_JSON_SIZE // 10):
+            _RUN_JSON.popitem(last=False)
+    return text
 
 
 def _encode_run(run: Run) -> str:

@@ -49,3 +49,20 @@ def test_the_shell_keeps_a_bounded_number_of_decoded_records_and_their_json(monk
     # Every job is still there, read back from its store once evicted.
     first = shell.jobs.load(stores[partition_for("j0000", 2)], partition_for("j0000", 2), "j0000")
     assert first is not None and first.state.spec.schedule.cron == distinct_cron(0)
+
+
+def test_the_json_cache_pins_one_version_of_each_run_not_every_version() -> None:
+    from ksched.schemas.records import replace
+    from ksched.streams.core.model import Run, Task
+
+    jobstore._RUN_JSON.clear()
+    jobstore._JSON.clear()
+    tasks = {f"t{i}": Task(f"t{i}", "WAITING") for i in range(20)}
+    run = Run("big@1", 1, "ONCE", 0, 0, "RUNNING", tasks)
+    for i in range(100):  # each event's version of a 20-task run: a new object, one task changed
+        tasks = {**tasks, f"t{i % 20}": Task(f"t{i % 20}", "READY" if i % 2 else "WAITING")}
+        run = replace(run, tasks=tasks)
+        assert jobstore._run_json(run) == jobstore._encode_run(run)
+        assert jobstore._run_json(run) is jobstore._run_json(run)  # served from the cache while unchanged
+    assert list(jobstore._RUN_JSON) == ["big@1"] and jobstore._RUN_JSON["big@1"][0] is run
+    assert not any(isinstance(obj, Run) for obj, _ in jobstore._JSON.values())
