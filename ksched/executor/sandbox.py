@@ -267,8 +267,8 @@ def _libc_keeping_the_gil() -> ctypes.PyDLL | None:
 #: libc's write and close through a handle that keeps the GIL while they run (ctypes.PyDLL). Letting a held
 #: process go is a write of 3 bytes to a pipe with room (atomic, never blocks) and a close. Through `os` each call
 #: gives up the GIL, and taking it back waits for the executor's other threads, busy reaping and reporting the
-#: processes let go a moment before: 500 releases took 1.7 s beside four busy threads, 0.09 s this way (and
-#: 125 against 23 ms beside none), so a burst due at one instant is let go in one stretch.
+#: processes let go a moment before: 500 releases took 0.97-2.06 s through `os` beside four threads busy in Python,
+#: 0.19-0.21 s this way (alone, about the same: 134-166 against 97-166 ms; three runs each, alternating).
 _LIBC = _libc_keeping_the_gil()
 
 
@@ -287,6 +287,8 @@ def go_and_close(gate: int) -> None:
         raise OSError(err, os.strerror(err))
     if written != len(GO):  # not for 3 bytes to a pipe (PIPE_BUF is at least 512): never let go half a word
         raise OSError(errno.EIO, f"wrote {written} of {len(GO)} bytes to the gate")
+
+
 # The shim a held process runs until it is released: it execs the binary only on the go word, so a gate that
 # closes any other way (the executor died or discarded it) runs nothing.
 _SHIM = 'IFS= read -r word && [ "$word" = go ] && exec "$@" </dev/null; exit 111'

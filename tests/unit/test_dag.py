@@ -285,7 +285,7 @@ def test_a_completion_that_offers_its_slot_is_granted_the_next_task_without_a_cl
     assert one(again, ClaimGranted) == grant_b
     # a repeated completion of a (a redelivered report) takes up no offer
     assert sim.control(sim.complete(grant_a, offer="a#1/offer@ex1/x2")) == []
-    # the granted attempt reports like any other; c is not of the offering executor's pool: no grant
+    # the granted attempt reports like any other; an offer for another pool than b's is not taken up
     emits = sim.complete(grant_b, offer="b#1/offer@ex1/y", pool="gpu")
     assert [r.task_name for r in sim.readies(emits)] == ["c"] and sim.control(emits) == []
     grant_c = one(sim.claim(sim.readies(emits)[0]), ClaimGranted)
@@ -293,6 +293,15 @@ def test_a_completion_that_offers_its_slot_is_granted_the_next_task_without_a_cl
     gpu = next(r for r in sim.readies() if r.task_name == "gpu")
     sim.complete(one(sim.claim(gpu, "ex3"), ClaimGranted))
     assert one(sim.emits, RunFinished).state == "SUCCEEDED"
+
+
+def test_an_offer_for_another_pool_than_the_completed_tasks_is_not_taken_up() -> None:
+    sim = Sim()
+    job = dag_job(("a", [], "all_success"), ("gpu", ["a"], "all_success"))
+    sim.submit(replace(job, tasks=[job.tasks[0], replace(job.tasks[1], labels={"pool": "gpu"})]))
+    grant = one(sim.claim(sim.readies()[0]), ClaimGranted)
+    emits = sim.complete(grant, offer="a#1/offer@ex1/x", pool="gpu")  # a ran in the default pool
+    assert [r.task_name for r in sim.readies(emits)] == ["gpu"] and sim.control(emits) == []
 
 
 def test_a_failed_tasks_retry_is_not_granted_on_its_own_offer() -> None:

@@ -855,7 +855,7 @@ def _on_completed(ctx: _Ctx, rep: TaskCompleted) -> None:
     mark = len(ctx.emits)
     _end_attempt(ctx, run.run_id, task, outcome, rep.exit_code, why, retryable=True,
                  finished_at_ms=rep.finished_at_ms)
-    if rep.offer_id:
+    if rep.offer_id and rep.offer_pool == ctx.job.task_spec(run, task.name).labels.get(POOL_LABEL, ""):
         _take_offer(ctx, rep, mark)
 
 
@@ -866,7 +866,9 @@ def _take_offer(ctx: _Ctx, rep: TaskCompleted, since: int) -> None:
     child then skips the ready topic, the executor's claim transaction and the claim's trip through the inbox.
     The offer stands for the claim (its id is the claim id), so the grant is the one a claim would have won:
     the next fencing token and a lease. The ready record goes to that executor's control partition instead of
-    the ready topic, just before its grant; the decision log records both as for any claim."""
+    the ready topic, just before its grant; the decision log records both as for any claim. Only an offer for the
+    pool of the task that completed is taken up: the executor ran a task of that pool, so it may take that
+    pool's tasks (pools may separate what executors may run, by the ready topics' ACLs)."""
     for i in range(since, len(ctx.emits)):
         e = ctx.emits[i]
         if e.channel != READY:
