@@ -13,7 +13,7 @@ measures, through the real broker, streams worker(s) and executors:
 Set KSCHED_PROFILE_DIR to write the streams worker's cProfile there (`python -m pstats`).
 
     python -m bench.throughput [--tasks 3000] [--rate 1000] [--workers 1] [--executors 2] [--slots 32]
-                               [--warmup 12000] [--contained]
+                               [--warmup 12000] [--contained] [--no-offers]
 
 `--warmup` tasks run first, the same way, and are not measured: the bench's broker is a JVM it started, whose JIT
 compiler otherwise takes a share of the measured window (reported as `broker_of_which_jit_compiler`).
@@ -86,6 +86,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=12000,
                     help="tasks run first, unmeasured, so the broker's JVM is compiled (0: none)")
+    ap.add_argument("--no-offers", action="store_true",
+                    help="executors offer no slots with their completions (one-task jobs never take one up)")
     ap.add_argument("--contained", action="store_true",
                     help="executors with their default containment (bubblewrap, a uid per attempt; needs root and "
                          "bwrap), not --uncontained")
@@ -102,7 +104,8 @@ def main(argv: list[str]) -> None:
             cluster.streams(f"w{i}")
             os.environ.pop("KSCHED_PROFILE", None)
         for _ in range(args.executors):
-            cluster.executor(slots=args.slots, contained=args.contained)
+            cluster.executor(args.slots, None, *(["--no-offers"] if args.no_offers else []),
+                             contained=args.contained)
         _warm_up(cluster, s, ref)
         p = kafka.producer(s, **{"linger.ms": 5})
         watch = Follower(s, "ksched.TaskSettled", topic="events")
@@ -131,7 +134,7 @@ def main(argv: list[str]) -> None:
             "submit_s": round(submitted - start, 2), "busy_s": round(busy_s, 2),
             "throughput_tasks_per_s": round(len(done) / busy_s, 1) if done else 0.0,
             "streams_workers": args.workers, "executors": args.executors, "slots": args.slots,
-            "executors_contained": args.contained,
+            "executors_contained": args.contained, "executors_offer": not args.no_offers,
             "partitions": args.partitions, **_steps(s),
             # Where the 2 cores went while the tasks ran: cores busy per role, and CPU per task.
             "cpu_cores_busy": {role: round(c / window, 2) for role, c in cpu.items()},
