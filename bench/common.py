@@ -32,6 +32,15 @@ def cpu_seconds(pid: int | None, children: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time all cores have spent busy so far (user, nice, system, irq, softirq, steal; not idle or iowait):
+    what the roles measured per process leave out (the kernel's threads, short-lived processes not yet reaped,
+    this benchmark itself) is the difference."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def jit_cpu_seconds(pid: int | None) -> float:
     """CPU time a JVM's JIT compiler threads (C1, C2) have used so far: the broker's warm-up, not its work."""
     if pid is None:

@@ -5,11 +5,14 @@ measures, through the real broker, streams worker(s) and executors:
   * throughput: tasks *settled by the scheduler* (TaskSettled in the decision log, not the executors' reports)
     per second over the busy period (first submission to the last task settled, by the decision records'
     timestamps: when the worker produced them);
-  * CPU ms per task per role (broker, streams workers, executors with their tasks);
+  * CPU ms per task per role (broker, streams workers, executors with their tasks, and of that the tasks'
+    processes themselves), this benchmark's own, and the whole machine's (every core's busy time from
+    /proc/stat: what the roles leave out, the kernel's threads and the guardians, is the difference);
   * Kafka records per task, per topic (end offsets before and after; transaction markers included);
   * broker requests per task, by type (the broker's JMX before and after; needs a JDK's attach API);
   * claim latency: TaskReady produced -> the executor's process started (p50/p99);
-  * per-step times from the producers' record timestamps.
+  * per-step times from the producers' record timestamps, and from the completion reports: the process's
+    life as the executor saw it (start -> exit reaped) and exit reaped -> report record written.
 Set KSCHED_PROFILE_DIR to write the streams worker's cProfile there (`python -m pstats`).
 
     python -m bench.throughput [--tasks 3000] [--rate 1000] [--workers 1] [--executors 2] [--slots 32]
@@ -37,7 +40,7 @@ from ksched import kafka
 from ksched.artifacts import open_store
 from ksched.config import Settings
 from ksched.schemas.codec import default_codec
-from ksched.schemas.events import ClaimGranted, ClaimTask, JobSpec, SubmitJob, TaskReady, TaskSpec
+from ksched.schemas.events import ClaimGranted, ClaimTask, JobSpec, SubmitJob, TaskCompleted, TaskReady, TaskSpec
 from tests.support import Cluster, write_script
 
 from .common import (
@@ -47,6 +50,7 @@ from .common import (
     broker_requests,
     cpu_seconds,
     jit_cpu_seconds,
+    machine_cpu_seconds,
     report,
     requests_per_task,
     settle,
@@ -146,7 +150,8 @@ def main(argv: list[str]) -> None:
 
 
 def _cpu(cluster: Cluster) -> dict[str, float]:
-    """CPU seconds used so far by the broker, the streams workers, and the executors with their tasks."""
+    """CPU seconds used so far by the broker, the streams workers, the executors with their (reaped) tasks, those
+    tasks alone, this process, and the whole machine."""
     procs = cluster.procs
     return {
         "broker": cpu_seconds(broker_pid()),
@@ -154,6 +159,10 @@ def _cpu(cluster: Cluster) -> dict[str, float]:
         "streams": sum(cpu_seconds(p.popen.pid) for p in procs if p.name.startswith("streams")),
         "executors_and_tasks": sum(cpu_seconds(p.popen.pid, children=True) for p in procs
                                    if p.name.startswith("executor")),
+        "executors_of_which_tasks": sum(cpu_seconds(p.popen.pid, children=True) - cpu_seconds(p.popen.pid)
+                                        for p in procs if p.name.startswith("executor")),
+        "this_benchmark": cpu_seconds(os.getpid()),
+        "whole_machine": machine_cpu_seconds(),
     }
 
 
@@ -176,6 +185,7 @@ def _steps(s: Settings) -> dict[str, object]:
             ready.setdefault(e.task_id, ts)
     claimed: dict[str, int] = {}
     started: dict[str, int] = {}
+    lifetime: dict[str, tuple[int, int]] = {}  # task -> (finished - started, report record - finished)
     by_executor: collections.Counter[str] = collections.Counter()
     for ts, e in timestamped(s, s.topic("inbox"), s.partitions):
         if isinstance(e, ClaimTask):
@@ -183,6 +193,8 @@ def _steps(s: Settings) -> dict[str, object]:
         elif start_of(e) is not None and e.task_id not in started:
             started[e.task_id] = start_of(e) or 0
             by_executor[e.executor_id] += 1
+        if isinstance(e, TaskCompleted) and e.task_id not in lifetime:
+            lifetime[e.task_id] = (e.finished_at_ms - e.started_at_ms, ts - e.finished_at_ms)
     granted: dict[str, int] = {}
     for ts, e in timestamped(s, s.topic("control"), s.control_partitions):
         if isinstance(e, ClaimGranted):
@@ -194,6 +206,9 @@ def _steps(s: Settings) -> dict[str, object]:
             steps["ready_to_claim_committed_ms"].append(claimed[tid] - r)
             steps["claim_to_grant_ms"].append(granted[tid] - claimed[tid])
             steps["grant_to_process_start_ms"].append(started[tid] - granted[tid])
+        if tid.startswith("t") and tid in lifetime:
+            steps["process_start_to_exit_seen_ms"].append(lifetime[tid][0])
+            steps["exit_seen_to_report_written_ms"].append(lifetime[tid][1])
     return {"started_per_executor": sorted(by_executor.values(), reverse=True),
             **{k: summary(v) for k, v in steps.items()}}
 
