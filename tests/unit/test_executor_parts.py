@@ -16,6 +16,7 @@ import pytest
 
 from ksched.artifacts import LocalStore
 from ksched.errors import ArtifactError
+from ksched.executor import sandbox
 from ksched.executor.cache import ArtifactCache
 from ksched.executor.claims import BoundedCalls, Wedged, flow_control, positions, stalled, take
 from ksched.executor.ledger import (
@@ -174,6 +175,33 @@ def test_a_held_process_runs_its_binary_only_when_released_with_its_limits_and_a
     lines = proc.log_path.read_text().split()
     assert lines[0] == "64"  # its limits
     assert lines[-1] == "/dev/null" and "3" not in lines[1:-1]  # stdin is /dev/null again; no fd of the gate
+
+
+@pytest.mark.parametrize(("limits", "probe", "expected"), [
+    (Limits(open_files=64), "ulimit -n; ulimit -Hn", "64 64"),
+    (Limits(cpu_seconds=7, open_files=0), "ulimit -t; ulimit -Ht", "7 7"),
+    (Limits(memory_mb=512, open_files=0), "ulimit -v; ulimit -Hv", f"{512 * 1024} {512 * 1024}"),
+])
+def test_a_held_process_gets_its_limits_without_the_prlimit_program(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limits: Limits, probe: str, expected: str) -> None:
+    monkeypatch.setattr(sandbox, "_PRLIMIT", str(tmp_path / "no-prlimit"))  # exec'ing it would fail the start
+    script = tmp_path / "probe.sh"
+    script.write_text(f"#!/bin/sh\n{probe}\n")
+    script.chmod(0o755)
+    proc = spawn(script, [], {"PATH": "/usr/bin:/bin"}, tmp_path / "work", limits, hold=True)
+    proc.release()
+    assert proc.popen.wait(10) == 0
+    assert " ".join(proc.log_path.read_text().split()) == expected
+
+
+def test_a_held_process_whose_limits_cannot_be_set_is_not_started(tmp_path: Path) -> None:
+    script = tmp_path / "noop.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match="cannot set the limits"):  # past fs.nr_open: refused even to root
+        spawn(script, [], {"PATH": "/usr/bin:/bin"}, tmp_path / "work", Limits(open_files=1 << 31), hold=True)
+    assert len(os.listdir("/proc/self/fd")) == fds  # its gate closed; it was killed and reaped
 
 
 def test_releasing_a_held_process_that_was_killed_raises_and_closes_its_gate(tmp_path: Path) -> None:
