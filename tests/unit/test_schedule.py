@@ -233,7 +233,9 @@ def test_last_day_and_nth_weekday_are_stepped_by_croniter(fields6: str) -> None:
 
 
 @pytest.mark.parametrize(("expr", "same_as"), [("0 9 * * 7", "0 9 * * 0"), ("0 9 * * 5-7", "0 9 * * 0,5,6"),
-                                               ("0 9 1 * 1-7/2", "0 9 1 * 0,1,3,5")])
+                                               ("0 9 1 * 1-7/2", "0 9 1 * 0,1,3,5"), ("0 9 * * sun,7", "0 9 * * 0"),
+                                               ("0 9 * * Fri-7", "0 9 * * 0,5,6"),
+                                               ("0 9 1 JAN-mar,dec sat", "0 9 1 1,2,3,12 6")])
 def test_seven_is_sunday_as_in_vixie_cron(expr: str, same_as: str) -> None:
     after = ms(2026, 3, 1)
     assert preview(Schedule(cron=expr), "j", after, 10) == preview(Schedule(cron=same_as), "j", after, 10)

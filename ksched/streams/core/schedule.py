@@ -250,13 +250,19 @@ def _fields(expanded: Sequence[Sequence[int | str]], nth: Mapping[int, object]) 
 #: written, and where `*` and `a/n` end (a weekday may be written 7, Sunday; croniter counts them to 6).
 _RANGES = ((0, 59, 59), (0, 59, 59), (0, 23, 23), (1, 31, 31), (1, 12, 12), (0, 7, 6))
 _ITEM = re.compile(r"(\*|\d+-\d+|\d+)(?:/(\d+))?")
+#: Month and weekday names, read as their numbers (croniter's names; with a seconds field it refused a weekday
+#: written 7 beside a name, `sun,7`, which cron takes).
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_NAMES = {4: {n: str(i) for i, n in enumerate(_MONTHS, 1)}, 5: {n: str(i) for i, n in enumerate(_WEEKDAYS)}}
+_NAME = re.compile(r"[a-z]{3}")
 
 
 def _plain_fields(fields6: str) -> _Fields | None:
-    """The common expressions (numbers, `*`, `a-b`, steps, lists) read without croniter, as croniter reads them
-    (tests/unit/test_schedule.py compares the two); None for anything else (names, `L`, `#`, a range that wraps,
-    an error), which croniter then parses. Registering a job with an expression of its own mostly paid for
-    croniter's parse; its fields are few and shared (`_field`)."""
+    """The common expressions (numbers, month and weekday names, `*`, `a-b`, steps, lists) read without croniter,
+    as croniter reads them (tests/unit/test_schedule.py compares the two); None for anything else (`L`, `#`, a
+    range that wraps, an error), which croniter then parses. Registering a job with an expression of its own mostly
+    paid for croniter's parse; its fields are few and shared (`_field`)."""
     texts = fields6.split(" ")
     sets = [_field(text, i) for i, text in enumerate(texts)]
     if any(v is None for v in sets):
@@ -275,6 +281,9 @@ def _plain_fields(fields6: str) -> _Fields | None:
 def _field(text: str, index: int) -> tuple[int, ...] | None:
     """The values field `index` of a 6-field expression allows, sorted; None where `_plain_fields` defers."""
     lo, hi, top = _RANGES[index]
+    if index in _NAMES:
+        names = _NAMES[index]
+        text = _NAME.sub(lambda m: names.get(m.group(0), m.group(0)), text.lower())
     values: set[int] = set()
     for item in text.split(","):
         m = _ITEM.fullmatch(item)
