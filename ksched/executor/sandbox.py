@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ksched.errors import ConfigError
 from ksched.instants import iso
 from ksched.schemas.events import ClaimGranted, Limits, TaskReady
 
@@ -237,6 +238,13 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def require_prlimit() -> None:
+    """Raises ConfigError where the prlimit program is missing: an attempt started at once would run with no
+    limits."""
+    if _PRLIMIT is None:
+        raise ConfigError("prlimit (util-linux) is not installed: jobs' resource limits could not be applied")
 
 
 def rlimits(limits: Limits) -> list[tuple[int, int, int]]:

@@ -34,7 +34,7 @@ from .control import Control
 from .ledger import Ledger, Stats, free_capacity
 from .reporting import Reporter
 from .runtime import Runtime
-from .sandbox import Isolation
+from .sandbox import Isolation, require_prlimit
 from .secrets import DirectorySecrets, SecretStore, open_secrets
 from .supervision import Supervisor
 
@@ -105,6 +105,7 @@ class Executor:
         self._stop.set()
 
     def _isolation(self, secrets: SecretStore | None) -> Isolation | None:
+        require_prlimit()
         if not self.config.isolated:
             log.warning("jobs run uncontained, as %s", "root" if os.geteuid() == 0 else "this executor's user")
             return None

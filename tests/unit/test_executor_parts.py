@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ksched.artifacts import LocalStore
-from ksched.errors import ArtifactError
+from ksched.errors import ArtifactError, ConfigError
 from ksched.executor import sandbox
 from ksched.executor.cache import ArtifactCache
 from ksched.executor.claims import BoundedCalls, Wedged, flow_control, positions, stalled, take
@@ -192,6 +192,13 @@ def test_a_held_process_gets_its_limits_without_the_prlimit_program(
     proc.release()
     assert proc.popen.wait(10) == 0
     assert " ".join(proc.log_path.read_text().split()) == expected
+
+
+def test_an_executor_without_the_prlimit_program_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    sandbox.require_prlimit()  # installed here
+    monkeypatch.setattr(sandbox, "_PRLIMIT", None)  # before: attempts started at once ran with no limits, silently
+    with pytest.raises(ConfigError, match="prlimit"):
+        sandbox.require_prlimit()
 
 
 def test_a_held_process_whose_limits_cannot_be_set_is_not_started(tmp_path: Path) -> None:
