@@ -164,9 +164,14 @@ def test_iso_run_instants() -> None:
 
 def _field(lo: int, hi: int, names: tuple[str, ...] = ()) -> st.SearchStrategy[str]:
     value = st.integers(lo, hi)
-    one = st.one_of(value.map(str), *([st.sampled_from(names)] if names else []))
-    span = st.tuples(value, value).map(lambda ab: f"{min(ab)}-{max(ab)}")
-    step = st.tuples(st.one_of(st.just("*"), span, value.map(str)), st.integers(1, max(1, hi - lo))).map(
+
+    def written(v: int, as_name: bool) -> str:  # a value as its number, or as its name (any case) where it has one
+        return names[v - lo].capitalize() if names and as_name else str(v)
+
+    one = st.tuples(value, st.booleans()).map(lambda p: written(*p))
+    span = st.tuples(value, value, st.booleans(), st.booleans()).map(
+        lambda p: f"{written(min(p[:2]), p[2])}-{written(max(p[:2]), p[3])}")
+    step = st.tuples(st.one_of(st.just("*"), span, one), st.integers(1, max(1, hi - lo))).map(
         lambda p: f"{p[0]}/{p[1]}")
     item = st.one_of(one, span, step)
     return st.one_of(st.just("*"), item, st.lists(item, min_size=2, max_size=4).map(",".join))
