@@ -121,6 +121,19 @@ def stalled(now: float, fetched_at: float, assigned_at: float, revoked_at: float
     return None
 
 
+#: How long after an assignment the executor waits, at most, for every newly assigned partition to answer its
+#: first fetch (a record, or its end) before it chooses what to claim.
+SETTLE_MAX_S = 3.0
+
+
+def settling(unanswered: Set[Partition], now: float, deadline: float) -> bool:
+    """Whether to hold the first claims after an assignment: while a newly assigned partition has not yet
+    answered and the deadline has not passed. Choosing earlier could claim normal work while a high-priority
+    record waits in a partition whose first fetch has not come back (the fixed 0.3 s wait this replaces was
+    too short for a loaded machine)."""
+    return bool(unanswered) and now < deadline
+
+
 def take(buffers: Mapping[Partition, deque[tuple[M, TaskReady | None]]], topics: Iterable[str], free_now: int,
          free_staged: int, soon_ms: float) -> list[tuple[M, TaskReady | None, bool]]:
     """Take from the buffers the records to claim, as (record, ready or None if undecodable, staged): high
@@ -187,6 +200,8 @@ class Claimer:
         self._buffers: dict[Partition, deque[tuple[Message, TaskReady | None]]] = {}
         self._paused: set[Partition] = set()
         self._settle_until = 0.0
+        #: Partitions assigned whose first fetch has not answered yet (see `settling`).
+        self._unanswered: set[Partition] = set()
         #: Partitions were assigned since the last step: resume them (librdkafka keeps a partition's pause across
         #: a rebalance, librdkafka#1849; one paused when it was revoked came back paused and was never fetched).
         self._resume_assigned = False
@@ -211,6 +226,8 @@ class Claimer:
                                  # fetch in flight costs it nothing.
                                  "fetch.wait.max.ms": kafka.FETCH_WAIT_MS,
                                  "session.timeout.ms": int(max(6.0, self.settings.session_timeout_s) * 1000),
+                                 # A partition's end is reported, so an empty one answers after an assignment.
+                                 "enable.partition.eof": True,
                                  "heartbeat.interval.ms": 1000})
 
     def _new_producer(self) -> Any:
@@ -302,11 +319,18 @@ class Claimer:
         for m in msgs:
             err = m.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._unanswered.discard(_tp(m))
+                else:
                     log.warning("ready topic error: %s", err)
                 continue
+            self._unanswered.discard(_tp(m))
             self._buffers.setdefault(_tp(m), deque()).append((m, self._decode_ready(m)))
-        if self._buffered() and (free_now > 0 or free_staged > 0) and time.monotonic() >= self._settle_until:
+        if self._settle_until and not settling(self._unanswered, time.monotonic(), self._settle_until):
+            log.debug("first fetches settled %.0f ms after the assignment; not answered: %s",
+                      (time.monotonic() - self._settle_until + SETTLE_MAX_S) * 1000, self._unanswered)
+            self._settle_until = 0.0
+        if self._buffered() and (free_now > 0 or free_staged > 0) and not self._settle_until:
             taken = take(self._buffers, self.ready_topics, free_now, free_staged, time.time() * 1000 + 50)
             if taken:
                 self._claim(taken)
@@ -353,7 +377,8 @@ class Claimer:
         self._assigned_at = time.monotonic()
         # Fetch from every newly assigned partition before choosing, so the first claims already see
         # the high-priority work that is waiting, not just whichever partition answered first.
-        self._settle_until = time.monotonic() + 0.3
+        self._settle_until = time.monotonic() + SETTLE_MAX_S
+        self._unanswered = {(tp.topic, tp.partition) for tp in partitions}
         self._resume_assigned = True
         log.debug("assigned %s", partitions)
 
@@ -361,6 +386,7 @@ class Claimer:
         self._revoked_at = time.monotonic()
         # Unclaimed records of a revoked partition belong to its next owner (their offsets were not committed).
         for tp in partitions:
+            self._unanswered.discard((tp.topic, tp.partition))
             self._buffers.pop((tp.topic, tp.partition), None)
             self._paused.discard((tp.topic, tp.partition))
         gone = {(tp.topic, tp.partition) for tp in partitions}

@@ -18,7 +18,7 @@ from ksched.artifacts import LocalStore
 from ksched.errors import ArtifactError, ConfigError
 from ksched.executor import sandbox
 from ksched.executor.cache import ArtifactCache
-from ksched.executor.claims import BoundedCalls, Wedged, flow_control, positions, stalled, take
+from ksched.executor.claims import BoundedCalls, Wedged, flow_control, positions, settling, stalled, take
 from ksched.executor.ledger import (
     GrantAnswer,
     Ledger,
@@ -535,6 +535,17 @@ def test_the_ready_consumer_counts_as_stalled_only_when_records_wait_or_a_rebala
         fetched: float, assigned: float, revoked: float, backlog: bool, stall: bool) -> None:
     why = stalled(100.0, fetched, assigned, revoked, backlog)
     assert (why is not None) == stall, why
+
+
+@pytest.mark.parametrize(("unanswered", "now", "hold"), [
+    (set(), 0.0, False),                             # every new partition answered: choose
+    ({("ready.high", 0)}, 0.0, True),                # the high-priority partition has not answered yet: wait
+    ({("ready.high", 0)}, 3.0, False),               # ... but not past the deadline
+    ({("ready.low", 1), ("ready.high", 0)}, 2.9, True),
+])
+def test_first_claims_after_an_assignment_wait_for_every_new_partition_to_answer_up_to_a_deadline(
+        unanswered: set[tuple[str, int]], now: float, hold: bool) -> None:
+    assert settling(unanswered, now, deadline=3.0) is hold
 
 
 def test_an_empty_log_is_not_uploaded_and_reads_back_empty(tmp_path: Path) -> None:
