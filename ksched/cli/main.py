@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ksched import config
-from ksched.errors import KschedError
+from ksched.errors import ConfigError, KschedError
 
 
 def _grant_roles(info: Any, settings: config.Settings) -> None:
@@ -91,8 +91,11 @@ def _topics(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _streams(args: argparse.Namespace, settings: config.Settings) -> int:
+    from ksched.streams.web import exposure_error
     from ksched.streams.worker import run
 
+    if args.web_port and (why := exposure_error(args.web_host, settings, args.web_open)):
+        raise ConfigError(why)
     return run(settings, name=args.name, web_port=args.web_port, loglevel=args.loglevel, web_host=args.web_host,
                web_url=args.web_url)
 
@@ -228,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--web-port", type=int, default=None, help="serve the HTTP API, metrics and UI on this port")
     sp.add_argument("--web-host", default="127.0.0.1",
                     help="the address the API listens on (default loopback: only this host reaches it)")
+    sp.add_argument("--web-open", action="store_true",
+                    help="serve the API beyond this host with no token (refused otherwise)")
     sp.add_argument("--web-url", default=None,
                     help="where the other workers reach this one's API (default http://WEB_HOST:WEB_PORT)")
     sp.add_argument("--loglevel", default="warning")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -245,6 +246,21 @@ def install(app: Any, table: Any, shell: InboxShell, settings: Settings, worker:
         guarded = tokens if path.startswith(("/api", "/metrics")) else set()
         app.page(path, name=f"ksched{path}")(_as_view(handler, guarded))
     return api
+
+
+def exposure_error(host: str, settings: Settings, open_without_token: bool) -> str | None:
+    """Why the API must not listen on `host`, or None: beyond this host (not a loopback address), job data and
+    logs would be readable by anyone who can reach it unless a token guards the API or it is opened on purpose."""
+    if settings.api_token or settings.api_admin_token or open_without_token:
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        if host == "localhost":
+            return None
+    return (f"--web-host {host} serves jobs, runs and logs beyond this host without a token: set "
+            "KSCHED_API_TOKEN, or pass --web-open to serve them to anyone who can reach it")
 
 
 def authorized(header: str | None, tokens: set[str]) -> bool:

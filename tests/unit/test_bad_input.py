@@ -137,3 +137,15 @@ def test_a_job_file_that_is_not_utf8_gets_one_line_and_exit_2(tmp_path: object) 
                           text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "KSCHED_HOME": str(tmp_path)})
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"ksched: {path}: not UTF-8 text (byte 8: b'\\xe9')"]
+
+
+def test_serving_the_api_beyond_this_host_without_a_token_is_refused_with_one_line(tmp_path: object) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "ksched.cli.main", "streams", "--web-port", "6099",
+                           "--web-host", "0.0.0.0"], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "KSCHED_HOME": str(tmp_path)})
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("ksched: --web-host 0.0.0.0 serves jobs, runs and logs beyond this host without a token")

@@ -73,3 +73,23 @@ def test_a_bearer_token_is_needed_only_when_tokens_are_configured() -> None:
     assert not authorized("Bearer nope", {"read"})
     assert not authorized("Basic read", {"read"})
     assert not authorized("read", {"read"})
+
+
+@pytest.mark.parametrize(("host", "token", "open_", "refused"), [
+    ("127.0.0.1", "", False, False),     # loopback: only this host reaches it
+    ("::1", "", False, False),
+    ("localhost", "", False, False),
+    ("0.0.0.0", "", False, True),        # every interface, no token: refused
+    ("10.1.2.3", "", False, True),
+    ("streams-1", "", False, True),      # a name that is not localhost may be any address
+    ("0.0.0.0", "t", False, False),      # a token guards it
+    ("0.0.0.0", "", True, False),        # opened on purpose
+])
+def test_the_api_is_served_beyond_this_host_only_with_a_token_or_on_purpose(
+        host: str, token: str, open_: bool, refused: bool) -> None:
+    from ksched.config import Settings
+    from ksched.streams.web import exposure_error
+
+    why = exposure_error(host, Settings(api_token=token), open_)
+    assert (why is not None) == refused
+    assert why is None or ("KSCHED_API_TOKEN" in why and "--web-open" in why)
