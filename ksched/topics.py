@@ -75,6 +75,11 @@ def app_id(settings: Settings) -> str:
     return f"{settings.prefix}-streams"
 
 
+def leader_topic(settings: Settings) -> str:
+    """Faust's assignor topic: the worker assigned its one partition is the leader, the one that ticks."""
+    return f"{app_id(settings)}-__assignor-__leader"
+
+
 def changelog_topic(settings: Settings) -> str:
     return f"{app_id(settings)}-jobstate-changelog"
 
@@ -106,6 +111,11 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(changelog_topic(s), s.partitions, "job id; 0x01-prefixed partition records",
                   "the streams app's table of job states (Faust changelog)",
                   {"cleanup.policy": "compact", "max.message.bytes": str(MAX_STATE_BYTES)}, True),
+        # Created here, with every other topic's replication: Faust would create it at a worker's start with that
+        # worker's KSCHED_REPLICATION_FACTOR (1 unless set): one copy, on one node (seen in the three-node tests).
+        TopicSpec(leader_topic(s), 1, "none (nothing is written to it)",
+                  "the streams workers' leader election: the worker assigned its partition sends the ticks",
+                  {"cleanup.policy": "delete"}),
         TopicSpec(s.topic("control"), s.control_partitions, "executor id",
                   "claim grants, rejections and cancel requests for executors",
                   {"cleanup.policy": "delete", "retention.ms": str(DAY_MS)}),

@@ -66,6 +66,15 @@ def lagging(settings: object) -> list[str]:
             for p, pm in t.partitions.items() if len(pm.isrs) < len(pm.replicas)]
 
 
+def single_copies(settings: object, prefix: str) -> list[str]:
+    """The installation's partitions (its own topics and Faust's internal ones, the assignor's leader topic
+    among them) with fewer than three replicas: one node's loss would take them offline. The workers here run
+    with no KSCHED_REPLICATION_FACTOR (1): the topics must come from `ensure_topics`, not from a worker."""
+    md = kafka.admin(settings).list_topics(timeout=15)  # type: ignore[arg-type]
+    return [f"{name}-{p}:replicas={pm.replicas}" for name, t in md.topics.items() if name.startswith(prefix)
+            for p, pm in t.partitions.items() if len(pm.replicas) < 3]
+
+
 def wait_in_sync(settings: object, what: str, timeout_s: float = 180.0) -> None:
     deadline = time.monotonic() + timeout_s
     while (bad := lagging(settings)) and time.monotonic() < deadline:
@@ -82,6 +91,7 @@ def kill_and_restart(nodes: kcluster.ClusterInfo, node_id: int, down_s: float) -
 def test_killing_the_inbox_leader_and_then_the_claims_coordinator_loses_and_doubles_nothing(
         nodes: kcluster.ClusterInfo, load: Load) -> None:
     s = load.cluster.settings
+    assert single_copies(s, s.prefix) == []
     victim = leader_of(s, s.topic("inbox"), 0)
     kill_and_restart(nodes, victim, down_s=8)
     wait_in_sync(s, "in sync again after the inbox leader came back")
