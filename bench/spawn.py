@@ -3,8 +3,9 @@ executor's default isolation (bubblewrap PID namespace, a pool uid, hidden direc
 (`--uncontained`), in the same run. Prints p50/p99 per start and the ratio. No Kafka.
 
 Also what a job's default limits add to a start, uncontained: CPU per start (this process and its reaped children)
-with the default limits and with none, started at once (the limits through the `prlimit` program) and created held
-then let go (the limits set by prlimit(2) while it waits)."""
+with the default limits and with none, started at once and created held then let go (either way the limits are
+set by prlimit(2) while the process waits at its gate: started at once, it is let go right after; with no limits,
+started at once, it has no gate)."""
 
 from __future__ import annotations
 

@@ -105,7 +105,6 @@ class Executor:
         self._stop.set()
 
     def _isolation(self, secrets: SecretStore | None) -> Isolation | None:
-        require_prlimit()
         if not self.config.isolated:
             log.warning("jobs run uncontained, as %s", "root" if os.geteuid() == 0 else "this executor's user")
             return None
@@ -113,8 +112,11 @@ class Executor:
         secret_dir = [secrets.root] if isinstance(secrets, DirectorySecrets) else []
         hidden = tuple(dict.fromkeys(p.resolve() for p in (self.settings.home, root, *secret_dir)))
         # Up to `slots` running and 1,000 held at once, each with its own uid.
-        return Isolation.default(hidden, self.config.slots + 1000 + 8, self.config.job_uid_base,
-                                 shared=tuple(p.resolve() for p in self.config.shared))
+        isolation = Isolation.default(hidden, self.config.slots + 1000 + 8, self.config.job_uid_base,
+                                      shared=tuple(p.resolve() for p in self.config.shared))
+        if isolation.namespaces:  # in bubblewrap the limits are set inside, by the program
+            require_prlimit()
+        return isolation
 
     def capacity(self) -> tuple[int, int]:
         """(claims of attempts due now it may still make, places for attempts staged ahead of their instant)."""

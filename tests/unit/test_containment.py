@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,6 +94,26 @@ def test_two_attempts_at_once_get_different_uids_and_a_finished_one_gives_its_ui
     a.retire()
     a.retire()  # idempotent
     assert pool.take() == 220_000
+
+
+@pytest.mark.parametrize("hold", [False, True])
+def test_with_a_uid_and_no_namespace_a_job_gets_its_limits_from_the_executor(home: Path, hold: bool) -> None:
+    # No bubblewrap: the process is `setpriv` to a pool uid, then the shim; the executor sets its limits by
+    # prlimit(2) on it (as root) while it waits at its gate, started at once or held.
+    # With no mount namespace the uid must reach the binary and its work dir itself: pytest's tmp dirs are 0700.
+    root = Path(tempfile.mkdtemp(prefix="ksched-uid-"))
+    try:
+        root.chmod(0o755)
+        iso = Isolation(UidPool(230_000, 2), namespaces=False, hidden=(home,))
+        (root / "cache").mkdir(mode=0o755)
+        binary = job(root, "lim", "id -u; ulimit -n; ulimit -Hn\n")
+        proc = spawn(binary, [], ENV, root / "runs" / "u", Limits(open_files=64), hold=hold, isolation=iso)
+        proc.release()
+        assert proc.popen.wait(timeout=60) == 0
+        proc.retire()
+        assert (root / "runs" / "u" / "output.log").read_text().split() == ["230000", "64", "64"]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_setsid_child_and_a_background_child_die_when_the_job_exits(iso: Isolation, home: Path,

@@ -182,16 +182,34 @@ def test_a_held_process_runs_its_binary_only_when_released_with_its_limits_and_a
     (Limits(cpu_seconds=7, open_files=0), "ulimit -t; ulimit -Ht", "7 7"),
     (Limits(memory_mb=512, open_files=0), "ulimit -v; ulimit -Hv", f"{512 * 1024} {512 * 1024}"),
 ])
-def test_a_held_process_gets_its_limits_without_the_prlimit_program(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limits: Limits, probe: str, expected: str) -> None:
+@pytest.mark.parametrize("hold", [True, False])
+def test_a_process_outside_a_namespace_gets_its_limits_without_the_prlimit_program(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limits: Limits, probe: str, expected: str,
+        hold: bool) -> None:
     monkeypatch.setattr(sandbox, "_PRLIMIT", str(tmp_path / "no-prlimit"))  # exec'ing it would fail the start
     script = tmp_path / "probe.sh"
-    script.write_text(f"#!/bin/sh\n{probe}\n")
+    script.write_text(f"#!/bin/sh\n{probe}\nls /proc/$$/fd\nreadlink /proc/$$/fd/0\n")
     script.chmod(0o755)
-    proc = spawn(script, [], {"PATH": "/usr/bin:/bin"}, tmp_path / "work", limits, hold=True)
+    proc = spawn(script, [], {"PATH": "/usr/bin:/bin"}, tmp_path / "work", limits, hold=hold)
+    assert (proc.gate is not None) == hold  # started at once: already let go
     proc.release()
     assert proc.popen.wait(10) == 0
-    assert " ".join(proc.log_path.read_text().split()) == expected
+    lines = proc.log_path.read_text().split()
+    assert " ".join(lines[:2]) == expected
+    assert lines[-1] == "/dev/null" and "3" not in lines[2:-1]  # stdin is /dev/null again; no fd of the gate
+
+
+def test_a_process_started_at_once_outside_a_namespace_waits_for_nothing_but_its_limits(tmp_path: Path) -> None:
+    script = tmp_path / "noop.sh"
+    script.write_text("#!/bin/sh\nexit 3\n")
+    script.chmod(0o755)
+    fds = len(os.listdir("/proc/self/fd"))
+    proc = spawn(script, [], {"PATH": "/usr/bin:/bin"}, tmp_path / "work", Limits(open_files=64))
+    assert proc.gate is None and proc.popen.wait(10) == 3
+    assert len(os.listdir("/proc/self/fd")) == fds  # the gate's both ends are closed
+    with pytest.raises(OSError, match="cannot set the limits"):  # past fs.nr_open: refused, nothing runs
+        spawn(script, [], {"PATH": "/usr/bin:/bin"}, tmp_path / "work2", Limits(open_files=1 << 31))
+    assert len(os.listdir("/proc/self/fd")) == fds
 
 
 def test_an_executor_without_the_prlimit_program_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
