@@ -342,7 +342,7 @@ def _spawn(binary: Path, args: list[str], env: dict[str, str], workdir: Path, li
     opts = limit_args(limits) if limits is not None else []
     # Outside a namespace the process gets its limits by prlimit(2) while it waits at its gate, before its binary
     # runs. Started at once, it is let go right after. The shim's exec costs less CPU than the prlimit program's
-    # (0.45-0.49 against 0.77-0.82 ms, `/bin/true` behind each, 400 starts). In bubblewrap they must be set inside
+    # (0.54-0.55 against 0.77-0.82 ms, `/bin/true` behind each, 400 starts). In bubblewrap they must be set inside
     # by the program (its sandboxed child is forked).
     held_limits = rlimits(limits) if limits is not None and (isolation is None or not isolation.namespaces) else []
     gated = hold or bool(held_limits)
