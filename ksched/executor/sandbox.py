@@ -241,8 +241,8 @@ def _group_alive(pgid: int) -> bool:
 
 
 def require_prlimit() -> None:
-    """Raises ConfigError where the prlimit program is missing: an attempt in bubblewrap could not get its limits
-    (outside a namespace the executor sets them itself, by prlimit(2))."""
+    """Raises ConfigError where the prlimit program is missing: an attempt in bubblewrap or with a pool uid could
+    not get its limits (as the executor's own user the executor sets them itself, by prlimit(2))."""
     if _PRLIMIT is None:
         raise ConfigError("prlimit (util-linux) is not installed: jobs' resource limits could not be applied")
 
@@ -340,12 +340,16 @@ def _spawn(binary: Path, args: list[str], env: dict[str, str], workdir: Path, li
     # guardian (in a namespace bubblewrap's --die-with-parent does it; with a uid, the uid's setpriv).
     guarded = (isolation is None or not isolation.namespaces) and uid is None
     opts = limit_args(limits) if limits is not None else []
-    # Outside a namespace the process gets its limits by prlimit(2) while it waits at its gate, before its binary
-    # runs. Started at once, it is let go right after. The shim's exec costs less CPU than the prlimit program's
-    # (0.54-0.55 against 0.77-0.82 ms, `/bin/true` behind each, 400 starts). In bubblewrap they must be set inside
-    # by the program (its sandboxed child is forked).
-    held_limits = rlimits(limits) if limits is not None and (isolation is None or not isolation.namespaces) else []
-    gated = hold or bool(held_limits)
+    # As the executor's own user, the process gets its limits by prlimit(2) while it waits at its gate, before
+    # its binary runs. Started at once, it is let go right after. The shim's exec costs less CPU than the prlimit
+    # program's (0.54-0.55 against 0.77-0.82 ms, `/bin/true` behind each, 400 starts). In bubblewrap they must be
+    # set inside by the program (its sandboxed child is forked); with a pool uid too: prlimit(2) on another uid's
+    # process needs CAP_SYS_RESOURCE, which a root without it (as in a container) lacks once `setpriv` switched.
+    held_limits = rlimits(limits) if limits is not None and uid is None and (
+        isolation is None or not isolation.namespaces) else []
+    # A guarded process waits at its gate until the guardian watches it too: an executor killed between the start
+    # and the watch would leave it running.
+    gated = hold or bool(held_limits) or guarded
     gate_r = gate_w = -1
     if gated:
         gate_r, gate_w = os.pipe()

@@ -114,7 +114,7 @@ class Executor:
         # Up to `slots` running and 1,000 held at once, each with its own uid.
         isolation = Isolation.default(hidden, self.config.slots + 1000 + 8, self.config.job_uid_base,
                                       shared=tuple(p.resolve() for p in self.config.shared))
-        if isolation.namespaces:  # in bubblewrap the limits are set inside, by the program
+        if isolation.namespaces or isolation.uids is not None:  # the limits are set inside, by the program
             require_prlimit()
         return isolation
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ksched.executor.sandbox import GUARDIAN, spawn
+from ksched.schemas.events import Limits
 
 ENV = {"PATH": "/usr/bin:/bin"}
 REPO = Path(__file__).resolve().parents[2]
@@ -104,3 +105,27 @@ def test_the_guardian_tells_a_running_attempt_from_an_ended_one_past_fd_1024(tmp
         assert not _alive(high)
     finally:
         os.close(high)
+
+
+@pytest.mark.parametrize("limits", [None, Limits(open_files=0)])
+def test_an_attempt_runs_nothing_before_the_guardian_watches_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 limits: Limits | None) -> None:
+    # With no limits to set at its gate (none given, or a job that sets none), an attempt once ran from its
+    # start: an executor killed before its watch reached the guardian left it running (CI saw it). It must wait
+    # at its gate until watched.
+    marker = tmp_path / "ran"
+    script = tmp_path / "mark.sh"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    script.chmod(0o755)
+    seen: list[bool] = []
+    watch = GUARDIAN.watch
+
+    def slow_watch(pid: int) -> None:
+        time.sleep(0.3)  # long enough for a running script to have touched its marker
+        seen.append(marker.exists())
+        watch(pid)
+
+    monkeypatch.setattr(GUARDIAN, "watch", slow_watch)
+    proc = spawn(script, [], ENV, tmp_path / "w", limits)
+    assert proc.popen.wait(10) == 0
+    assert seen == [False] and marker.exists()
