@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Set
 from functools import partial
 from typing import Any, TypeVar
@@ -109,15 +109,19 @@ STALL_S = 30.0
 STALL_CHECK_S = 5.0
 
 
-def stalled(now: float, fetched_at: float, assigned_at: float, revoked_at: float, backlog: bool) -> str | None:
+def stalled(now: float, fetched_at: float, assigned_at: float, revoked_at: float,
+            backlog_since: float | None) -> str | None:
     """Why the consumer counts as stalled, or None. Partitions revoked (or lost) and no assignment since, for
     `STALL_S`: a rebalance that never ended (an executor with no partitions at all is fine: it got an empty
-    assignment). Nothing fetched for `STALL_S` while its own unpaused partitions hold records it has not
-    fetched: a fetcher that stopped."""
+    assignment). Nothing fetched for `STALL_S`, and its own unpaused partitions holding records it has not fetched
+    since `backlog_since` (the check that first saw them, None: none seen) for `STALL_CHECK_S`: a fetcher that
+    stopped. Records that came a moment ago, after long idleness, are not yet a stall: a healthy fetcher takes
+    them within its long poll (replacing it then rebalanced every executor as a burst of staged attempts came)."""
     if revoked_at > assigned_at and now - revoked_at >= STALL_S:
         return f"no assignment {now - revoked_at:.0f}s after its partitions were revoked"
-    if backlog and now - fetched_at >= STALL_S:
-        return f"nothing fetched for {now - fetched_at:.0f}s while its partitions hold records"
+    if backlog_since is not None and now - fetched_at >= STALL_S and now - backlog_since >= STALL_CHECK_S:
+        return (f"nothing fetched for {now - fetched_at:.0f}s while its partitions hold records, for "
+                f"{now - backlog_since:.0f}s at least")
     return None
 
 
@@ -135,25 +139,34 @@ def settling(unanswered: Set[Partition], now: float, deadline: float) -> bool:
 
 
 def take(buffers: Mapping[Partition, deque[tuple[M, TaskReady | None]]], topics: Iterable[str], free_now: int,
-         free_staged: int, soon_ms: float) -> list[tuple[M, TaskReady | None, bool]]:
+         free_staged: int, soon_ms: float, staged_per_second: Mapping[int, int] | None = None,
+         per_second: int = 0) -> list[tuple[M, TaskReady | None, bool]]:
     """Take from the buffers the records to claim, as (record, ready or None if undecodable, staged): high
     priority first (the order of `topics`), each partition's records in order, round robin over a topic's
     partitions. An attempt due by `soon_ms` needs a free slot; one fired ahead of its instant needs a free staging
-    place. A partition whose next attempt finds no place stops there, so its order is kept."""
+    place, and (with `per_second` > 0) fewer than `per_second` attempts staged here already due in the same second
+    (`staged_per_second`: second -> how many): an executor takes no more of a burst than its slots can start at
+    the instant, and leaves the rest to others. A partition whose next attempt finds no place stops there, so its
+    order is kept."""
     taken: list[tuple[M, TaskReady | None, bool]] = []
     budget = {False: free_now, True: free_staged}
+    at_second = Counter(staged_per_second or {})
     for topic in topics:
         queues = [q for (t, _), q in buffers.items() if t == topic and q]
         while queues:
             for q in list(queues):
                 m, ready = q[0]
                 staged = ready is not None and ready.scheduled_for_ms > soon_ms
-                if ready is not None and budget[staged] <= 0:
+                second = ready.scheduled_for_ms // 1000 if ready is not None else 0
+                if ready is not None and (budget[staged] <= 0 or (
+                        staged and per_second > 0 and at_second[second] >= per_second)):
                     queues.remove(q)  # this partition waits; its order is kept
                     continue
                 q.popleft()
                 if ready is not None:
                     budget[staged] -= 1
+                    if staged:
+                        at_second[second] += 1
                 taken.append((m, ready, staged))
                 if not q:
                     queues.remove(q)
@@ -184,12 +197,14 @@ def positions(offsets: Iterable[tuple[Partition, int]]) -> tuple[dict[Partition,
 
 class Claimer:
     def __init__(self, settings: Settings, executor_id: str, pool: str, ledger: Ledger, stats: Stats,
-                 capacity: Callable[[], tuple[int, int]], backlog_limit: int) -> None:
+                 capacity: Callable[[], tuple[int, int]], backlog_limit: int, per_second: int = 0) -> None:
         self.id = executor_id
         self.ledger = ledger
         self.settings = settings
         self.stats = stats
         self.capacity = capacity
+        #: Attempts staged here due in one second at most (0: no bound): the slots (see `take`).
+        self.per_second = per_second
         self.backlog_limit = backlog_limit
         self.codec = default_codec()
         self.inbox = settings.topic("inbox")
@@ -214,6 +229,8 @@ class Claimer:
         #: consumer was last checked for a stall (`stalled`).
         self._fetched_at = self._assigned_at = self._checked_at = now
         self._revoked_at = 0.0
+        #: When a stall check first saw records waiting unfetched in its partitions (None: not since the last fetch).
+        self._backlog_since: float | None = None
 
     def _new_consumer(self) -> Any:
         # "range" splits each ready topic's partitions evenly among the executors; a sticky assignor balances only
@@ -313,6 +330,7 @@ class Claimer:
         now = time.monotonic()
         if msgs:
             self._fetched_at = now
+            self._backlog_since = None
         elif now - self._checked_at >= STALL_CHECK_S:
             self._checked_at = now
             self._check_stall(now)
@@ -331,7 +349,8 @@ class Claimer:
                       (time.monotonic() - self._settle_until + SETTLE_MAX_S) * 1000, self._unanswered)
             self._settle_until = 0.0
         if self._buffered() and (free_now > 0 or free_staged > 0) and not self._settle_until:
-            taken = take(self._buffers, self.ready_topics, free_now, free_staged, time.time() * 1000 + 50)
+            taken = take(self._buffers, self.ready_topics, free_now, free_staged, time.time() * 1000 + 50,
+                         self.ledger.staged_per_second() if self.per_second > 0 else None, self.per_second)
             if taken:
                 self._claim(taken)
 
@@ -353,7 +372,8 @@ class Claimer:
             except KafkaException as exc:
                 log.info("stall check not done: %s", exc)
                 return
-        why = stalled(now, self._fetched_at, self._assigned_at, self._revoked_at, backlog)
+        self._backlog_since = (self._backlog_since or now) if backlog else None
+        why = stalled(now, self._fetched_at, self._assigned_at, self._revoked_at, self._backlog_since)
         if why is None:
             return
         log.warning("ready topics' consumer stalled (%s); replacing it", why)
@@ -367,6 +387,7 @@ class Claimer:
         self._consumer = self._new_consumer()
         self._fetched_at = self._assigned_at = now
         self._revoked_at = 0.0
+        self._backlog_since = None
         self.subscribe()
 
     def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
