@@ -96,12 +96,16 @@ def main(argv: list[str]) -> None:
         time.sleep(max(0.0, due + 2 - time.time()))
         deadline = due + 300
         started: dict[str, int] = {}
+        by_executor: dict[str, str] = {}
         while time.time() < deadline and len(started) < args.due:
             for e in follower.poll(3.0):
                 if start_of(e) is not None and e.task_id.startswith("job"):  # not the warm-up's
                     started.setdefault(e.task_id, start_of(e) or 0)
+                    by_executor.setdefault(e.task_id, e.executor_id)
             print(f"  {len(started)}/{args.due} started", file=sys.stderr)
         cluster.stop()
+        executor_stats = [line.split(" stopped: ", 1)[1] for p in cluster.procs if p.name.startswith("executor")
+                          for line in p.log.read_text(errors="replace").splitlines() if " stopped: " in line]
         lags = [float(at - due * 1000) for at in started.values()]
         running = {}
         for line in ledger.read_text().splitlines() if ledger.exists() else []:
@@ -119,8 +123,19 @@ def main(argv: list[str]) -> None:
             "ratio_to_floor": {"lag_p50": _ratio(lag["p50"], floor_start["p50"]),
                                "lag_p99": _ratio(lag["p99"], floor_start["p99"]),
                                "binary_running_p99": _ratio(binary_lag["p99"], floor_running["p99"])},
+            "lag_ms_per_executor": _per_executor(started, by_executor, due * 1000),
+            "executors_at_exit": executor_stats,
             **stages,
         })
+
+
+def _per_executor(started: dict[str, int], by_executor: dict[str, str], due_ms: int) -> dict[str, object]:
+    """Each executor's share of the burst and its lags: how evenly the attempts were spread, and whether one
+    executor let its processes go later than the other."""
+    lags: dict[str, list[float]] = collections.defaultdict(list)
+    for tid, at in started.items():
+        lags[by_executor[tid]].append(float(at - due_ms))
+    return {ex: summary(v) for ex, v in sorted(lags.items())}
 
 
 def _ratio(a: float, b: float) -> float:
