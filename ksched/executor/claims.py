@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Set
 from functools import partial
 from typing import Any, TypeVar
@@ -139,34 +139,28 @@ def settling(unanswered: Set[Partition], now: float, deadline: float) -> bool:
 
 
 def take(buffers: Mapping[Partition, deque[tuple[M, TaskReady | None]]], topics: Iterable[str], free_now: int,
-         free_staged: int, soon_ms: float, staged_per_second: Mapping[int, int] | None = None,
-         per_second: int = 0) -> list[tuple[M, TaskReady | None, bool]]:
+         free_staged: int, soon_ms: float) -> list[tuple[M, TaskReady | None, bool]]:
     """Take from the buffers the records to claim, as (record, ready or None if undecodable, staged): high
     priority first (the order of `topics`), each partition's records in order, round robin over a topic's
     partitions. An attempt due by `soon_ms` needs a free slot; one fired ahead of its instant needs a free staging
-    place, and (with `per_second` > 0) fewer than `per_second` attempts staged here already due in the same second
-    (`staged_per_second`: second -> how many): an executor takes no more of a burst than its slots can start at
-    the instant, and leaves the rest to others. A partition whose next attempt finds no place stops there, so its
-    order is kept."""
+    place. A partition whose next attempt finds no place stops there, so its order is kept. (Bounding the
+    attempts staged per second by the slots was tried and taken out: a partition is this executor's alone, so the
+    rest of a burst went to no other executor; they were claimed at their instant instead, and the records behind
+    them in the partition waited for it.)"""
     taken: list[tuple[M, TaskReady | None, bool]] = []
     budget = {False: free_now, True: free_staged}
-    at_second = Counter(staged_per_second or {})
     for topic in topics:
         queues = [q for (t, _), q in buffers.items() if t == topic and q]
         while queues:
             for q in list(queues):
                 m, ready = q[0]
                 staged = ready is not None and ready.scheduled_for_ms > soon_ms
-                second = ready.scheduled_for_ms // 1000 if ready is not None else 0
-                if ready is not None and (budget[staged] <= 0 or (
-                        staged and per_second > 0 and at_second[second] >= per_second)):
+                if ready is not None and budget[staged] <= 0:
                     queues.remove(q)  # this partition waits; its order is kept
                     continue
                 q.popleft()
                 if ready is not None:
                     budget[staged] -= 1
-                    if staged:
-                        at_second[second] += 1
                 taken.append((m, ready, staged))
                 if not q:
                     queues.remove(q)
@@ -197,14 +191,12 @@ def positions(offsets: Iterable[tuple[Partition, int]]) -> tuple[dict[Partition,
 
 class Claimer:
     def __init__(self, settings: Settings, executor_id: str, pool: str, ledger: Ledger, stats: Stats,
-                 capacity: Callable[[], tuple[int, int]], backlog_limit: int, per_second: int = 0) -> None:
+                 capacity: Callable[[], tuple[int, int]], backlog_limit: int) -> None:
         self.id = executor_id
         self.ledger = ledger
         self.settings = settings
         self.stats = stats
         self.capacity = capacity
-        #: Attempts staged here due in one second at most (0: no bound): the slots (see `take`).
-        self.per_second = per_second
         self.backlog_limit = backlog_limit
         self.codec = default_codec()
         self.inbox = settings.topic("inbox")
@@ -349,8 +341,7 @@ class Claimer:
                       (time.monotonic() - self._settle_until + SETTLE_MAX_S) * 1000, self._unanswered)
             self._settle_until = 0.0
         if self._buffered() and (free_now > 0 or free_staged > 0) and not self._settle_until:
-            taken = take(self._buffers, self.ready_topics, free_now, free_staged, time.time() * 1000 + 50,
-                         self.ledger.staged_per_second() if self.per_second > 0 else None, self.per_second)
+            taken = take(self._buffers, self.ready_topics, free_now, free_staged, time.time() * 1000 + 50)
             if taken:
                 self._claim(taken)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -181,12 +181,6 @@ class Ledger:
         staged = sum(1 for p in self._pending.values() if p.staged) + sum(
             1 for a in self._attempts.values() if a.staged)
         return len(self._pending) + len(self._attempts) - staged, staged
-
-    def staged_per_second(self) -> Counter[int]:
-        """How many claims and attempts holding a staging place are due in each second (of the epoch)."""
-        with self._lock:
-            return Counter([p.ready.scheduled_for_ms // 1000 for p in self._pending.values() if p.staged]
-                           + [a.ready.scheduled_for_ms // 1000 for a in self._attempts.values() if a.staged])
 
     def open(self, batch: Iterable[Pending]) -> list[Pending]:
         """Record new claims, leaving out attempts this executor already took on (a re-sent ready record)."""

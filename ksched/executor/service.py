@@ -95,8 +95,7 @@ class Executor:
         self._closed = threading.Event()  # stop listening for answers too (set last, when shutting down)
         self.reporter = Reporter(settings, self.id, store, self.config.log_limit_bytes)
         self.claimer = Claimer(settings, self.id, self.config.pool, self.ledger, self.stats, self.capacity,
-                               backlog_limit=max(2, self.config.slots, self.config.staging),
-                               per_second=self.config.slots)
+                               backlog_limit=max(2, self.config.slots, self.config.staging))
         self.control = Control(settings, self.id, self.ledger, self.stats, self.reporter)
         self.supervisor = Supervisor(self.ledger, self.stats, self.reporter, heartbeat_s=settings.heartbeat_s,
                                      lease_s=settings.lease_s, claim_timeout_s=self.config.claim_timeout_s,

@@ -332,19 +332,6 @@ def test_a_granted_attempt_is_started_once_and_not_claimed_again() -> None:
     assert ledger.load() == (0, 0)
 
 
-def test_the_ledger_counts_the_staged_claims_and_attempts_due_in_each_second() -> None:
-    ledger = Ledger()
-    ready = [replace(sample(TaskReady), task_id=f"t{i}", scheduled_for_ms=ms)
-             for i, ms in enumerate([61_000, 61_999, 62_000, 5_000])]
-    ledger.open([Pending(r, f"c{i}", 1.0, staged=i < 3) for i, r in enumerate(ready)])
-    assert ledger.staged_per_second() == {61: 2, 62: 1}  # the last one holds a slot
-    answer = ledger.answer(replace(sample(ClaimGranted), task_id="t0", attempt=ready[0].attempt, claim_id="c0"))
-    assert answer.attempt is not None and answer.attempt.staged  # granted: still staged, now as an attempt
-    assert ledger.staged_per_second() == {61: 2, 62: 1}
-    answer.attempt.staged = False  # its instant came: it holds a slot
-    assert ledger.staged_per_second() == {61: 1, 62: 1}
-
-
 def test_a_claim_given_up_on_is_handed_back_when_its_grant_comes_and_a_rejection_settles_it() -> None:
     ledger = Ledger()
     late, rejected, fresh = claim(ledger, "c1", 1), claim(ledger, "c2", 2), claim(ledger, "c3", 3, since=25.0)
@@ -463,25 +450,6 @@ def buffers(**partitions: list[str | None]) -> dict[tuple[str, int], deque[tuple
                 q.append((n.lstrip("+"), ready_at(n.lstrip("+"), NOW_MS + (60_000 if n.startswith("+") else 0))))
         out[(key[:-1], int(key[-1]))] = q
     return out
-
-
-@pytest.mark.parametrize(("partitions", "already", "taken", "left"), [
-    # No more staged attempts due in one second than the slots (2): the rest are left to other executors.
-    ({"high0": ["+a1", "+a2"], "high1": ["+b1", "+b2"]}, {}, ["a1", "b1"], {"high0": 1, "high1": 1}),
-    # Those staged already count, and attempts due now are not bounded by it.
-    ({"high0": ["+a1", "a2"], "high1": ["b1", "b2"]}, {(NOW_MS + 60_000) // 1000: 2}, ["b1", "b2"],
-     {"high0": 2, "high1": 0}),
-    # Another second has its own bound.
-    ({"high0": ["+a1"]}, {NOW_MS // 1000 + 61: 2}, ["a1"], {"high0": 0}),
-])
-def test_an_executor_stages_no_more_of_one_second_than_its_slots(partitions: dict[str, list[str | None]],
-                                                                  already: dict[int, int], taken: list[str],
-                                                                  left: dict[str, int]) -> None:
-    bufs = buffers(**partitions)
-    got = take(bufs, ["high", "normal", "low"], 10, 10, soon_ms=NOW_MS + 50, staged_per_second=already,
-               per_second=2)
-    assert [m for m, _, _ in got] == taken
-    assert {f"{t}{p}": len(q) for (t, p), q in bufs.items()} == left
 
 
 @pytest.mark.parametrize(("partitions", "free_now", "free_staged", "taken", "left"), [
