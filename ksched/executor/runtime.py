@@ -259,15 +259,17 @@ class Runtime:
             return released
         interval = sys.getswitchinterval()
         sys.setswitchinterval(max(interval, LET_GO_SWITCH_S))
+        taken = 0  # held processes taken off their attempts: no longer counted as held, whatever happens next
         try:
             for attempt in held:
                 proc, attempt.held = attempt.held, None
+                taken += 1
                 assert proc is not None
                 released[id(attempt)] = self._release_held(proc)
         finally:
             sys.setswitchinterval(interval)
             with self._cond:
-                self._held -= len(held)
+                self._held -= taken
         return released
 
     def _start_all(self, startable: list[Attempt], released: dict[int, Process | None]) -> None:
