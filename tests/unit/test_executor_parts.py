@@ -764,8 +764,8 @@ def test_a_failure_while_starting_ends_the_attempt_and_frees_its_slot(store: Loc
 def test_a_burst_of_held_processes_is_let_go_keeping_the_gil_and_the_switch_interval_is_restored(
         store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """At the default switch interval any thread of the executor that woke took the GIL from the loop letting a
-    burst go, and on cores crowded by the processes let go it could keep it long: one executor's 500 releases took
-    0.6-1.0 s against 0.45-0.77 s without (`./dev bench firing_lag`)."""
+    burst go, and on cores crowded by the processes let go it could keep it long: one executor's ~500 releases took
+    0.60-1.00 s at the default, 0.43-0.77 s at the long interval (`./dev bench firing_lag`)."""
     from ksched.executor import runtime as rt
 
     ref = put(store, tmp_path, "ok.sh", b"#!/bin/sh\nexit 0\n")
