@@ -192,7 +192,14 @@ def timestamped(settings: Any, topic: str, partitions: int) -> list[tuple[int, A
                     out.append((m.timestamp()[1], codec.decode(m.value())))
                 except Exception:  # ticks of other runs, dead letters: not ours to count
                     continue
-    return out
+    return unbatched(out)
+
+
+def unbatched(records: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    """Timestamped records with each batch of claims (`ClaimTasks`) as its claims, each at the batch's time."""
+    from ksched.schemas.events import ClaimTasks
+
+    return [(ts, one) for ts, e in records for one in (e.claims if isinstance(e, ClaimTasks) else [e])]
 
 
 def submit_jobs(p: Any, s: Any, ref: Any, prefix: str, n: int, rate: float) -> float:

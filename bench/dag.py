@@ -42,7 +42,7 @@ from ksched.schemas.events import (
 )
 from tests.support import Cluster, write_script
 
-from .common import Follower, broker, report, start_of, summary, warm_up_broker
+from .common import Follower, broker, report, start_of, summary, unbatched, warm_up_broker
 
 
 def _submit(s: Settings, spec: JobSpec) -> None:
@@ -64,7 +64,7 @@ def _follow(s: Settings, job_id: str, timeout_s: float) -> tuple[list[Any], list
             reports = [(m.timestamp()[1], codec.decode(m.value()))
                        for m in read_partition(s, s.topic("inbox"), part, timeout_s=120)
                        if m.key() == job_id.encode() and m.value() is not None]
-            return reports, decisions
+            return unbatched(reports), decisions
         time.sleep(2)
     raise TimeoutError(f"{job_id} did not finish in {timeout_s:.0f}s")
 

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from ksched.config import Settings
 from ksched.errors import CodecError, KschedError
 from ksched.partitioning import partition_for
 from ksched.schemas.codec import HEADER_LEN, Codec, default_codec
-from ksched.schemas.events import JobDefinition, JobSpec, RunView, SubmitJobs, TaskView, schema_name
+from ksched.schemas.events import ClaimTasks, JobDefinition, JobSpec, RunView, SubmitJobs, TaskView, schema_name
 from ksched.schemas.records import from_data
 
 log = logging.getLogger(__name__)
@@ -304,7 +304,8 @@ def job_history(settings: Settings, job_id: str, codec: Codec | None = None, sin
     codec = codec or default_codec()
     p = partition_for(job_id, settings.partitions)
     key = job_id.encode()
-    bulk_fp = codec.prefix(schema_name(SubmitJobs))[2:]  # bulk records hold other jobs' submissions too
+    # Batch records hold other jobs' submissions and claims too.
+    bulk_fps = {codec.prefix(schema_name(cls))[2:] for cls in (SubmitJobs, ClaimTasks)}
     out: list[tuple[int, str, Any]] = []
     for topic in (settings.topic("inbox"), settings.topic("events")):
         start = OFFSET_BEGINNING if since_ms is None else offset_for_time(settings, topic, p, since_ms)
@@ -316,15 +317,21 @@ def job_history(settings: Settings, job_id: str, codec: Codec | None = None, sin
             value = m.value()
             if value is None or (since_ms is not None and at < since_ms):
                 continue
-            bulk = value[2:HEADER_LEN] == bulk_fp
+            bulk = value[2:HEADER_LEN] in bulk_fps
             if m.key() != key and not (ticks and m.key() is None) and not bulk:
                 continue
             rec = _decode(codec, m)
-            if isinstance(rec, SubmitJobs):  # keyed by its first job: the job's own submissions, if any
-                rec = next((c for c in rec.submissions if c.job.job_id == job_id), None)
-            if rec is None or (m.key() is None and type(rec).__name__ != "Tick"):
+            # A batch is keyed by its first job: the job's own submissions and claims, if any.
+            recs: Sequence[object]
+            if isinstance(rec, SubmitJobs):
+                recs = [c for c in rec.submissions if c.job.job_id == job_id][:1]
+            elif isinstance(rec, ClaimTasks):
+                recs = [c for c in rec.claims if c.job_id == job_id]
+            else:
+                recs = [rec] if rec is not None else []
+            if not recs or (m.key() is None and type(rec).__name__ != "Tick"):
                 continue
-            out.append((at, topic, rec))
+            out += [(at, topic, r) for r in recs]
             taken += 1
             if limit and taken > limit:  # this topic's next page starts after here: enough for the merge
                 break

@@ -26,10 +26,11 @@ from typing import Any, TypeVar
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from ksched import kafka
+from ksched.bulk import BulkRecord, packed
 from ksched.config import Settings
 from ksched.errors import CodecError
 from ksched.schemas.codec import default_codec
-from ksched.schemas.events import PRIORITIES, ClaimTask, DeadLetter, TaskReady
+from ksched.schemas.events import PRIORITIES, ClaimTask, ClaimTasks, DeadLetter, TaskReady
 from ksched.topics import ready_topic
 
 from .ledger import Ledger, Pending, Stats, now_ms
@@ -58,6 +59,19 @@ WEDGED_AFTER_S = 3.0
 TXN_TIMEOUT_MS = 15_000
 #: How long a transactional call that times out retriably is called again (below the transaction's timeout).
 TXN_RESUME_S = 12.0
+#: Claims per inbox record at most. A transaction's claims of the jobs of one inbox partition go in one
+#: `ClaimTasks` record (one alone as a `ClaimTask`): a burst due together is then a few records for the streams
+#: worker, whose cost per record (its consumer, the stream, the commit) is about what deciding a claim costs.
+CLAIMS_PER_RECORD = 100
+
+
+def claim_records(claims: list[ClaimTask], partitions: int, encode: Callable[[object], bytes]) -> list[BulkRecord]:
+    """A transaction's claims as inbox records: per inbox partition, in their order, one `ClaimTasks` of up to
+    `CLAIMS_PER_RECORD` (a claim alone stays a `ClaimTask`)."""
+    def pack(partition: int, chunk: list[ClaimTask]) -> bytes:
+        return encode(chunk[0] if len(chunk) == 1 else ClaimTasks(partition, chunk))
+
+    return list(packed(claims, partitions, lambda claim: claim.job_id, pack, CLAIMS_PER_RECORD))
 
 
 class Wedged(Exception):
@@ -456,10 +470,11 @@ class Claimer:
             for m, ready, _ in msgs:
                 if ready is None:
                     self._dead_letter(m)
-            for p in batch:
-                claim = ClaimTask(p.claim_id, p.ready.job_id, p.ready.run_id, p.ready.task_id, p.ready.attempt,
-                                  self.id, now_ms())
-                self._producer.produce(self.inbox, key=p.ready.job_id.encode(), value=self.codec.encode(claim))
+            at = now_ms()
+            claims_ = [ClaimTask(p.claim_id, p.ready.job_id, p.ready.run_id, p.ready.task_id, p.ready.attempt,
+                                 self.id, at) for p in batch]
+            for r in claim_records(claims_, self.settings.partitions, self.codec.encode):
+                self._producer.produce(self.inbox, key=r.key, value=r.value, partition=r.partition)
             self._resumed("commit_transaction", lambda: producer.commit_transaction(TXN_TIMEOUT_S))
         except KafkaException as exc:
             self._claim_failed(exc, batch, first)

@@ -309,6 +309,18 @@ class ClaimTask:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimTasks:
+    """Several claims of one claim transaction in one inbox record: those of jobs that one inbox partition owns,
+    produced to it, keyed by the first claim's job id. The scheduler decides each as if it had been sent alone
+    (`streams.core.decide.claims_of`) and forwards one whose job another partition owns. A burst of attempts due
+    together is then a few inbox records, not one per attempt."""
+
+    SCHEMA: ClassVar[str] = "ksched.ClaimTasks"
+    partition: int
+    claims: list[ClaimTask]
+
+
+@dataclass(frozen=True, slots=True)
 class TaskStarted:
     SCHEMA: ClassVar[str] = "ksched.TaskStarted"
     job_id: str
@@ -716,7 +728,7 @@ class DeadLetter:
 
 
 Command = SubmitJob | SubmitJobs | PauseJob | ResumeJob | DeleteJob | TriggerJob | CancelRun | RerunTasks | BackfillJob
-Report = ClaimTask | TaskStarted | TaskHeartbeat | ExecutorHeartbeat | TaskCompleted | TaskFailed
+Report = ClaimTask | ClaimTasks | TaskStarted | TaskHeartbeat | ExecutorHeartbeat | TaskCompleted | TaskFailed
 InboxEvent = Command | Tick | Report
 Decision = (
     JobAccepted | JobRejected | JobChanged | RunTriggered | OccurrenceMissed | OccurrenceSkipped | TaskReady
@@ -726,7 +738,7 @@ Decision = (
 
 INBOX_TYPES: tuple[type, ...] = (
     SubmitJob, SubmitJobs, PauseJob, ResumeJob, DeleteJob, TriggerJob, CancelRun, RerunTasks, BackfillJob, Tick,
-    ClaimTask, TaskStarted, TaskHeartbeat, ExecutorHeartbeat, TaskCompleted, TaskFailed,
+    ClaimTask, ClaimTasks, TaskStarted, TaskHeartbeat, ExecutorHeartbeat, TaskCompleted, TaskFailed,
 )
 DECISION_TYPES: tuple[type, ...] = (
     JobAccepted, JobRejected, JobChanged, RunTriggered, OccurrenceMissed, OccurrenceSkipped, TaskReady,

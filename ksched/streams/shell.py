@@ -24,7 +24,7 @@ from ksched.config import Settings
 from ksched.errors import CodecError
 from ksched.partitioning import partition_for
 from ksched.schemas.codec import Codec
-from ksched.schemas.events import INBOX_TYPES, ExecutorHeartbeat, SubmitJobs, Tick
+from ksched.schemas.events import INBOX_TYPES, ClaimTasks, ExecutorHeartbeat, SubmitJobs, Tick
 from ksched.topics import MAX_RECORD_BYTES
 
 from . import outbox
@@ -167,7 +167,9 @@ class InboxShell:
         if isinstance(event, ExecutorHeartbeat):
             return out + self._heartbeats(store, partition, offset, event, key, value, settled)
         if isinstance(event, SubmitJobs):
-            return out + self._submissions(store, partition, offset, event, settled)
+            return out + self._batch(store, partition, offset, core.submissions_of(event), SubmitJobs, settled)
+        if isinstance(event, ClaimTasks):
+            return out + self._batch(store, partition, offset, core.claims_of(event), ClaimTasks, settled)
         job_id = core.event_job_id(event)  # type: ignore[arg-type]  # an INBOX_TYPES instance
         owner = partition_for(job_id, self.settings.partitions)
         if owner != partition:
@@ -203,20 +205,21 @@ class InboxShell:
             msgs += self._apply(store, partition, offset, job_id, beats, key, value, settled)
         return msgs
 
-    def _submissions(self, store: Store, partition: int, offset: int, bulk: SubmitJobs,
-                     settled: int | None) -> list[Message]:
-        """Each job of a bulk submission decided as if its submission had come alone: its own key and bytes (what a
-        dead letter of it keeps), its record written once; one whose job another partition owns is forwarded."""
+    def _batch(self, store: Store, partition: int, offset: int, by_job: dict[str, list[Any]], kind: type,
+               settled: int | None) -> list[Message]:
+        """Each job's records of a batch (a bulk submission, a transaction's claims) decided as if they had come
+        alone: their own key and bytes (what a dead letter of them keeps), the job's record written once; one whose
+        job another partition owns is forwarded."""
         msgs: list[Message] = []
-        for job_id, cmds in core.submissions_of(bulk).items():
+        for job_id, records in by_job.items():
             owner = partition_for(job_id, self.settings.partitions)
             if owner != partition:
-                self.counters.forwarded += len(cmds)
-                msgs += [self.router.forward(job_id, self.codec.encode(cmd), owner) for cmd in cmds]
+                self.counters.forwarded += len(records)
+                msgs += [self.router.forward(job_id, self.codec.encode(r), owner) for r in records]
                 continue
             # Encoded alone only if it is dead-lettered (an encoding costs about what deciding a submission does).
-            alone = partial(self.codec.encode, cmds[0] if len(cmds) == 1 else SubmitJobs(partition, cmds))
-            msgs += self._apply(store, partition, offset, job_id, list(cmds), job_id.encode(), alone, settled)
+            alone = partial(self.codec.encode, records[0] if len(records) == 1 else kind(partition, records))
+            msgs += self._apply(store, partition, offset, job_id, list(records), job_id.encode(), alone, settled)
         return msgs
 
     def _apply(self, store: Store, partition: int, offset: int, job_id: str, events: list[Any],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ksched.errors import JobSpecError
 from ksched.instants import iso
@@ -24,6 +24,7 @@ from ksched.schemas.events import (
     ClaimGranted,
     ClaimRejected,
     ClaimTask,
+    ClaimTasks,
     DeleteJob,
     ExecutorHeartbeat,
     FailureReason,
@@ -66,6 +67,8 @@ from .schedule import fire_times, next_fire
 from .validate import validate_job
 from .views import view_changes
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
@@ -83,6 +86,8 @@ def event_job_id(event: InboxEvent) -> str:
         raise ValueError("an executor's heartbeat is about each attempt it names (heartbeats_of)")
     if isinstance(event, SubmitJobs):
         raise ValueError("a bulk submission is about each job it submits (submissions_of)")
+    if isinstance(event, ClaimTasks):
+        raise ValueError("a batch of claims is about each job it claims a task of (claims_of)")
     return event.job_id
 
 
@@ -96,9 +101,19 @@ def heartbeats_of(beat: ExecutorHeartbeat) -> list[TaskHeartbeat]:
 def submissions_of(bulk: SubmitJobs) -> dict[str, list[SubmitJob]]:
     """A bulk submission as each job's submissions, in the record's order (a job named twice is decided twice, the
     later over the earlier, as two records would be)."""
-    by_job: dict[str, list[SubmitJob]] = {}
-    for cmd in bulk.submissions:
-        by_job.setdefault(cmd.job.job_id, []).append(cmd)
+    return _by_job(bulk.submissions, lambda cmd: cmd.job.job_id)
+
+
+def claims_of(batch: ClaimTasks) -> dict[str, list[ClaimTask]]:
+    """A batch of claims as each job's claims, in the record's order (each decided as if sent alone, so replay and
+    every rule about claims stay the same)."""
+    return _by_job(batch.claims, lambda claim: claim.job_id)
+
+
+def _by_job(items: list[T], job_of: Callable[[T], str]) -> dict[str, list[T]]:
+    by_job: dict[str, list[T]] = {}
+    for item in items:
+        by_job.setdefault(job_of(item), []).append(item)
     return by_job
 
 
@@ -114,6 +129,8 @@ def event_time(event: InboxEvent) -> int:
         return event.finished_at_ms
     if isinstance(event, SubmitJobs):
         return min((cmd.submitted_at_ms for cmd in event.submissions), default=0)
+    if isinstance(event, ClaimTasks):
+        return min((claim.at_ms for claim in event.claims), default=0)
     return event.at_ms
 
 
