@@ -10,7 +10,9 @@ The staged path (look-ahead on, the default 10 s: attempts are fired ahead, clai
 their instant) and the cold path (`--lookahead 0`: fired at their instant) are separate runs. Each run then
 measures the physical floor on the same machine three times: the same number of processes of the same binary,
 created held by `sandbox.spawn` the way the executor does (no Kafka, no scheduler) and let go at an instant by one
-loop, and prints the ratios of the lags to its median.
+loop, and prints the ratios of the lags to its median. A cold run also measures the cold path's own floor three
+times: the processes created at the instant (work dir and `sandbox.spawn`, by four threads as an executor's spawn
+threads), nothing made ahead.
 
     python -m bench.firing_lag [--jobs 10000] [--due 1000] [--workers 1] [--executors 2] [--slots 300]
                                [--lookahead 10] [--warmup 12000]
@@ -20,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from ksched import kafka
 from ksched.artifacts import open_store
@@ -117,6 +121,15 @@ def main(argv: list[str]) -> None:
         # one day), so it is measured three times and the ratios are to the median.
         floors = [floor(binary, Path(tmp) / f"floor{i}", args.due) for i in range(FLOORS)]
         floor_start, floor_running = (_median_of([f[k] for f in floors]) for k in (0, 1))
+        cold: dict[str, object] = {}
+        if args.lookahead <= 0:  # the cold path's own floor: nothing created ahead
+            colds = [cold_floor(binary, Path(tmp) / f"cold{i}", args.due) for i in range(FLOORS)]
+            cold_start = _median_of([c[0] for c in colds])
+            cold = {"cold_floor_lag_ms (processes created at the instant by 4 threads, no Kafka; median of 3)":
+                    cold_start,
+                    "cold_floor_p50_p99_each": [(c[0]["p50"], c[0]["p99"]) for c in colds],
+                    "ratio_to_cold_floor": {"lag_p50": _ratio(lag["p50"], cold_start["p50"]),
+                                            "lag_p99": _ratio(lag["p99"], cold_start["p99"])}}
         report(f"firing_lag_{args.due}" + ("_cold" if args.lookahead <= 0 else ""), {
             "registered_jobs": args.jobs, "due_in_same_second": args.due, "started": len(started),
             "streams_workers": args.workers, "executors": args.executors, "slots_per_executor": args.slots,
@@ -128,6 +141,7 @@ def main(argv: list[str]) -> None:
             "ratio_to_floor": {"lag_p50": _ratio(lag["p50"], floor_start["p50"]),
                                "lag_p99": _ratio(lag["p99"], floor_start["p99"]),
                                "binary_running_p99": _ratio(binary_lag["p99"], floor_running["p99"])},
+            **cold,
             "lag_ms_per_executor": _per_executor(started, by_executor, due * 1000),
             "executors_at_exit": executor_stats,
             **stages,
@@ -175,6 +189,33 @@ def floor(binary: Path, root: Path, n: int, lead_s: float = 2.0) -> tuple[dict[s
     for proc in held:
         proc.popen.wait()
     starts = [float(proc.started_at_ms - instant) for proc in held]
+    running = [float(int(line.split()[1]) - instant) for line in ledger.read_text().splitlines()]
+    return summary(starts), summary(running)
+
+
+def cold_floor(binary: Path, root: Path, n: int, threads: int = 4,
+               lead_s: float = 2.0) -> tuple[dict[str, float], dict[str, float]]:
+    """The physical floor of the cold path: `n` processes of `binary` created at an instant (nothing made ahead:
+    each its work dir, then `sandbox.spawn` uncontained, as an executor starts an attempt granted now) by `threads`
+    threads of one process (an executor's spawn threads), and reaped. Returns the lags from the instant to each
+    start and to the binary's first line in its ledger."""
+    root.mkdir(parents=True, exist_ok=True)
+    ledger = root / "ledger"
+    copy = _floor_binary(binary, ledger)
+    instant = int((time.time() + lead_s) * 1000)
+
+    def start(i: int) -> Any:
+        workdir = root / f"a{i}"
+        workdir.mkdir()
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "KSCHED_TASK_ID": f"f{i}"}
+        return spawn(copy, [], env, workdir)
+
+    time.sleep(max(0.0, instant / 1000 - time.time()))
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        procs = list(pool.map(start, range(n)))
+    for proc in procs:
+        proc.popen.wait()
+    starts = [float(proc.started_at_ms - instant) for proc in procs]
     running = [float(int(line.split()[1]) - instant) for line in ledger.read_text().splitlines()]
     return summary(starts), summary(running)
 
