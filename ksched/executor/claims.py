@@ -215,6 +215,8 @@ class Claimer:
         self.codec = default_codec()
         self.inbox = settings.topic("inbox")
         self.dlq = settings.topic("dlq")
+        #: Told of each committed claim of an attempt due now (the runtime creates its process then).
+        self.on_claimed: Callable[[Pending], None] = lambda p: None
         #: Why each buffered record that is not a ready record was refused, until it is dead-lettered.
         self._garbage: dict[tuple[str, int, int], str] = {}
         self.ready_topics = [ready_topic(settings, p, pool) for p in PRIORITIES]
@@ -486,6 +488,9 @@ class Claimer:
             self._rewind(first)
             return
         self.ledger.committed(batch, time.monotonic())
+        for p in batch:
+            if not p.staged:
+                self.on_claimed(p)
         self.stats.transactions += 1
         self.stats.claimed += len(batch)
         self.stats.claim_txn_ms.append((time.perf_counter() - t0) * 1000)

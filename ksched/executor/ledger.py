@@ -152,6 +152,7 @@ class Sweep:
     attempts: list[Attempt]  # the attempts granted and not yet ended
     renew: list[Pending]  # the claims to renew now (marked renewed)
     abandoned: int  # how many claims were given up on
+    live: set[str] = field(default_factory=set)  # the claims still waiting or granted to an attempt not yet ended
 
 
 class Ledger:
@@ -250,8 +251,9 @@ class Ledger:
         with self._lock:
             self._attempts.pop(key, None)
 
-    def sweep(self, now: float, claim_timeout_s: float, renew_every_s: float) -> Sweep:
-        """Give up on stale claims, pick the claims due for renewal, and list the running attempts."""
+    def sweep(self, now: float, claim_timeout_s: float, renew_every_s: float, with_live: bool = False) -> Sweep:
+        """Give up on stale claims, pick the claims due for renewal, and list the running attempts (and, if asked,
+        the live claims)."""
         with self._lock:
             attempts = list(self._attempts.values())
             stale = [c for c, p in self._pending.items() if is_stale(p, now, claim_timeout_s)]
@@ -260,7 +262,8 @@ class Ledger:
             renew = [p for p in self._pending.values() if needs_renewal(p, now, renew_every_s)]
             for p in renew:
                 p.renewed = now
-        return Sweep(attempts, renew, len(stale))
+            live = {*self._pending, *(a.grant.claim_id for a in attempts)} if with_live else set()
+        return Sweep(attempts, renew, len(stale), live)
 
     def waiting(self) -> bool:
         """Whether any claim still waits for its answer."""

@@ -12,6 +12,7 @@ A thousand attempts due in the same second start as fast as processes can be for
 from __future__ import annotations
 
 import contextlib
+import enum
 import heapq
 import itertools
 import logging
@@ -55,6 +56,11 @@ class Attempt:
     @property
     def key(self) -> str:
         return f"{self.grant.task_id}#{self.grant.attempt}"
+
+
+class _Early(enum.Enum):
+    QUEUED = "queued"  # its creation waits for a fetch thread
+    CREATING = "creating"
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,8 @@ class Runtime:
     _stop: threading.Event = field(default_factory=threading.Event)
     _sweep: bool = False  # a staged attempt was cancelled: take it out of the heap now
     _starting: int = 0  # attempts taken off the heap that the starter is still starting (or ending)
+    #: Processes created at their claim, by claim id, until their grant takes them (or the claim is lost).
+    _early: dict[str, Process | _Early] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._fetch = ThreadPoolExecutor(self.fetchers, thread_name_prefix="fetch")
@@ -122,6 +130,36 @@ class Runtime:
         """A granted attempt: fetch its artifact, then start it at its instant."""
         self._fetch.submit(self._prepare, attempt)
 
+    def early(self, ready: TaskReady, claim_id: str) -> None:
+        """A claim of an attempt due now was made: create its process now, held before its binary, so that when
+        the grant comes it is let go with one write (the fork and execs then overlap the claim's trip to the
+        scheduler instead of following the grant). Nothing runs before the grant: the binary is exec'd only on
+        the go word, which carries the grant's fencing token. An attempt that reads secrets is not created early
+        (a secret is resolved only for a granted attempt), nor one fired ahead (it is held once granted)."""
+        if ready.env_from or ready.scheduled_for_ms / 1000 - time.time() >= self.hold_ahead_s:
+            return
+        with self._cond:
+            if self._stop.is_set() or claim_id in self._early or self._held >= self.max_held:
+                return
+            self._early[claim_id] = _Early.QUEUED
+            self._held += 1  # its place among the held is kept from now on
+        try:
+            self._fetch.submit(self._create_early, ready, claim_id)
+        except RuntimeError:  # shut down by stop()
+            self._drop_early([claim_id])
+
+    def has_early(self) -> bool:
+        return bool(self._early)
+
+    def keep_early(self, claims: set[str]) -> None:
+        """Discard the processes created early whose claims are no longer live (lost, given up on, or their
+        attempt over before it took its process)."""
+        with self._cond:
+            if not self._early:
+                return
+            gone = [c for c, e in self._early.items() if e is not _Early.CREATING and c not in claims]
+        self._drop_early(gone)
+
     def end_early(self, attempt: Attempt, reason: str, message: str) -> None:
         """Stop an attempt (timeout, cancel): kill its process tree, or keep it from starting."""
         with self._cond:
@@ -139,6 +177,8 @@ class Runtime:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+            gone = [c for c, e in self._early.items() if e is not _Early.CREATING]
+        self._drop_early(gone)
         self._wake()
         self._fetch.shutdown(wait=False, cancel_futures=True)
         if self._spawn is not None:
@@ -170,7 +210,10 @@ class Runtime:
                               finished_at_ms=_now_ms()))
             return
         start_at = attempt.ready.scheduled_for_ms / 1000
-        if start_at - time.time() >= self.hold_ahead_s:
+        early = self._take_early(attempt.grant.claim_id)
+        if early is not None:
+            attempt.held, attempt.workdir = early, self._workdir(attempt.ready)
+        elif start_at - time.time() >= self.hold_ahead_s:
             self._hold(attempt)
         with self._cond:
             heapq.heappush(self._heap, (start_at, next(self._seq), attempt))
@@ -184,13 +227,60 @@ class Runtime:
                 return
             self._held += 1
         try:
-            attempt.workdir = self.workroot / attempt.key.replace("/", "_")
+            attempt.workdir = self._workdir(attempt.ready)
             attempt.held = spawn(self.cache.get(attempt.ready.artifact), list(attempt.ready.args),
                                  self._env(attempt, attempt.workdir), attempt.workdir,
                                  attempt.ready.limits, hold=True, isolation=self.isolation)
         except (OSError, ArtifactError, SecretError) as err:  # it is started the usual way at its instant
             log.warning("could not create the process of %s ahead: %s", attempt.key, err)
             self._unhold()
+
+    def _create_early(self, ready: TaskReady, claim_id: str) -> None:
+        with self._cond:
+            if self._early.get(claim_id) is not _Early.QUEUED:  # its grant came first, or its claim was lost
+                return
+            self._early[claim_id] = _Early.CREATING
+        workdir, proc = self._workdir(ready), None
+        try:
+            proc = spawn(self.cache.get(ready.artifact), list(ready.args), attempt_env(ready, None, workdir), workdir,
+                         ready.limits, hold=True, isolation=self.isolation)
+        except Exception as err:  # it is created the usual way once granted
+            log.warning("could not create the process of %s#%d at its claim: %s", ready.task_id, ready.attempt, err)
+        with self._cond:
+            if proc is None:
+                del self._early[claim_id]
+                self._held -= 1
+            else:
+                self._early[claim_id] = proc
+            self._cond.notify_all()
+        if proc is None and not self.keep_workdirs:
+            remove_workdir(workdir)
+
+    def _take_early(self, claim_id: str) -> Process | None:
+        """The process created at this claim, if any (waiting for one being created: they share its work dir).
+        Taken, it stays counted as held until it is let go; a creation still queued is called off."""
+        with self._cond:
+            while self._early.get(claim_id) is _Early.CREATING:
+                self._cond.wait(0.1)
+            taken = self._early.pop(claim_id, None)
+            if taken is _Early.QUEUED:
+                self._held -= 1
+        return taken if isinstance(taken, Process) else None
+
+    def _drop_early(self, claims: list[str]) -> None:
+        """Call off or discard what was created early for `claims`, with its work dir (one being created is left
+        to the next call)."""
+        with self._cond:
+            dropped = [self._early.pop(c) for c in claims if self._early.get(c) not in (None, _Early.CREATING)]
+            self._held -= len(dropped)
+        for proc in dropped:
+            if isinstance(proc, Process):
+                proc.discard()
+                if not self.keep_workdirs:
+                    remove_workdir(proc.log_path.parent)
+
+    def _workdir(self, ready: TaskReady) -> Path:
+        return self.workroot / f"{ready.task_id}#{ready.attempt}".replace("/", "_")
 
     def _env(self, attempt: Attempt, workdir: Path) -> dict[str, str]:
         """The process's whole environment, its secrets resolved now (SecretError if one is missing)."""
@@ -265,7 +355,7 @@ class Runtime:
                 proc, attempt.held = attempt.held, None
                 taken += 1
                 assert proc is not None
-                released[id(attempt)] = self._release_held(proc)
+                released[id(attempt)] = self._release_held(proc, attempt)
         finally:
             sys.setswitchinterval(interval)
             with self._cond:
@@ -307,10 +397,10 @@ class Runtime:
                 held.discard()
             self._ended(Ended(attempt, attempt.ending, attempt.ending_message, finished_at_ms=_now_ms()))
             return
-        workdir = self.workroot / attempt.key.replace("/", "_")
+        workdir = self._workdir(attempt.ready)
         attempt.workdir = workdir
         try:
-            proc = released or (self._release_held(held) if held is not None else None)
+            proc = released or (self._release_held(held, attempt) if held is not None else None)
             if proc is None:
                 binary = self.cache.get(attempt.ready.artifact)
                 workdir.mkdir(parents=True, exist_ok=True)
@@ -333,9 +423,9 @@ class Runtime:
         self._wake()
 
     @staticmethod
-    def _release_held(held: Process) -> Process | None:
+    def _release_held(held: Process, attempt: Attempt) -> Process | None:
         try:
-            held.release()
+            held.release(attempt.grant.fencing_token)
             return held
         except OSError as err:  # it died while held (killed from outside): start it the usual way
             log.warning("a held process was gone at its instant (%s); starting a new one", err)

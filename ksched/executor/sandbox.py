@@ -112,8 +112,9 @@ class Isolation:
                 "--chdir", str(workdir), "--", *argv]
 
 
-def attempt_env(ready: TaskReady, grant: ClaimGranted, workdir: Path) -> dict[str, str]:
-    """The whole environment of the process: nothing of the executor's own (no secrets leak in)."""
+def attempt_env(ready: TaskReady, grant: ClaimGranted | None, workdir: Path) -> dict[str, str]:
+    """The whole environment of the process: nothing of the executor's own (no secrets leak in). Without the
+    grant (a process created when its claim was made), the fencing token is left to the word that lets it go."""
     env = {
         "PATH": BASE_PATH,
         "HOME": str(workdir),
@@ -125,10 +126,11 @@ def attempt_env(ready: TaskReady, grant: ClaimGranted, workdir: Path) -> dict[st
         "KSCHED_JOB_ID": ready.job_id,
         "KSCHED_RUN_ID": ready.run_id,
         "KSCHED_TASK_ID": ready.task_id,
-        "KSCHED_ATTEMPT": str(grant.attempt),
-        "KSCHED_FENCING_TOKEN": str(grant.fencing_token),
+        "KSCHED_ATTEMPT": str(ready.attempt if grant is None else grant.attempt),
         "KSCHED_SCHEDULED_FOR": iso(ready.scheduled_for_ms),
     })
+    if grant is not None:
+        env["KSCHED_FENCING_TOKEN"] = str(grant.fencing_token)
     return env
 
 
@@ -159,12 +161,13 @@ class Process:
     def pid(self) -> int:
         return self.popen.pid
 
-    def release(self) -> None:
-        """Let a held process exec its binary now. Raises OSError if it is gone (nothing then runs)."""
+    def release(self, fencing_token: int | None = None) -> None:
+        """Let a held process exec its binary now, with `fencing_token` as its KSCHED_FENCING_TOKEN if given (one
+        created before its grant). Raises OSError if it is gone (nothing then runs)."""
         gate, self.gate = self.gate, None
         if gate is None:
             return
-        go_and_close(gate)
+        go_and_close(gate, GO if fencing_token is None else b"go %d\n" % fencing_token)
         self.started_at_ms = int(time.time() * 1000)
 
     def discard(self) -> None:
@@ -289,26 +292,28 @@ def _libc_keeping_the_gil() -> ctypes.PyDLL | None:
 _LIBC = _libc_keeping_the_gil()
 
 
-def go_and_close(gate: int) -> None:
+def go_and_close(gate: int, word: bytes = GO) -> None:
     """Write the go word to a held process's gate and close it. OSError if the process is gone (EPIPE)."""
     if _LIBC is None:
         try:
-            os.write(gate, GO)
+            os.write(gate, word)
         finally:
             os.close(gate)
         return
-    written = _LIBC.write(gate, GO, len(GO))
+    written = _LIBC.write(gate, word, len(word))
     err = ctypes.get_errno() if written < 0 else 0
     _LIBC.close(gate)
     if written < 0:
         raise OSError(err, os.strerror(err))
-    if written != len(GO):  # not for 3 bytes to a pipe (PIPE_BUF is at least 512): never let go half a word
-        raise OSError(errno.EIO, f"wrote {written} of {len(GO)} bytes to the gate")
+    if written != len(word):  # not for a few bytes to a pipe (PIPE_BUF is at least 512): never let go half a word
+        raise OSError(errno.EIO, f"wrote {written} of {len(word)} bytes to the gate")
 
 
 # The shim a held process runs until it is released: it execs the binary only on the go word, so a gate that
-# closes any other way (the executor died or discarded it) runs nothing.
-_SHIM = 'IFS= read -r word && [ "$word" = go ] && exec "$@" </dev/null; exit 111'
+# closes any other way (the executor died or discarded it) runs nothing. A number after the word is the fencing
+# token of a process created before its grant came (`Runtime.early`).
+_SHIM = ('IFS=" " read -r word token && [ "$word" = go ] || exit 111; '
+         'case $token in ""|*[!0-9]*) ;; *) export KSCHED_FENCING_TOKEN="$token" ;; esac; exec "$@" </dev/null')
 
 
 def spawn(binary: Path, args: list[str], env: dict[str, str], workdir: Path, limits: Limits | None = None,

@@ -65,6 +65,9 @@ class ExecutorConfig:
     #: Whether a completion may offer its freed slot to the task it makes ready (`supervision`): a DAG's next task
     #: is then granted straight to this executor, without the ready topic and a claim.
     offers: bool = True
+    #: Whether an attempt due now gets its process created, held before its binary, as soon as its claim is made:
+    #: the grant then lets it go with one write (`runtime.Runtime.early`).
+    create_early: bool = True
     #: The pool of executors this one belongs to: it takes only tasks labelled `pool: <name>` ("": unlabelled).
     pool: str = ""
     workdir: Path | None = None
@@ -128,6 +131,8 @@ class Executor:
                                self.supervisor.on_ended, grace_s=self.config.grace_s,
                                keep_workdirs=self.config.keep_workdirs, isolation=self._isolation(secrets),
                                secrets=secrets)
+        if self.config.create_early:
+            self.claimer.on_claimed = lambda p: self.runtime.early(p.ready, p.claim_id)
         self.claimer.init_transactions()
         self.control.assign()
         self._control_thread = self._spawn_thread(self.control.run, "control", self.runtime, self._closed)

@@ -93,8 +93,13 @@ class Supervisor:
         while not stop.wait(0.05):
             now = time.monotonic()
             self.report_starts(now)
-            sweep = self.ledger.sweep(now, self.claim_timeout_s, self.renew_every_s)
+            # Processes created at their claims are kept while their claims live (each was opened in the ledger
+            # before its process was asked for, so one created after this sweep is in it).
+            early = runtime.has_early()
+            sweep = self.ledger.sweep(now, self.claim_timeout_s, self.renew_every_s, with_live=early)
             self.stats.abandoned += sweep.abandoned
+            if early:
+                runtime.keep_early(sweep.live)
             wall = now_ms()
             for p in sweep.renew:  # a scheduler this slow to answer must not let the grant lapse meanwhile
                 self.stats.renewals += 1

@@ -772,9 +772,9 @@ def test_a_burst_of_held_processes_is_let_go_keeping_the_gil_and_the_switch_inte
     seen: list[float] = []
     real_release = Process.release
 
-    def release(self: Process) -> None:
+    def release(self: Process, fencing_token: int | None = None) -> None:
         seen.append(sys.getswitchinterval())
-        real_release(self)
+        real_release(self, fencing_token)
 
     monkeypatch.setattr(Process, "release", release)
     before = sys.getswitchinterval()
@@ -798,3 +798,91 @@ def test_a_burst_of_held_processes_is_let_go_keeping_the_gil_and_the_switch_inte
     assert sorted((e.reason, e.exit_code) for e in ended) == [("", 0)] * 3
     assert seen == [rt.LET_GO_SWITCH_S] * 3 and runtime._held == 0
     assert sys.getswitchinterval() == before
+
+
+def _early_runtime(store: LocalStore, tmp_path: Path, on_ended: Any) -> tuple[Any, TaskReady, Path]:
+    """A runtime and an attempt due now whose binary writes its fencing token and attempt to `out`."""
+    from ksched.executor import runtime as rt
+
+    out = tmp_path / "out"
+    ref = put(store, tmp_path, "say.sh",
+              f'#!/bin/sh\necho "$KSCHED_FENCING_TOKEN $KSCHED_ATTEMPT" >> {out}\n'.encode())
+    runtime = rt.Runtime(2, ArtifactCache(store, tmp_path / "cache"), tmp_path / "runs", lambda a, p: None,
+                         on_ended)
+    ready = replace(sample(TaskReady), task_id="j@1/t", attempt=3, artifact=ref, args=[], env_from={}, limits=None,
+                    scheduled_for_ms=int(time.time() * 1000), start_by_ms=None)
+    return runtime, ready, out
+
+
+def _created(runtime: Any, claim_id: str) -> Process:
+    deadline = time.monotonic() + 30
+    while not isinstance(proc := runtime._early.get(claim_id), Process):
+        assert time.monotonic() < deadline, runtime._early
+        time.sleep(0.01)
+    return proc
+
+
+def test_a_process_created_at_its_claim_runs_its_binary_only_once_granted_with_the_grants_token(
+        store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process of an attempt due now is created (held) when its claim is made; the grant lets it go, passing the
+    fencing token through its gate, and no second process is created."""
+    from ksched.executor import runtime as rt
+
+    spawned: list[bool] = []
+    real_spawn = rt.spawn
+
+    def counting(*args: Any, **kwargs: Any) -> Process:
+        spawned.append(bool(kwargs.get("hold")))
+        return real_spawn(*args, **kwargs)
+
+    monkeypatch.setattr(rt, "spawn", counting)
+    ended: list[Ended] = []
+    runtime, ready, out = _early_runtime(store, tmp_path, ended.append)
+    runtime.early(ready, "cl1")
+    proc = _created(runtime, "cl1")
+    time.sleep(0.3)
+    assert not out.exists() and proc.popen.poll() is None  # held: nothing ran before the grant
+    assert runtime._held == 1
+    grant = replace(sample(ClaimGranted), task_id=ready.task_id, attempt=3, claim_id="cl1", fencing_token=42)
+    runtime.submit(Attempt(ready, grant))
+    deadline = time.monotonic() + 30
+    while not ended and time.monotonic() < deadline:
+        time.sleep(0.02)
+    runtime.drain(10)
+    runtime.stop()
+    assert [(e.reason, e.exit_code) for e in ended] == [("", 0)]
+    assert out.read_text() == "42 3\n" and spawned == [True]
+    assert runtime._held == 0 and runtime._early == {}
+
+
+def test_a_process_created_at_a_claim_that_is_lost_is_discarded_having_run_nothing(
+        store: LocalStore, tmp_path: Path) -> None:
+    runtime, ready, out = _early_runtime(store, tmp_path, lambda e: None)
+    runtime.early(ready, "lost")
+    proc = _created(runtime, "lost")
+    runtime.keep_early({"lost"})  # its claim still waits: kept
+    assert runtime._early == {"lost": proc}
+    runtime.keep_early({"another"})  # rejected, given up on, or its attempt over
+    runtime.stop()
+    assert proc.popen.returncode is not None and not out.exists()
+    assert not proc.log_path.parent.exists()  # its work dir went with it
+    assert runtime._held == 0 and runtime._early == {}
+
+
+def test_no_process_is_created_at_the_claim_of_an_attempt_with_secrets_or_fired_ahead(
+        store: LocalStore, tmp_path: Path) -> None:
+    """A secret is resolved only for a granted attempt; an attempt fired ahead is held once granted."""
+    runtime, ready, _ = _early_runtime(store, tmp_path, lambda e: None)
+    runtime.early(replace(ready, env_from={"TOKEN": "secret:t"}), "with-secret")
+    runtime.early(replace(ready, scheduled_for_ms=int(time.time() * 1000) + 60_000), "ahead")
+    runtime.stop()
+    assert runtime._early == {} and runtime._held == 0
+
+
+def test_a_sweep_names_the_live_claims_waiting_and_granted() -> None:
+    ledger = Ledger()
+    waiting, granted, lost = claim(ledger, "c1"), claim(ledger, "c2", attempt=2), claim(ledger, "c3", attempt=3)
+    ledger.answer(grant_for(granted))
+    ledger.reject(lost.claim_id)
+    assert ledger.sweep(0.0, 30.0, 15.0, with_live=True).live == {waiting.claim_id, granted.claim_id}
+    assert ledger.sweep(0.0, 30.0, 15.0).live == set()
