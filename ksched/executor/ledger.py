@@ -54,6 +54,7 @@ class Stats:
     finished: int = 0
     txn_aborts: int = 0
     renewals: int = 0  # claims renewed while waiting for a slow scheduler's answer
+    renewal_records: int = 0  # the inbox records that carried them (packed per inbox partition)
     abandoned: int = 0  # claims given up on after claim_timeout_s
     transactions: int = 0
     replaced_producers: int = 0  # claim producers fenced by a new one: a transactional call never returned
@@ -74,7 +75,8 @@ class Stats:
         return (f"claimed {self.claimed} in {self.transactions} transactions ({self.txn_aborts} aborted, "
                 f"{self.replaced_producers} producers and {self.replaced_consumers} consumers replaced; "
                 f"recent p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms), granted {self.granted}, "
-                f"rejected {self.rejected}, renewed {self.renewals}, abandoned {self.abandoned}, "
+                f"rejected {self.rejected}, renewed {self.renewals} (in {self.renewal_records} records), "
+                f"abandoned {self.abandoned}, "
                 f"granted on offers {self.handed} of {self.offered}, "
                 f"started {self.started} ({self.folded} reported with their end), finished {self.finished}, "
                 f"{self.heartbeats} heartbeat records")

@@ -28,6 +28,7 @@ from ksched.schemas.events import (
     TaskStarted,
 )
 
+from .claims import claim_records
 from .ledger import Pending, now_ms
 from .runtime import Attempt, Ended
 from .sandbox import Process, cap_log
@@ -99,10 +100,17 @@ class Reporter:
         self._producer.poll(0)
         return sent
 
-    def renewal(self, p: Pending, wall_ms: int) -> None:
-        """The claim again, marked as a renewal: a scheduler this slow to answer must not let its grant lapse."""
-        self._send(ClaimTask(p.claim_id, p.ready.job_id, p.ready.run_id, p.ready.task_id, p.ready.attempt,
-                             self.id, wall_ms, renewal=True))
+    def renewals(self, pending: list[Pending], wall_ms: int) -> int:
+        """The claims again, marked as renewals: a scheduler this slow to answer must not let their grants lapse.
+        Packed per inbox partition like the claims (a scheduler this slow is behind on its inbox); how many
+        records."""
+        renewed = [ClaimTask(p.claim_id, p.ready.job_id, p.ready.run_id, p.ready.task_id, p.ready.attempt, self.id,
+                             wall_ms, renewal=True) for p in pending]
+        records = claim_records(renewed, self.partitions, self.codec.encode)
+        for r in records:
+            self._producer.produce(self.inbox, key=r.key, value=r.value, partition=r.partition)
+        self._producer.poll(0)
+        return len(records)
 
     def poll(self) -> None:
         self._producer.poll(0)

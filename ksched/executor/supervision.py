@@ -101,9 +101,9 @@ class Supervisor:
             if early:
                 runtime.keep_early(sweep.live)
             wall = now_ms()
-            for p in sweep.renew:  # a scheduler this slow to answer must not let the grant lapse meanwhile
-                self.stats.renewals += 1
-                self.reporter.renewal(p, wall)
+            if sweep.renew:  # a scheduler this slow to answer must not let the grants lapse meanwhile
+                self.stats.renewals += len(sweep.renew)
+                self.stats.renewal_records += self.reporter.renewals(sweep.renew, wall)
             for a in sweep.attempts:
                 if timed_out(a, wall):
                     runtime.end_early(a, FailureReason.TIMEOUT, f"timed out after {a.ready.timeout_ms} ms")

@@ -88,3 +88,27 @@ def test_two_claims_of_one_attempt_in_one_batch_are_decided_in_order() -> None:
     (grant,) = [g for g in decoded(out, "t.control") if isinstance(g, ClaimGranted)]
     (rejected,) = [g for g in decoded(out, "t.control") if isinstance(g, ClaimRejected)]
     assert grant.claim_id == first.claim_id and rejected.claim_id == second.claim_id
+
+
+def test_renewals_in_a_batch_keep_each_grants_lease_as_alone() -> None:
+    """An executor waiting on a slow scheduler renews its claims packed the same way (`Reporter.renewals`)."""
+    from dataclasses import replace
+
+    def renewed(batched: bool) -> dict[str, object]:
+        sh, store, ready = ready_jobs(3, 3)
+        claims = [claim(r) for r in ready]
+        sh.process(store, 3, 100, b"k", CODEC.encode(ClaimTasks(3, claims)))
+        later = [replace(c, at_ms=T0 + 20_000, renewal=True) for c in claims]
+        if batched:
+            sh.process(store, 3, 101, b"k", CODEC.encode(ClaimTasks(3, later)))
+        else:
+            for offset, c in enumerate(later, start=101):
+                sh.process(store, 3, offset, c.job_id.encode(), CODEC.encode(c))
+        return {r.job_id: decode_record(store.get(r.job_id.encode()) or b"").state for r in ready}
+
+    before = renewed(batched=True)
+    assert before == renewed(batched=False)
+    sh, store, ready = ready_jobs(3, 3)
+    sh.process(store, 3, 100, b"k", CODEC.encode(ClaimTasks(3, [claim(r) for r in ready])))
+    granted = {r.job_id: decode_record(store.get(r.job_id.encode()) or b"").state for r in ready}
+    assert before != granted  # the leases moved
