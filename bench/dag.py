@@ -157,6 +157,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--fan", type=int, default=1000)
     ap.add_argument("--slots", type=int, default=16)
     ap.add_argument("--no-offers", action="store_true", help="the executor offers no slots with its completions")
+    ap.add_argument("--not-early", action="store_true",
+                    help="the executor creates a process only once its grant came (not held at its claim)")
     ap.add_argument("--warmup", type=int, default=12000,
                     help="one-task jobs run first, unmeasured, so the broker's JVM is compiled (0: none)")
     args = ap.parse_args(argv)
@@ -166,11 +168,12 @@ def main(argv: list[str]) -> None:
         cluster = Cluster(s)
         ref = open_store(s.artifacts).put_file(write_script(Path(tmp) / "noop.sh", "exit 0\n"))
         cluster.streams("w0")
-        cluster.executor(args.slots, None, *(["--no-offers"] if args.no_offers else []))
+        cluster.executor(args.slots, None, *(["--no-offers"] if args.no_offers else []),
+                         *(["--not-early"] if args.not_early else []))
         if args.warmup:
             warm_up_broker(s, ref, args.warmup, 1000.0, kafka.producer(s, **{"linger.ms": 5}),
                            Follower(s, "ksched.TaskSettled", topic="events"))
-        figures: dict[str, object] = {}
+        figures: dict[str, object] = {"created_at_claim": not args.not_early}
         try:
             if args.chain:
                 figures.update(chain(s, ref, args.chain))

@@ -92,6 +92,8 @@ def main(argv: list[str]) -> None:
                     help="tasks run first, unmeasured, so the broker's JVM is compiled (0: none)")
     ap.add_argument("--no-offers", action="store_true",
                     help="executors offer no slots with their completions (one-task jobs never take one up)")
+    ap.add_argument("--not-early", action="store_true",
+                    help="executors create a process only once its grant came (not held at its claim)")
     ap.add_argument("--contained", action="store_true",
                     help="executors with their default containment (bubblewrap, a uid per attempt; needs root and "
                          "bwrap), not --uncontained")
@@ -109,7 +111,7 @@ def main(argv: list[str]) -> None:
             os.environ.pop("KSCHED_PROFILE", None)
         for _ in range(args.executors):
             cluster.executor(args.slots, None, *(["--no-offers"] if args.no_offers else []),
-                             contained=args.contained)
+                             *(["--not-early"] if args.not_early else []), contained=args.contained)
         _warm_up(cluster, s, ref)
         p = kafka.producer(s, **{"linger.ms": 5})
         watch = Follower(s, "ksched.TaskSettled", topic="events")
@@ -139,6 +141,7 @@ def main(argv: list[str]) -> None:
             "throughput_tasks_per_s": round(len(done) / busy_s, 1) if done else 0.0,
             "streams_workers": args.workers, "executors": args.executors, "slots": args.slots,
             "executors_contained": args.contained, "executors_offer": not args.no_offers,
+            "created_at_claim": not args.not_early,
             "partitions": args.partitions, **_steps(s),
             # Where the 2 cores went while the tasks ran: cores busy per role, and CPU per task.
             "cpu_cores_busy": {role: round(c / window, 2) for role, c in cpu.items()},
