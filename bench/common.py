@@ -195,6 +195,11 @@ def timestamped(settings: Any, topic: str, partitions: int) -> list[tuple[int, A
     return unbatched(out)
 
 
+def early_args(early_from: int | None) -> list[str]:
+    """The executors' `--early-from`, if a bench was given one."""
+    return [] if early_from is None else ["--early-from", str(early_from)]
+
+
 def unbatched(records: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
     """Timestamped records with each batch of claims (`ClaimTasks`) as its claims, each at the batch's time."""
     from ksched.schemas.events import ClaimTasks

@@ -42,7 +42,7 @@ from ksched.schemas.events import (
 )
 from tests.support import Cluster, write_script
 
-from .common import Follower, broker, report, start_of, summary, unbatched, warm_up_broker
+from .common import Follower, broker, early_args, report, start_of, summary, unbatched, warm_up_broker
 
 
 def _submit(s: Settings, spec: JobSpec) -> None:
@@ -157,8 +157,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--fan", type=int, default=1000)
     ap.add_argument("--slots", type=int, default=16)
     ap.add_argument("--no-offers", action="store_true", help="the executor offers no slots with its completions")
-    ap.add_argument("--not-early", action="store_true",
-                    help="the executor creates a process only once its grant came (not held at its claim)")
+    ap.add_argument("--early-from", type=int, default=None,
+                    help="executors' --early-from (claims waiting from which processes are created at claims)")
     ap.add_argument("--warmup", type=int, default=12000,
                     help="one-task jobs run first, unmeasured, so the broker's JVM is compiled (0: none)")
     args = ap.parse_args(argv)
@@ -169,11 +169,11 @@ def main(argv: list[str]) -> None:
         ref = open_store(s.artifacts).put_file(write_script(Path(tmp) / "noop.sh", "exit 0\n"))
         cluster.streams("w0")
         cluster.executor(args.slots, None, *(["--no-offers"] if args.no_offers else []),
-                         *(["--not-early"] if args.not_early else []))
+                         *early_args(args.early_from))
         if args.warmup:
             warm_up_broker(s, ref, args.warmup, 1000.0, kafka.producer(s, **{"linger.ms": 5}),
                            Follower(s, "ksched.TaskSettled", topic="events"))
-        figures: dict[str, object] = {"created_at_claim": not args.not_early}
+        figures: dict[str, object] = {"executors_early_from": args.early_from}
         try:
             if args.chain:
                 figures.update(chain(s, ref, args.chain))

@@ -46,7 +46,7 @@ from ksched.schemas.events import (
 )
 from tests.support import Cluster, write_script
 
-from .common import START_SCHEMAS, Follower, broker, report, start_of, summary, timestamped, warm_up_broker
+from .common import START_SCHEMAS, Follower, broker, early_args, report, start_of, summary, timestamped, warm_up_broker
 
 
 def main(argv: list[str]) -> None:
@@ -61,8 +61,8 @@ def main(argv: list[str]) -> None:
                     help="one-task jobs run first, unmeasured, so the broker's JVM is compiled (0: none)")
     ap.add_argument("--lookahead", type=float, default=10.0,
                     help="the workers' look-ahead in seconds (0: the cold path, fired at the instant)")
-    ap.add_argument("--not-early", action="store_true",
-                    help="executors create a process only once its grant came (not held at its claim)")
+    ap.add_argument("--early-from", type=int, default=None,
+                    help="executors' --early-from (claims waiting from which processes are created at claims)")
     args = ap.parse_args(argv)
     with broker() as bootstrap, tempfile.TemporaryDirectory(prefix="ksched-lag-") as tmp:
         s = Settings(bootstrap_servers=bootstrap, prefix=f"lag{uuid.uuid4().hex[:6]}", home=Path(tmp),
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
         for i in range(args.workers):
             cluster.streams(f"w{i}")
         for _ in range(args.executors):
-            cluster.executor(args.slots, None, *(["--not-early"] if args.not_early else []))
+            cluster.executor(args.slots, None, *early_args(args.early_from))
         if args.warmup:  # with a binary of its own: the ledger holds the measured jobs' lines only
             warm = open_store(s.artifacts).put_file(write_script(Path(tmp) / "warm.sh", "exit 0\n"))
             warm_up_broker(s, warm, args.warmup, 1000.0, kafka.producer(s, **{"linger.ms": 5}),
@@ -135,7 +135,7 @@ def main(argv: list[str]) -> None:
         report(f"firing_lag_{args.due}" + ("_cold" if args.lookahead <= 0 else ""), {
             "registered_jobs": args.jobs, "due_in_same_second": args.due, "started": len(started),
             "streams_workers": args.workers, "executors": args.executors, "slots_per_executor": args.slots,
-            "lookahead_s": args.lookahead, "created_at_claim": not args.not_early, "lag_ms": lag,
+            "lookahead_s": args.lookahead, "executors_early_from": args.early_from, "lag_ms": lag,
             "binary_running_lag_ms": binary_lag,
             "floor_lag_ms (held processes let go by a bare loop, no Kafka; median of 3)": floor_start,
             "floor_binary_running_lag_ms (median of 3)": floor_running,

@@ -49,6 +49,7 @@ from .common import (
     broker_pid,
     broker_requests,
     cpu_seconds,
+    early_args,
     jit_cpu_seconds,
     machine_cpu_seconds,
     report,
@@ -92,8 +93,8 @@ def main(argv: list[str]) -> None:
                     help="tasks run first, unmeasured, so the broker's JVM is compiled (0: none)")
     ap.add_argument("--no-offers", action="store_true",
                     help="executors offer no slots with their completions (one-task jobs never take one up)")
-    ap.add_argument("--not-early", action="store_true",
-                    help="executors create a process only once its grant came (not held at its claim)")
+    ap.add_argument("--early-from", type=int, default=None,
+                    help="executors' --early-from (claims waiting from which processes are created at claims)")
     ap.add_argument("--contained", action="store_true",
                     help="executors with their default containment (bubblewrap, a uid per attempt; needs root and "
                          "bwrap), not --uncontained")
@@ -111,7 +112,7 @@ def main(argv: list[str]) -> None:
             os.environ.pop("KSCHED_PROFILE", None)
         for _ in range(args.executors):
             cluster.executor(args.slots, None, *(["--no-offers"] if args.no_offers else []),
-                             *(["--not-early"] if args.not_early else []), contained=args.contained)
+                             *early_args(args.early_from), contained=args.contained)
         _warm_up(cluster, s, ref)
         p = kafka.producer(s, **{"linger.ms": 5})
         watch = Follower(s, "ksched.TaskSettled", topic="events")
@@ -141,7 +142,7 @@ def main(argv: list[str]) -> None:
             "throughput_tasks_per_s": round(len(done) / busy_s, 1) if done else 0.0,
             "streams_workers": args.workers, "executors": args.executors, "slots": args.slots,
             "executors_contained": args.contained, "executors_offer": not args.no_offers,
-            "created_at_claim": not args.not_early,
+            "executors_early_from": args.early_from,
             "partitions": args.partitions, **_steps(s),
             # Where the 2 cores went while the tasks ran: cores busy per role, and CPU per task.
             "cpu_cores_busy": {role: round(c / window, 2) for role, c in cpu.items()},

@@ -111,7 +111,8 @@ def _executor(args: argparse.Namespace, settings: config.Settings) -> int:
                                  max_artifact_bytes=args.max_artifact_bytes, pool=args.pool,
                                  claim_timeout_s=args.claim_timeout, isolated=not args.uncontained,
                                  job_uid_base=args.job_uid_base, shared=tuple(Path(p) for p in args.share),
-                                 secrets=args.secrets, offers=not args.no_offers, create_early=not args.not_early),
+                                 secrets=args.secrets, offers=not args.no_offers,
+                                 **({} if args.early_from is None else {"early_from": args.early_from})),
                   executor_id=args.id)
 
     def stop(signum: int, frame: Any) -> None:
@@ -256,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-offers", action="store_true",
                     help="never offer a freed slot to the next task of a DAG with a completion: every attempt is "
                          "claimed from the ready topics")
-    sp.add_argument("--not-early", action="store_true",
-                    help="create an attempt's process only once its grant came, not (held) when it is claimed")
+    sp.add_argument("--early-from", type=int, default=None, metavar="N",
+                    help="with N claims waiting for answers (a burst; default 64), create each new claim's process "
+                         "at once, held until its grant (0: always; -1: only once granted)")
     sp.add_argument("--claim-timeout", type=float, default=30.0,
                     help="seconds a claim waits for the scheduler's answer before its slot is used otherwise")
     sp.add_argument("--max-artifact-bytes", type=int, default=512 * 1024 * 1024,

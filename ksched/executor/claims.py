@@ -33,7 +33,7 @@ from ksched.schemas.codec import default_codec
 from ksched.schemas.events import PRIORITIES, ClaimTask, ClaimTasks, DeadLetter, TaskReady
 from ksched.topics import ready_topic
 
-from .ledger import Ledger, Pending, Stats, now_ms
+from .ledger import EARLY_MIN_WAITING, Ledger, Pending, Stats, creates_early, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +215,10 @@ class Claimer:
         self.codec = default_codec()
         self.inbox = settings.topic("inbox")
         self.dlq = settings.topic("dlq")
-        #: Told of each committed claim of an attempt due now (the runtime creates its process then).
+        #: Told of each committed claim of an attempt due now while claims wait in a burst (`creates_early`): the
+        #: runtime creates its process then.
         self.on_claimed: Callable[[Pending], None] = lambda p: None
+        self.early_from = EARLY_MIN_WAITING
         #: Why each buffered record that is not a ready record was refused, until it is dead-lettered.
         self._garbage: dict[tuple[str, int, int], str] = {}
         self.ready_topics = [ready_topic(settings, p, pool) for p in PRIORITIES]
@@ -488,8 +490,9 @@ class Claimer:
             self._rewind(first)
             return
         self.ledger.committed(batch, time.monotonic())
-        for p in batch:
-            if not p.staged:
+        due_now = [p for p in batch if not p.staged]
+        if due_now and creates_early(self.ledger.waiting_count(), self.early_from):
+            for p in due_now:
                 self.on_claimed(p)
         self.stats.transactions += 1
         self.stats.claimed += len(batch)

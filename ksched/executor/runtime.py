@@ -107,6 +107,9 @@ class Runtime:
     _stop: threading.Event = field(default_factory=threading.Event)
     _sweep: bool = False  # a staged attempt was cancelled: take it out of the heap now
     _starting: int = 0  # attempts taken off the heap that the starter is still starting (or ending)
+    #: Processes created at their claims, and those their grants took (reported in the executor's stats).
+    early_created: int = 0
+    early_taken: int = 0
     #: Processes created at their claim, by claim id, until their grant takes them (or the claim is lost).
     _early: dict[str, Process | _Early] = field(default_factory=dict)
 
@@ -252,6 +255,7 @@ class Runtime:
                 self._held -= 1
             else:
                 self._early[claim_id] = proc
+                self.early_created += 1
             self._cond.notify_all()
         if proc is None and not self.keep_workdirs:
             remove_workdir(workdir)
@@ -265,6 +269,8 @@ class Runtime:
             taken = self._early.pop(claim_id, None)
             if taken is _Early.QUEUED:
                 self._held -= 1
+            elif taken is not None:
+                self.early_taken += 1
         return taken if isinstance(taken, Process) else None
 
     def _drop_early(self, claims: list[str]) -> None:

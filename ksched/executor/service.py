@@ -31,7 +31,7 @@ from ksched.schemas.events import FailureReason
 from .cache import ArtifactCache
 from .claims import Claimer
 from .control import Control
-from .ledger import Ledger, Stats, free_capacity
+from .ledger import EARLY_MIN_WAITING, Ledger, Stats, free_capacity
 from .reporting import Reporter
 from .runtime import Runtime
 from .sandbox import Isolation, require_prlimit
@@ -65,9 +65,10 @@ class ExecutorConfig:
     #: Whether a completion may offer its freed slot to the task it makes ready (`supervision`): a DAG's next task
     #: is then granted straight to this executor, without the ready topic and a claim.
     offers: bool = True
-    #: Whether an attempt due now gets its process created, held before its binary, as soon as its claim is made:
-    #: the grant then lets it go with one write (`runtime.Runtime.early`).
-    create_early: bool = True
+    #: Claims waiting for their answers from which an attempt due now gets its process created, held before its
+    #: binary, as soon as its claim is made: the grant then lets it go with one write (`runtime.Runtime.early`).
+    #: 0: every claim; -1: never.
+    early_from: int = EARLY_MIN_WAITING
     #: The pool of executors this one belongs to: it takes only tasks labelled `pool: <name>` ("": unlabelled).
     pool: str = ""
     workdir: Path | None = None
@@ -131,8 +132,8 @@ class Executor:
                                self.supervisor.on_ended, grace_s=self.config.grace_s,
                                keep_workdirs=self.config.keep_workdirs, isolation=self._isolation(secrets),
                                secrets=secrets)
-        if self.config.create_early:
-            self.claimer.on_claimed = lambda p: self.runtime.early(p.ready, p.claim_id)
+        self.claimer.on_claimed = lambda p: self.runtime.early(p.ready, p.claim_id)
+        self.claimer.early_from = self.config.early_from
         self.claimer.init_transactions()
         self.control.assign()
         self._control_thread = self._spawn_thread(self.control.run, "control", self.runtime, self._closed)
@@ -160,6 +161,7 @@ class Executor:
             self.runtime.end_early(a, FailureReason.EXECUTOR_STOPPED, f"executor {self.id} is shutting down")
         self.runtime.drain(self.config.grace_s + 2)
         self.runtime.stop()
+        self.stats.early, self.stats.early_taken = self.runtime.early_created, self.runtime.early_taken
         self._closed.set()
         self._control_thread.join(5)
         self.claimer.close()

@@ -249,6 +249,27 @@ def _hand_back(cluster: Cluster, tmp_path: Path) -> None:
                                                                      ("SUCCEEDED", "second-ex")]
 
 
+def test_processes_created_at_their_claims_run_once_granted_with_their_fencing_tokens(lone: Cluster,
+                                                                                       tmp_path: Path) -> None:
+    """`--early-from 0`: every claim's process is created at once, held; the grant lets it go, and the job sees the
+    fencing token the scheduler granted (it reaches the process only through the word that lets it go)."""
+    ledger = tmp_path / "tokens"
+    write_script(tmp_path / "say.sh", f'echo "$KSCHED_TASK_ID $KSCHED_ATTEMPT $KSCHED_FENCING_TOKEN" >> {ledger}\n')
+    ex = lone.executor(4, "early-ex", "--early-from", "0")
+    jobs = [f"early{i}" for i in range(3)]
+    for job in jobs:
+        submit(lone, write_job(tmp_path, job, f"job: {job}\nbinary: say.sh\n"))
+    for job in jobs:
+        eventually(lambda j=job: lone.succeeded_runs(j), 90, what=f"{job} succeeded")
+    seen = {tid: (int(n), int(token)) for tid, n, token in (line.split() for line in ledger.read_text().splitlines())}
+    for job in jobs:
+        (attempt,) = task(lone, job).attempts
+        assert seen[task(lone, job).task_id] == (1, attempt.fencing_token)
+    ex.stop()
+    created = [line for line in ex.log.read_text(errors="replace").splitlines() if " stopped: " in line]
+    assert created and "3 processes created at their claims (3 taken by their grants)" in created[0], created
+
+
 def test_a_ready_record_delivered_again_after_its_attempt_ran_is_not_claimed_again(lone: Cluster,
                                                                                       tmp_path: Path) -> None:
     """A streams worker that crashed can decide a task ready again (the same record, the same id) after its

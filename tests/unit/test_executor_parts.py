@@ -886,3 +886,11 @@ def test_a_sweep_names_the_live_claims_waiting_and_granted() -> None:
     ledger.reject(lost.claim_id)
     assert ledger.sweep(0.0, 30.0, 15.0, with_live=True).live == {waiting.claim_id, granted.claim_id}
     assert ledger.sweep(0.0, 30.0, 15.0).live == set()
+
+
+def test_processes_are_created_at_their_claims_only_in_a_burst() -> None:
+    from ksched.executor.ledger import EARLY_MIN_WAITING, creates_early
+
+    assert not creates_early(1) and not creates_early(EARLY_MIN_WAITING - 1)
+    assert creates_early(EARLY_MIN_WAITING) and creates_early(1000)
+    assert creates_early(1, early_from=0) and not creates_early(1000, early_from=-1)
