@@ -122,8 +122,8 @@ def answer_grant(*, pending: bool, abandoned: bool, taken: bool, draining: bool)
 #: stream the early path costs the executors more CPU than it saves: 0.2 ms more per attempt alone (executor and
 #: children, 1,500 no-ops through a bare runtime), 222-228 against 237-259 settled tasks/s with it always on
 #: (`./dev bench throughput`, 32 slots, two runs each way), 234 with this bound (one run). The cold burst of
-#: `./dev bench firing_lag --lookahead 0 --slots 600`: lag p99 1.49 s always on, 2.15 and 2.41 s with this bound,
-#: 1.93 s with 16, 3.36 s off (one run each but this bound's two). Every figure varies a lot from run to run.
+#: `./dev bench firing_lag --lookahead 0 --slots 600`: lag p99 1.49 and 2.44 s always on, 2.15, 2.41 and 2.40 s
+#: with this bound, 1.93 s with 16, 3.36 s off. Every figure varies a lot from run to run.
 EARLY_MIN_WAITING = 64
 
 
